@@ -1,0 +1,202 @@
+"""ALiBi flash attention with flash-attn 2.x's Python API (layout BSHD).
+
+The ops live in C++ (torch.ops.mpt_ext.attn_*); this module adds their fake (meta) kernels
+and autograd so that torch.compile traces them, plus the user-facing functions whose
+signatures and semantics follow flash-attn's.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+
+from ._library import ops
+
+__all__ = [
+    "flash_attn_func",
+    "flash_attn_varlen_func",
+    "flash_attn_with_kvcache",
+    "alibi_slopes",
+]
+
+
+# ---- fake kernels: shapes and dtypes only -------------------------------------------------
+@torch.library.register_fake("mpt_ext::attn_fwd")
+def _attn_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                   alibi_slopes, softmax_scale, causal, window_left, window_right, softcap,
+                   deterministic):
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if q.dim() == 3:  # varlen: (total_q, heads, d) -> lse (heads, total_q)
+        lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+    else:
+        lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.register_fake("mpt_ext::attn_bwd")
+def _attn_bwd_fake(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                   max_seqlen_k, alibi_slopes, softmax_scale, causal, window_left, window_right,
+                   softcap, deterministic, compute_dslopes):
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    if compute_dslopes:
+        dslopes = torch.empty_like(alibi_slopes, memory_format=torch.contiguous_format)
+    else:
+        dslopes = q.new_empty((0,), dtype=torch.float32)
+    return dq, dk, dv, dslopes
+
+
+@torch.library.register_fake("mpt_ext::attn_kvcache")
+def _attn_kvcache_fake(q, k_cache, v_cache, k, v, cache_seqlens, alibi_slopes, softmax_scale,
+                       causal, window_left, window_right, softcap, num_splits):
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+    return out, lse
+
+
+# ---- autograd ----------------------------------------------------------------------------
+# Position of alibi_slopes among attn_fwd's inputs (for needs_input_grad).
+_SLOPES_INDEX = 7
+
+
+def _attn_setup_context(ctx, inputs, output):
+    (q, k, v, cu_q, cu_k, max_q, max_k, slopes, scale, causal, wl, wr, softcap,
+     deterministic) = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, slopes)
+    ctx.args = (max_q, max_k, scale, causal, wl, wr, softcap, deterministic)
+
+
+def _attn_backward(ctx, dout, dlse):
+    q, k, v, out, lse, cu_q, cu_k, slopes = ctx.saved_tensors
+    max_q, max_k, scale, causal, wl, wr, softcap, deterministic = ctx.args
+    want_dslopes = slopes is not None and ctx.needs_input_grad[_SLOPES_INDEX]
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv, dslopes = ops.attn_bwd(
+        dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, max_q, max_k, slopes, scale, causal,
+        wl, wr, softcap, deterministic, want_dslopes)
+    return (dq, dk, dv, None, None, None, None, dslopes if want_dslopes else None,
+            None, None, None, None, None, None)
+
+
+torch.library.register_autograd("mpt_ext::attn_fwd", _attn_backward,
+                                setup_context=_attn_setup_context)
+
+
+# ---- public API ---------------------------------------------------------------------------
+def alibi_slopes(n_heads: int, alibi_bias_max: float = 8.0,
+                 device: Optional[torch.device] = None) -> torch.Tensor:
+    """MPT's ALiBi slopes (llm-foundry's gen_slopes), fp32 of shape (n_heads,).
+
+    For a non-power-of-two head count the slopes of the next power of two are interleaved
+    (odd positions first) and cut to n_heads, exactly as MPT does."""
+    if not isinstance(n_heads, int) or n_heads < 1:
+        raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
+    if not alibi_bias_max > 0:
+        raise ValueError(f"alibi_bias_max must be > 0, got {alibi_bias_max!r}")
+    n_pow2 = 2 ** math.ceil(math.log2(n_heads))
+    m = torch.arange(1, n_pow2 + 1, dtype=torch.float32, device=device)
+    m = m * (alibi_bias_max / n_pow2)
+    slopes = 1.0 / torch.pow(2, m)
+    if n_pow2 != n_heads:
+        slopes = torch.cat([slopes[1::2], slopes[::2]])[:n_heads]
+    return slopes.contiguous()
+
+
+def _window(window_size: Sequence[int]) -> tuple[int, int]:
+    try:
+        left, right = (int(w) for w in window_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"window_size must be a pair (left, right), got {window_size!r}") from None
+    return left, right
+
+
+def _scale(softmax_scale: Optional[float], head_dim: int) -> float:
+    return float(softmax_scale) if softmax_scale is not None else head_dim ** -0.5
+
+
+def _no_dropout(dropout_p: float) -> None:
+    if dropout_p != 0.0:
+        raise NotImplementedError(
+            f"mpt_ext attention has no dropout (got dropout_p={dropout_p}); MPT trains with "
+            "attn_pdrop=0. Pass dropout_p=0.0.")
+
+
+def _check_tensor(name: str, t, dims: int, layout: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != dims:
+        raise ValueError(f"{name} must have {dims} dimensions {layout}, got shape {tuple(t.shape)}")
+
+
+def _call_fwd(q, k, v, cu_q, cu_k, max_q, max_k, slopes, scale, causal, window, softcap,
+              deterministic):
+    wl, wr = window
+    return ops.attn_fwd(q, k, v, cu_q, cu_k, max_q, max_k, slopes, scale, bool(causal), wl, wr,
+                        float(softcap), bool(deterministic))
+
+
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
+                    window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
+                    return_attn_probs=False):
+    """Attention over (batch, seqlen, nheads, headdim) tensors, flash-attn 2.x semantics.
+
+    k and v may have fewer heads than q (GQA/MQA). alibi_slopes (fp32, (nheads,) or
+    (batch, nheads)) adds ``-slope * |i + seqlen_k - seqlen_q - j|``; causal masking is
+    aligned bottom-right. Returns out, or (out, softmax_lse, None) with return_attn_probs.
+    Gradients flow to q, k, v and, when it requires grad, to alibi_slopes."""
+    _no_dropout(dropout_p)
+    layout = "(batch, seqlen, nheads, headdim)"
+    _check_tensor("q", q, 4, layout)
+    _check_tensor("k", k, 4, layout)
+    _check_tensor("v", v, 4, layout)
+    out, lse = _call_fwd(q, k, v, None, None, 0, 0, alibi_slopes,
+                         _scale(softmax_scale, q.shape[-1]), causal, _window(window_size),
+                         softcap, deterministic)
+    return (out, lse, None) if return_attn_probs else out
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                           dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                           softcap=0.0, alibi_slopes=None, deterministic=False,
+                           return_attn_probs=False):
+    """Attention over packed sequences: q (total_q, nheads, d), k/v (total_k, nheads_k, d);
+    sequence b is rows cu_seqlens[b]:cu_seqlens[b+1] (int32, on q's device). Each sequence
+    gets its own causal alignment and ALiBi positions. softmax_lse is (nheads, total_q)."""
+    _no_dropout(dropout_p)
+    layout = "(total_tokens, nheads, headdim)"
+    _check_tensor("q", q, 3, layout)
+    _check_tensor("k", k, 3, layout)
+    _check_tensor("v", v, 3, layout)
+    for name, t in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be an int32 torch.Tensor, got {type(t).__name__}")
+    out, lse = _call_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
+                         int(max_seqlen_k), alibi_slopes, _scale(softmax_scale, q.shape[-1]),
+                         causal, _window(window_size), softcap, deterministic)
+    return (out, lse, None) if return_attn_probs else out
+
+
+def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None,
+                            cache_seqlens: Union[None, int, torch.Tensor] = None,
+                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                            alibi_slopes=None, num_splits=0, return_softmax_lse=False):
+    """Attention of q (batch, seqlen_q, nheads, d) against a preallocated KV cache
+    (batch_cache, seqlen_cache, nheads_k, d). If k and v are given they are written into
+    the cache at cache_seqlens[b] (in place) before attending; sequence b then attends to
+    its first cache_seqlens[b] + seqlen_new keys. cache_seqlens may be an int (the same for
+    every sequence), an int32 tensor (batch,), or None (the whole cache is valid)."""
+    _check_tensor("q", q, 4, "(batch, seqlen_q, nheads, headdim)")
+    _check_tensor("k_cache", k_cache, 4, "(batch_cache, seqlen_cache, nheads_k, headdim)")
+    _check_tensor("v_cache", v_cache, 4, "(batch_cache, seqlen_cache, nheads_k, headdim)")
+    if isinstance(cache_seqlens, int):
+        cache_seqlens = torch.full((q.shape[0],), cache_seqlens, dtype=torch.int32,
+                                   device=q.device)
+    wl, wr = _window(window_size)
+    out, lse = ops.attn_kvcache(q, k_cache, v_cache, k, v, cache_seqlens, alibi_slopes,
+                                _scale(softmax_scale, q.shape[-1]), bool(causal), wl, wr,
+                                float(softcap), int(num_splits))
+    return (out, lse) if return_softmax_lse else out
