@@ -3,6 +3,8 @@
 // passes). dweight / dbias in two deterministic stages, no atomics: each CTA walks a fixed
 // set of rows (grid-stride) and leaves one fp32 partial row in the workspace; a second kernel
 // sums the partials of every column in a fixed order.
+#include <algorithm>
+
 #include "norm_cuda.h"
 #include "norm_cuda_common.cuh"
 
@@ -210,8 +212,13 @@ BwdLaunch plan_bwd(const NormBwdParams& p) {
   plan.layout = row_layout<kBwdPacks>(p.hidden, plan.width);
   const int threads = plan.layout.threads_x * plan.layout.rows_y;
   const int64_t groups = (p.rows + plan.layout.rows_y - 1) / plan.layout.rows_y;
-  const int64_t resident = static_cast<int64_t>(sm_count()) * (2048 / threads);
-  plan.blocks = groups < resident ? groups : resident;
+  const int64_t sms = sm_count();
+  int64_t blocks = sms * (2048 / threads);  // about one wave of resident CTAs
+  // Bound the partial sums (<= 64 MiB unless that leaves fewer CTAs than SMs: huge rows).
+  const int64_t per_block = p.hidden * (plan.n_partials > 0 ? plan.n_partials : 1);
+  const int64_t max_blocks = std::max<int64_t>(sms, (int64_t{1} << 24) / per_block);
+  blocks = std::min(blocks, max_blocks);
+  plan.blocks = std::min(groups, blocks);
   return plan;
 }
 
