@@ -1,11 +1,10 @@
-// Shared pieces of the CUDA norm kernels: element conversion, 16-byte packs, the row
-// layout (which thread owns which columns), row reductions, launch checks and dtype dispatch.
-// No torch headers: the kernels take NormFwdParams / NormBwdParams.
+// Pieces shared by the CUDA norm kernels: element conversion, 16-byte packs, the row layout
+// (which thread owns which columns), row reductions and the (x, weight) dtype dispatch. No torch headers, no CUDA
+// runtime calls: tests/cuda_emulation compiles the kernels with g++ as well.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <cuda_runtime.h>
 
 #include <cstdint>
 #include <stdexcept>
@@ -80,6 +79,10 @@ inline RowLayout row_layout(int64_t hidden, int width) {
   return l;
 }
 
+inline bool aligned(const void* p, int64_t bytes) {
+  return p == nullptr || reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(bytes) == 0;
+}
+
 // ---- reductions ------------------------------------------------------------------------------
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -101,28 +104,7 @@ __device__ __forceinline__ float row_sum(float v, float* scratch) {
   return warp_sum(v);
 }
 
-// ---- host helpers ----------------------------------------------------------------------------
-inline void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("mpt_ext ") + what + ": CUDA launch failed: " +
-                             cudaGetErrorString(err));
-  }
-}
-
-inline bool aligned(const void* p, int64_t bytes) {
-  return p == nullptr || reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(bytes) == 0;
-}
-
-inline int sm_count() {
-  int device = 0, sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-    throw std::runtime_error("mpt_ext norm: cannot query the CUDA device");
-  }
-  return sms;
-}
-
+// ---- dtype dispatch (host) ------------------------------------------------------------------
 // Calls fn.template operator()<T, W>() for the runtime (x, weight) dtypes.
 template <typename T, typename Fn>
 void dispatch_w(DType w, Fn&& fn) {
