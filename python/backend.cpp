@@ -97,6 +97,16 @@ int64_t attention_bwd_workspace_bytes(const c10::Device& device, const Attention
   return 0;
 }
 
+int64_t attention_kvcache_workspace_bytes(const c10::Device& device,
+                                          const AttentionKVCacheParams& p) {
+#if defined(MPT_EXT_WITH_CUDA) && defined(MPT_EXT_HAS_CUDA_DECODE)
+  if (device.is_cuda()) return attention_kvcache_workspace_bytes_cuda(p);
+#endif
+  (void)device;
+  (void)p;
+  return 0;
+}
+
 int64_t norm_bwd_workspace_bytes(const c10::Device& device, const NormBwdParams& p) {
 #if defined(MPT_EXT_WITH_CUDA) && defined(MPT_EXT_HAS_CUDA_NORM)
   if (device.is_cuda()) return norm_bwd_workspace_bytes_cuda(p);
