@@ -286,3 +286,34 @@ def test_bandwidth_64k(batch, heads_k, capsys):
         print(f"\ndecode 64k bf16 batch {batch} heads {heads}:{heads_k} d {d}: "
               f"{t * 1e6:.0f} us, {gbs:.0f} GB/s of K/V")
     assert math.isfinite(gbs) and gbs > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("heads_k", [32, 8])
+def test_split_sweep_64k_batch1(heads_k, capsys):
+    """GB/s per explicit num_splits at batch 1 (the heuristic's data; see decode/README.md)."""
+    heads, d, n = 32, 128, 65536
+    q = torch.randn(1, 1, heads, d, device=DEV, dtype=torch.bfloat16)
+    k_cache = torch.randn(1, n, heads_k, d, device=DEV, dtype=torch.bfloat16)
+    v_cache = torch.randn_like(k_cache)
+    slopes = alibi_slopes(heads).to(DEV)
+    ref = None
+    for splits in (1, 2, 4, 8, 16, 32, 64, 128, 0):
+        def call():
+            return flash_attn_with_kvcache(q, k_cache, v_cache, alibi_slopes=slopes, causal=True,
+                                           num_splits=splits)
+        out = call()
+        ref = out if ref is None else ref
+        torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=0)
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(10):
+            start.record()
+            call()
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop) * 1e-3)
+        t = sorted(times)[len(times) // 2]
+        with capsys.disabled():
+            print(f"\nsplit sweep 64k batch 1 heads 32:{heads_k}: num_splits {splits:3d} "
+                  f"{t * 1e6:7.1f} us {2 * k_cache.numel() * 2 / t / 1e9:6.0f} GB/s")

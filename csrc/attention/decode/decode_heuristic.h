@@ -20,7 +20,7 @@ struct SplitHeuristicInput {
 constexpr int kTargetBlocksPerSm = 4;
 // Below this many keys per split the fixed costs of a block (q load, the merge through
 // shared memory, the partial write and the combine pass) stop being small.
-constexpr int64_t kMinKeysPerSplit = 256;
+constexpr int64_t kMinKeysPerSplit = 128;
 
 inline int choose_num_splits(const SplitHeuristicInput& in, int max_splits) {
   if (in.blocks_per_split <= 0 || in.max_keys <= 0 || in.num_sms <= 0) return 1;
