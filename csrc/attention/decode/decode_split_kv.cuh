@@ -282,5 +282,9 @@ __global__ void __launch_bounds__(kThreads, RowBucket<kM>::kMinBlocksPerSm) spli
 // head-dim bucket kDPad in {64, 128, 256}, rows per block kM in {1, 4}; null otherwise.
 template <typename T>
 const void* split_kv_kernel_ptr(int dpad, int rows_per_block);
+template <>
+const void* split_kv_kernel_ptr<__nv_bfloat16>(int dpad, int rows_per_block);
+template <>
+const void* split_kv_kernel_ptr<__half>(int dpad, int rows_per_block);
 
 }  // namespace mpt_ext::decode
