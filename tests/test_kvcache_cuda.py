@@ -142,9 +142,10 @@ def test_decode_gqa_alibi_causal(dtype, heads, heads_k, seqlen_q):
 
 
 @pytest.mark.parametrize("d", [32, 40, 64, 80, 128, 136, 256])
-def test_head_dims(d):
-    inp = _case(batch=2, seqlen_cache=130, heads=4, heads_k=2, d=d, seqlen_q=1, seqlen_new=1,
-                lengths=[17, 128])
+@pytest.mark.parametrize("heads_k", [4, 2])  # one row per block (MHA) and a GQA row tile
+def test_head_dims(d, heads_k):
+    inp = _case(batch=2, seqlen_cache=130, heads=4, heads_k=heads_k, d=d, seqlen_q=1,
+                seqlen_new=1, lengths=[17, 128])
     _check(inp, causal=True)
 
 
@@ -207,8 +208,9 @@ def test_strided_inputs():
 
 # ---- splits ------------------------------------------------------------------------------
 
-def test_num_splits_agree():
-    inp = _case(batch=2, seqlen_cache=3000, heads=32, heads_k=8, d=128, seqlen_q=1,
+@pytest.mark.parametrize("heads_k", [32, 8])
+def test_num_splits_agree(heads_k):
+    inp = _case(batch=2, seqlen_cache=3000, heads=32, heads_k=heads_k, d=128, seqlen_q=1,
                 seqlen_new=1, lengths=[2999, 1234])
     results = [_check(inp, cpu=False, causal=True, num_splits=n) for n in (0, 1, 2, 3, 5, 8, 200)]
     out1, lse1 = results[1]
