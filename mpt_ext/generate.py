@@ -158,6 +158,12 @@ def main(argv: Optional[list] = None, out: TextIO = None, err: TextIO = None) ->
     if not args.no_stream:
         out.write(prompt)
         out.flush()
+    def tokenizer_ids_only(logits: torch.Tensor) -> torch.Tensor:
+        # Model vocabularies are often padded past the tokenizer's (MPT-7B: 50432 vs 50277).
+        logits[:, tokenizer.vocab_size:] = float("-inf")
+        return logits
+
+    sampling["logits_processor"] = tokenizer_ids_only
     if args.prompt_tokens is not None:  # a measurement: warm up kernels and allocator first
         model.generate(input_ids[:, :16], 2, **sampling)
     start = time.perf_counter()

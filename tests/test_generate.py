@@ -125,3 +125,17 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="at least one token"):
         model.generate(ids, 2, attention_mask=torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0]]))
     assert torch.equal(model.generate(ids, 0), ids)
+
+
+def test_logits_processor_bans_ids():
+    model = _model()
+    ids = torch.randint(0, model.config.vocab_size, (2, 5))
+
+    def only_low_ids(logits):
+        logits[:, 10:] = float("-inf")
+        return logits
+
+    out = model.generate(ids, 6, logits_processor=only_low_ids)
+    assert torch.all(out[:, 5:] < 10)
+    sampled = model.generate(ids, 6, temperature=1.5, logits_processor=only_low_ids)
+    assert torch.all(sampled[:, 5:] < 10)

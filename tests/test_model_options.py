@@ -160,7 +160,7 @@ def test_training_step_reduces_loss_and_grads_reach_every_parameter():
                 assert p.grad is not None and torch.isfinite(p.grad).all(), name
                 assert p.grad.abs().sum() > 0, name
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5
 
 
@@ -231,3 +231,11 @@ def test_cu_seqlens_bad_values_raise():
     with pytest.raises(ValueError, match="not both"):
         model(ids, attention_mask=torch.ones_like(ids),
               cu_seqlens=torch.tensor([0, 10], dtype=torch.int32))
+
+
+def test_empty_batch_and_empty_sequences():
+    model = make_model(tiny_config())
+    with torch.no_grad():
+        assert model(torch.zeros(0, 5, dtype=torch.long)).logits.shape == (0, 5, 97)
+        assert model(torch.zeros(2, 0, dtype=torch.long)).logits.shape == (2, 0, 97)
+    assert model.generate(torch.zeros(0, 3, dtype=torch.long), 4).shape == (0, 3)

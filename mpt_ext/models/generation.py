@@ -98,7 +98,9 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
              eos_token_id: Union[None, int, list] = None,
              attention_mask: Optional[torch.Tensor] = None, do_sample: Optional[bool] = None,
              generator: Optional[torch.Generator] = None, pad_token_id: Optional[int] = None,
-             streamer: Optional[Callable[[torch.Tensor], None]] = None) -> torch.Tensor:
+             streamer: Optional[Callable[[torch.Tensor], None]] = None,
+             logits_processor: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+             ) -> torch.Tensor:
     """input_ids (batch, seqlen), left-padded with attention_mask for prompts of different
     lengths; returns (batch, seqlen + n) with the n <= max_new_tokens new tokens appended.
 
@@ -106,7 +108,8 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     at temperature 0) decoding is greedy. A sequence stops at eos_token_id (one id or a
     list); its later positions hold pad_token_id (default: the eos id). Generation ends
     when every sequence has stopped. streamer, if given, is called with each step's new
-    tokens (batch,). Contexts longer than max_seq_len run on ALiBi extrapolation, with a
+    tokens (batch,); logits_processor, if given, maps each step's float32 logits (batch,
+    vocab) before the choice (e.g. to ban ids). Contexts longer than max_seq_len run on ALiBi extrapolation, with a
     warning. Dropout is not switched off: call model.eval() first."""
     _check_args(input_ids, max_new_tokens, temperature, top_k, top_p)
     if do_sample is None:
@@ -141,6 +144,8 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     step_layout = TokenLayout(batch, 1)
     new_tokens = []
     for step in range(max_new_tokens):
+        if logits_processor is not None:
+            logits = logits_processor(logits.float())
         sampled = sample_next(logits, do_sample, temperature, top_k, top_p, generator)
         token = sampled.masked_fill(finished, pad)
         new_tokens.append(token)
