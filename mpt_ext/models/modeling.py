@@ -197,11 +197,12 @@ class MPTForCausalLM(nn.Module):
         if not isinstance(config, MPTConfig):
             raise TypeError(f"config must be an MPTConfig, got {type(config).__name__}")
         self.config = config
-        device = device if device is not None else config.init_device
+        if device is None and config.init_device not in (None, "cpu"):
+            device = config.init_device  # e.g. "meta"; "cpu" defers to torch's default device
         self.transformer = MPTModel(config, device=device)
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False, device=device)
-        if torch.device(device).type != "meta":
+        if self.transformer.wte.weight.device.type != "meta":
             self.reset_parameters()
         self._warned_long = False
 
