@@ -141,5 +141,6 @@ def run(ctx: Context, args) -> dict:
               "tokens": tokens, "passes": passes, "causal": True,
               "impls": [i.name for i in impls]}
     plot_spec = {"kind": "lines", "x": "N", "panels": ["D", "H", "pass"], "logx": True,
-                 "xlabel": "sequence length (batch = tokens / N)", "cols": 2}
+                 "xlabel": "sequence length (batch = tokens / N)", "cols": 2,
+                 "memory_table": True}
     return make_report(ctx, NAME, results, config, plot_spec, started)

@@ -41,7 +41,7 @@ def _sig(x: float) -> float:
 def _sizes(settings: Settings) -> tuple[int, int, torch.dtype]:
     if settings.is_cuda:
         return 2**30, 8192, torch.bfloat16  # 1 GiB copy: far beyond any L2
-    return 32 * 2**20, 512, torch.float32   # CPU smoke sizes; bf16 matmul is slow on CPUs
+    return 16 * 2**20, 256, torch.float32   # CPU smoke sizes; bf16 matmul is slow on CPUs
 
 
 def measure_ceilings(settings: Settings) -> dict:

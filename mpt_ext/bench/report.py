@@ -210,12 +210,12 @@ def _bars(ax, prs: list[dict]) -> None:
 # ---- Markdown ------------------------------------------------------------------------------
 
 
-def _cell(r: Optional[dict]) -> str:
+def _cell(r: Optional[dict], field: str = "value") -> str:
     if r is None:
         return ""
     s = r["status"]
     if s == "ok":
-        return fmt_num(r.get("value"))
+        return fmt_num(r.get(field))
     if s == "OOM" or s == "not built":
         return s
     if s.startswith(("skipped", "unavailable")):
@@ -223,9 +223,24 @@ def _cell(r: Optional[dict]) -> str:
     return "error"
 
 
+def _pivot(by_key: "OrderedDict[str, dict]", impls: list[str], field: str,
+           ratio: bool) -> list[str]:
+    out = ["| problem | " + " | ".join(impls) + (" | ours / best baseline |" if ratio else " |"),
+           "|---" * (len(impls) + 1 + ratio) + "|"]
+    for key, cells in by_key.items():
+        line = f"| {key} | " + " | ".join(_cell(cells.get(i), field) for i in impls) + " |"
+        if ratio:
+            ours = next((r for r in cells.values() if r["kind"] == "ours"), None)
+            line += (f" {ours['vs_best_baseline']:.2f}x |"
+                     if ours is not None and ours.get("vs_best_baseline") else "  |")
+        out.append(line)
+    return out
+
+
 def markdown(rep: dict, png_name: Optional[str] = None) -> str:
-    """A pivot table: one line per problem, one column per implementation, and ours over
-    the best baseline. Failure details stay in the JSON."""
+    """Pivot tables: one line per problem, one column per implementation, and ours over
+    the best baseline (plus peak memory where the report asks for it). Failure details
+    stay in the JSON; errors are listed below the table."""
     rows = rep["rows"]
     metric = next((r["metric"] for r in rows), "")
     impls = list(OrderedDict.fromkeys(
@@ -234,15 +249,11 @@ def markdown(rep: dict, png_name: Optional[str] = None) -> str:
     for r in rows:
         by_key.setdefault(r["key"], {})[r["impl"]] = r
     out = [f"### {rep['suite']} ({metric}, higher is better)", ""]
-    out += [line.strip() + "  " for line in _header(rep)[1:]]
-    out += ["", "| problem | " + " | ".join(impls) + " | ours / best baseline |",
-            "|---" * (len(impls) + 2) + "|"]
-    for key, cells in by_key.items():
-        ours = next((r for r in cells.values() if r["kind"] == "ours"), None)
-        ratio = (f"{ours['vs_best_baseline']:.2f}x"
-                 if ours is not None and ours.get("vs_best_baseline") else "")
-        out.append(f"| {key} | " + " | ".join(_cell(cells.get(i)) for i in impls)
-                   + f" | {ratio} |")
+    out += [f"Note: {n}  " for n in rep.get("notes", [])]
+    out += _pivot(by_key, impls, "value", ratio=True)
+    if rep.get("plot", {}).get("memory_table"):
+        out += ["", f"Peak memory of one {rep['suite']} call (GiB, inputs included):", ""]
+        out += _pivot(by_key, impls, "peak_gib", ratio=False)
     errors = [r for r in rows if r["status"].startswith(("error", "unsupported"))]
     if errors:
         out += ["", "Errors:", ""]
