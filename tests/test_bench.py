@@ -1,6 +1,7 @@
 """mpt-bench: the counting rules, the statistics, failure handling, and a CPU smoke run of
 every subcommand (tiny sizes, in-process so that torch is imported once)."""
 import json
+import math
 import os
 import runpy
 import subprocess
@@ -197,6 +198,38 @@ def test_failing_baseline_is_reported_and_the_run_goes_on(tmp_path, monkeypatch,
     assert all(r["status"] == "ok" and r["value"] > 0 for r in by_impl["eager (HF MPT)"])
     out = capsys.readouterr().out
     assert "this baseline is broken" in out and "OOM" in out
+
+
+# ---- the baselines compute what they claim (ALiBi, bottom-right causal, GQA) ---------------
+
+def _alibi_reference(q, k, v, slopes, causal):
+    """Direct formula in float64, bhsd: softmax(q k^T / sqrt(d) - slope*|i + sk - sq - j|)."""
+    h, hk, sq, sk, d = q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3]
+    k, v = (t.double().repeat_interleave(h // hk, 1) for t in (k, v))
+    rel = (torch.arange(sk)[None] - (torch.arange(sq)[:, None] + sk - sq)).double()
+    s = q.double() @ k.transpose(-1, -2) / math.sqrt(d) - slopes.double()[:, None, None] * rel.abs()
+    if causal:
+        s = s.masked_fill(rel > 0, float("-inf"))
+    return torch.softmax(s, -1) @ v
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("adapter", ["eager", "sdpa", "flex"])
+@pytest.mark.parametrize("sq,sk,h,hk", [(17, 17, 4, 4), (5, 9, 6, 2), (1, 13, 8, 2)])
+def test_attention_baselines_compute_alibi(adapter, sq, sk, h, hk, monkeypatch):
+    import mpt_ext
+    from mpt_ext.bench.baselines import eager, flex, sdpa
+    from mpt_ext.bench.baselines.spec import AttnSpec
+    if adapter == "flex":  # uncompiled: the same score_mod and mask, no minutes of compiling
+        monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    build = {"eager": eager.build, "sdpa": sdpa.build_with_bias(None), "flex": flex.build}
+    slopes = mpt_ext.alibi_slopes(h)
+    spec = AttnSpec(2, h, hk, sq, sk, 32, True, slopes, torch.float32, CPU)
+    q = torch.randn(2, h, sq, 32)
+    k, v = torch.randn(2, hk, sk, 32), torch.randn(2, hk, sk, 32)
+    out = build[adapter](spec)(q, k, v)
+    ref = _alibi_reference(q, k, v, slopes, causal=True)
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
 
 
 # ---- reports -------------------------------------------------------------------------------

@@ -18,10 +18,13 @@ def full_alibi_bias(spec: AttnSpec) -> torch.Tensor:
     """(1, heads, seqlen_q, seqlen_k) bias with the causal mask folded in as -inf: SDPA
     cannot combine attn_mask with is_causal, so a user has to materialise all of it."""
     rel = _relative_positions(spec)
-    bias = spec.slopes[:, None, None] * rel[None]
-    if spec.causal:
-        bias = bias.masked_fill(rel[None] > 0, float("-inf"))
-    return bias.to(spec.dtype)[None]
+    masked = rel > 0 if spec.causal else None
+    bias = torch.empty((1, spec.heads, spec.seqlen_q, spec.seqlen_k), dtype=spec.dtype,
+                       device=spec.device)
+    for h in range(spec.heads):  # one head at a time: no fp32 (heads, N, N) transient
+        b = spec.slopes[h] * rel
+        bias[0, h] = b.masked_fill(masked, float("-inf")) if masked is not None else b
+    return bias
 
 
 def key_alibi_bias(spec: AttnSpec) -> torch.Tensor:

@@ -45,5 +45,6 @@ def generate_ours(model, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
 
 
 def generate_hf(model, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    return model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                          do_sample=False, use_cache=True, pad_token_id=0)
+    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                          min_new_tokens=new_tokens, do_sample=False, use_cache=True,
+                          pad_token_id=0)
