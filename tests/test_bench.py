@@ -232,6 +232,15 @@ def test_attention_baselines_compute_alibi(adapter, sq, sk, h, hk, monkeypatch):
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
 
 
+def test_time_budget_skips_the_remaining_cases(tmp_path):
+    rc = cli.main(["decode", "--out", str(tmp_path), *FAST, *TINY["decode"], "--no-plot",
+                   "--budget-s", "1e-6"])
+    assert rc == 0
+    rows = json.loads((tmp_path / "decode.json").read_text())["rows"]
+    assert rows and all(r["status"] == "skipped: time budget reached (--budget-s)"
+                        for r in rows)
+
+
 # ---- reports -------------------------------------------------------------------------------
 
 def _row(key, impl, kind, value, status="ok"):
@@ -286,6 +295,11 @@ def test_subcommand_smoke_on_cpu(name, tmp_path, capsys):
         assert ok and all(r["value"] > 0 and r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
                           for r in ok)
         assert all(r["status"] in ("ok", "not built") for r in rep["rows"] if r["kind"] == OURS)
+    else:  # transformers is a test dependency: its MPT trains and generates here
+        hf = [r for r in rep["rows"] if r["impl"] == "HF transformers"]
+        assert [r["params"]["task"] for r in hf] == ["train", "generate"]
+        assert all(r["status"] == "ok" and r["value"] > 0 for r in hf)
+        assert hf[0]["extra"]["params_m"] > 0 and hf[1]["extra"]["prefill_ms"] > 0
     assert (tmp_path / f"{name}.png").stat().st_size > 1000
     assert (tmp_path / f"{name}.txt").read_text().startswith(f"== {name}")
     assert json.loads((tmp_path / "index.json").read_text())["outputs"][name]["json"]

@@ -104,11 +104,11 @@ def _finish_rows(ctx: Context, results) -> None:
         if r.params["task"] == "train":
             fpt = r.extra.pop("flops_per_token")
             achieved = fpt * r.value / 1e12
-            r.extra["tflops"] = round(achieved, 1)
+            r.extra["tflops"] = float(f"{achieved:.4g}")
             if spec:
-                r.extra["mfu"] = round(achieved / spec, 3)
+                r.extra["mfu"] = round(achieved / spec, 4)
             if measured:
-                r.extra["of_matmul"] = round(achieved / measured, 3)
+                r.extra["of_matmul"] = round(achieved / measured, 4)
         else:
             decode_ms = r.timing.median_ms - r.extra["prefill_ms"]
             new = r.params["new"] * r.params["batch"]

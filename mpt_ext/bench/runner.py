@@ -28,6 +28,7 @@ class Context:
     plot: bool = True
     progress: bool = True
     notes: list[str] = field(default_factory=list)
+    deadline: Optional[float] = None         # time.time() after which cases are skipped
 
     @property
     def cpu_fallback(self) -> bool:
@@ -53,6 +54,8 @@ def run_grid(ctx: Context, suite: str, cases: Sequence[tuple[Problem, object, Op
     with _progress(len(cases), suite, ctx.progress) as bar:
         for problem, impl, skip_reason in cases:
             bar.set_postfix_str(f"{problem.key} | {impl.name}", refresh=False)
+            if not skip_reason and ctx.deadline is not None and time.time() > ctx.deadline:
+                skip_reason = "time budget reached (--budget-s)"
             if skip_reason:
                 res = skipped(suite, problem, impl.name, impl.kind, skip_reason)
             else:
