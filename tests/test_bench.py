@@ -14,7 +14,8 @@ from mpt_ext.bench import attention as attention_cmd
 from mpt_ext.bench import cli, counting, report
 from mpt_ext.bench.baselines import BASELINE, OURS, AttentionImpl
 from mpt_ext.bench.core import (Prepared, Problem, Settings, Skip, Unavailable, classify_error,
-                                measure, percentile, rotation_count, run_case, summarize)
+                                is_fatal_cuda_error, measure, percentile, rotation_count,
+                                run_case, summarize)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device("cpu")
@@ -144,6 +145,26 @@ def test_classify_error():
         "unavailable: flash-attn missing"
     assert classify_error(Skip("ours only"), BASELINE) == "skipped: ours only"
     assert classify_error(ValueError("bad\nsecond line"), BASELINE) == "error: ValueError: bad"
+
+
+def test_non_finite_output_is_an_error_not_a_result():
+    settings = Settings.for_device(CPU)
+    nan = run_case("t", _problem(), "nan", OURS,
+                   lambda: Prepared(call=lambda x: (x, x / 0 * 0), inputs=torch.ones(3)),
+                   settings)
+    assert nan.status == "error: non-finite values (NaN/inf) in the output"
+    assert nan.value is None
+    ints = run_case("t", _problem(), "ids", BASELINE,
+                    lambda: Prepared(call=lambda x: x + 1, inputs=torch.arange(3)), settings)
+    assert ints.ok
+
+
+def test_fatal_cuda_errors_are_recognised():
+    assert is_fatal_cuda_error("error: AcceleratorError: CUDA error: an illegal memory access "
+                               "was encountered")
+    assert is_fatal_cuda_error("error: RuntimeError: CUDA error: device-side assert triggered")
+    assert not is_fatal_cuda_error("OOM")
+    assert not is_fatal_cuda_error("error: ValueError: head_dim must be a multiple of 8")
 
 
 def _problem():

@@ -111,6 +111,27 @@ def tensor_bytes(obj: Any) -> int:
     return 0
 
 
+def all_finite(obj: Any) -> bool:
+    """No NaN/inf in the floating-point tensors of a (nested) output."""
+    if isinstance(obj, torch.Tensor):
+        return not obj.is_floating_point() or bool(torch.isfinite(obj).all())
+    if isinstance(obj, (list, tuple)):
+        return all(all_finite(o) for o in obj)
+    if isinstance(obj, dict):
+        return all(all_finite(o) for o in obj.values())
+    return True
+
+
+# A CUDA error of this kind poisons the context: every later call would fail too.
+_FATAL_CUDA_ERRORS = ("illegal memory access", "device-side assert", "unspecified launch failure",
+                      "misaligned address", "illegal instruction", "an illegal")
+
+
+def is_fatal_cuda_error(status: str) -> bool:
+    s = status.lower()
+    return s.startswith("error") and any(m in s for m in _FATAL_CUDA_ERRORS)
+
+
 def cleanup(device: torch.device, collect: bool = False) -> None:
     """Free what the previous case left behind, so that it cannot cause the next one's OOM."""
     if collect:
@@ -248,6 +269,8 @@ def classify_error(exc: BaseException, kind: str) -> str:
     if isinstance(exc, Skip):
         return f"skipped: {exc}"
     first_line = (str(exc).strip().splitlines() or [""])[0][:160]
+    if isinstance(exc, FloatingPointError):
+        return f"error: {first_line}"
     if isinstance(exc, NotImplementedError):
         # Our ops raise it when this build has no kernel for the device.
         return "not built" if kind == "ours" else f"unsupported: {first_line}"
@@ -270,7 +293,14 @@ def run_case(suite: str, problem: Problem, impl: str, kind: str,
         if settings.is_cuda:
             torch.cuda.reset_peak_memory_stats(dev)
         prep = prepare()
-        res.first_call_s = round(_wall_ms(prep.call, prep.inputs, dev) / 1e3, 3)
+        synchronize(dev)
+        t0 = time.perf_counter()
+        out = prep.call(prep.inputs)
+        synchronize(dev)
+        res.first_call_s = round(time.perf_counter() - t0, 3)
+        if not all_finite(out):  # a fast wrong answer is not a result
+            raise FloatingPointError("non-finite values (NaN/inf) in the output")
+        out = None
         if settings.is_cuda:
             prep.call(prep.inputs)  # settle allocator caches before measuring the peak
             torch.cuda.reset_peak_memory_stats(dev)
@@ -289,8 +319,12 @@ def run_case(suite: str, problem: Problem, impl: str, kind: str,
         res.timing, res.value = None, None
         failed = True
     # Outside the except block: the traceback (and the tensors its frames hold) is gone.
-    prep = sets = None  # noqa: F841
-    cleanup(dev, collect=failed or collect)
+    prep = sets = out = None  # noqa: F841
+    try:
+        cleanup(dev, collect=failed or collect)
+    except Exception as exc:  # a poisoned CUDA context fails even here; the status says why
+        if res.ok:
+            res.status = classify_error(exc, kind)
     return res
 
 

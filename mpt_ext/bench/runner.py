@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 
 from . import report
-from .core import Prepared, Problem, Result, Settings, run_case, skipped
+from .core import Prepared, Problem, Result, Settings, is_fatal_cuda_error, run_case, skipped
 
 SCHEMA = "mpt-bench/1"
 
@@ -29,6 +29,7 @@ class Context:
     progress: bool = True
     notes: list[str] = field(default_factory=list)
     deadline: Optional[float] = None         # time.time() after which cases are skipped
+    fatal: Optional[str] = None              # a CUDA error that poisoned the context
 
     @property
     def cpu_fallback(self) -> bool:
@@ -54,6 +55,8 @@ def run_grid(ctx: Context, suite: str, cases: Sequence[tuple[Problem, object, Op
     with _progress(len(cases), suite, ctx.progress) as bar:
         for problem, impl, skip_reason in cases:
             bar.set_postfix_str(f"{problem.key} | {impl.name}", refresh=False)
+            if not skip_reason and ctx.fatal:
+                skip_reason = f"CUDA context lost after: {ctx.fatal}"
             if not skip_reason and ctx.deadline is not None and time.time() > ctx.deadline:
                 skip_reason = "time budget reached (--budget-s)"
             if skip_reason:
@@ -63,6 +66,9 @@ def run_grid(ctx: Context, suite: str, cases: Sequence[tuple[Problem, object, Op
                                ctx.settings, repeats=repeats, collect=collect)
             if not res.ok and not res.status.startswith(("skipped", "unavailable")):
                 bar.write(f"  {suite}: {problem.key} | {impl.name}: {res.status}")
+            if ctx.device.type == "cuda" and is_fatal_cuda_error(res.status):
+                ctx.fatal = f"{problem.key} | {impl.name}: {res.status[:120]}"
+                ctx.notes.append(f"stopped: {ctx.fatal}; later cases were not run")
             results.append(res)
             bar.update(1)
     return results

@@ -40,8 +40,8 @@ def build_hf(preset: str, max_seq_len: int, device: torch.device) -> torch.nn.Mo
 
 
 def generate_ours(model, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    # top_k=1: greedy under any sampling convention.
-    return model.generate(ids, max_new_tokens=new_tokens, top_k=1)
+    # Greedy, no eos: exactly new_tokens steps, like the baseline's call below.
+    return model.generate(ids, max_new_tokens=new_tokens, do_sample=False)
 
 
 def generate_hf(model, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
