@@ -315,7 +315,9 @@ def test_subcommand_smoke_on_cpu(name, tmp_path, capsys):
     if name != "model":  # the baselines always run on a CPU
         assert ok and all(r["value"] > 0 and r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
                           for r in ok)
-        assert all(r["status"] in ("ok", "not built") for r in rep["rows"] if r["kind"] == OURS)
+        # Ours runs, or says plainly that this build lacks the kernel.
+        assert all(r["status"] in ("ok", "not built") or "not implemented" in r["status"]
+                   for r in rep["rows"] if r["kind"] == OURS)
     else:  # transformers is a test dependency: its MPT trains and generates here
         hf = [r for r in rep["rows"] if r["impl"] == "HF transformers"]
         assert [r["params"]["task"] for r in hf] == ["train", "generate"]
