@@ -26,10 +26,13 @@ DEFAULTS = {
 def add_arguments(p) -> None:
     p.add_argument("--shapes", help="head_dim x heads, comma separated (default: %s)"
                    % DEFAULTS["full"]["shapes"])
-    p.add_argument("--seqlens", help="sequence lengths every implementation runs")
+    p.add_argument("--seqlens", help="sequence lengths every implementation runs (default: %s)"
+                   % DEFAULTS["full"]["seqlens"])
     p.add_argument("--long-seqlens", help="lengths run for ours (and the no-ALiBi ceilings) "
-                   "only, where the baselines run out of memory")
-    p.add_argument("--tokens", type=int, help="tokens per batch: batch = tokens // seqlen")
+                   "only, where the baselines run out of memory (default: %s)"
+                   % DEFAULTS["full"]["long_seqlens"])
+    p.add_argument("--tokens", type=int, help="tokens per batch: batch = tokens // seqlen "
+                   "(default: %d)" % DEFAULTS["full"]["tokens"])
     p.add_argument("--passes", help="fwd, fwd+bwd or both")
 
 

@@ -114,8 +114,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"mpt-bench: no CUDA GPU{' requested' if args.device == 'cpu' else ' found'}: "
               f"running the CPU paths at small sizes ({str(dtype)[6:]}). The numbers check the "
               "harness and the CPU kernels; they are not a performance benchmark.", flush=True)
-    elif args.quick:
-        print("mpt-bench: --quick: small grids on the GPU (checks the harness).", flush=True)
+    else:
+        print(f"mpt-bench: {torch.cuda.get_device_name(device)}, {str(dtype)[6:]}"
+              f"{', --quick: small grids (checks the harness)' if args.quick else ''}; "
+              f"results in {out_dir}", flush=True)
 
     started = time.time()
     settings = _settings(device, args)

@@ -25,9 +25,10 @@ DEFAULTS = {
 def add_arguments(p) -> None:
     p.add_argument("--cache-lens", help="cached keys per sequence (default: %s)"
                    % DEFAULTS["full"]["cache_lens"])
-    p.add_argument("--batches", help="batch sizes")
-    p.add_argument("--heads", help="query_heads:kv_heads pairs, e.g. 32:32,32:8 (GQA)")
-    p.add_argument("--head-dim", type=int)
+    p.add_argument("--batches", help="batch sizes (default: %s)" % DEFAULTS["full"]["batches"])
+    p.add_argument("--heads", help="query_heads:kv_heads pairs (default: %s; 32:8 is GQA)"
+                   % DEFAULTS["full"]["heads"])
+    p.add_argument("--head-dim", type=int, help="(default: %d)" % DEFAULTS["full"]["head_dim"])
 
 
 def _head_pairs(text: str) -> list[tuple[int, int]]:

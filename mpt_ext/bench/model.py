@@ -42,8 +42,13 @@ def add_arguments(p) -> None:
     p.add_argument("--gen-preset", help="preset for generation ('' to skip)")
     p.add_argument("--prompt-len", type=int)
     p.add_argument("--new-tokens", type=int)
+    p.add_argument("--checkpointing", action="store_true",
+                   help="activation checkpointing in training (long contexts)")
     p.add_argument("--no-train", action="store_true")
     p.add_argument("--no-generate", action="store_true")
+    p.epilog = ("Long context (DESIGN.md targets): model --no-train --gen-preset 7b "
+                "--prompt-len 68000 --new-tokens 32;  model --no-generate --presets 1b "
+                "--seq 65536 --batch 1 --checkpointing")
 
 
 def _n_params(model: torch.nn.Module) -> int:
@@ -53,6 +58,8 @@ def _n_params(model: torch.nn.Module) -> int:
 def _train_prepare(ctx: Context, pr: Problem, impl) -> Prepared:
     p = pr.params
     model = impl.build(p["preset"], p["seq"], ctx.device).train()
+    if p["checkpointing"]:
+        model.gradient_checkpointing_enable()  # both models have this method
     cfg = mpt_models.our_config(p["preset"], p["seq"])
     n_params = _n_params(model)
     cuda = ctx.device.type == "cuda"
@@ -131,8 +138,10 @@ def run(ctx: Context, args) -> dict:
     if not args.no_train:
         for preset in presets:
             batch = args.batch or dflt["batch"].get(preset, 2)
-            pr = Problem(key=f"train {preset} seq={seq} B={batch}",
-                         params={"task": "train", "preset": preset, "seq": seq, "batch": batch},
+            ckpt = " ckpt" if args.checkpointing else ""
+            pr = Problem(key=f"train {preset} seq={seq} B={batch}{ckpt}",
+                         params={"task": "train", "preset": preset, "seq": seq, "batch": batch,
+                                 "checkpointing": bool(args.checkpointing)},
                          work=batch * seq, metric=counting.TOKENS_PER_S[0], unit=1.0)
             train_cases += [(pr, impl, None) for impl in impls]
     if gen_preset and not args.no_generate:

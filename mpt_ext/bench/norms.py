@@ -27,7 +27,8 @@ DEFAULTS = {
 def add_arguments(p) -> None:
     p.add_argument("--rows", type=int, help="rows (tokens) per call (default: %d)"
                    % DEFAULTS["full"]["rows"])
-    p.add_argument("--hidden", help="hidden sizes, comma separated")
+    p.add_argument("--hidden", help="hidden sizes, comma separated (default: %s)"
+                   % DEFAULTS["full"]["hidden"])
     p.add_argument("--ops", help="layer_norm, rms_norm or both")
     p.add_argument("--passes", help="fwd, fwd+bwd or both")
 
