@@ -41,8 +41,36 @@ class Context:
         return any(f.lower() in impl_name.lower() for f in self.impl_filter)
 
 
+class _PlainProgress:
+    """Stands in for tqdm where it is not installed: a line every tenth of the grid."""
+
+    def __init__(self, total: int, desc: str, enabled: bool):
+        self.total, self.desc, self.enabled, self.n = total, desc, enabled, 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+        pass
+
+    def write(self, s: str) -> None:
+        print(s, flush=True)
+
+    def update(self, k: int = 1) -> None:
+        step = max(1, self.total // 10)
+        self.n += k
+        if self.enabled and (self.n % step == 0 or self.n == self.total):
+            print(f"{self.desc}: {self.n}/{self.total} cases", flush=True)
+
+
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _PlainProgress(total, desc, enabled)
     return tqdm(total=total, desc=desc, unit="case", disable=not enabled, dynamic_ncols=True,
                 leave=False)
 
@@ -108,6 +136,9 @@ def emit(ctx: Context, rep: dict) -> dict:
         try:
             report.plot(rep, png)
             paths["png"] = png
+        except ImportError:
+            rep["notes"].append("no plot: matplotlib is not installed here "
+                                "(scripts/make-benchmarks-md draws it from the JSON)")
         except Exception as exc:  # a plotting problem must not lose the measurements
             rep["notes"].append(f"plot failed: {type(exc).__name__}: {exc}")
     report.write_json(rep, paths["json"])
