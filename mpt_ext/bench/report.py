@@ -144,11 +144,15 @@ def plot(rep: dict, path: str) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.2 * rows), squeeze=False)
     metric = next((r["metric"] for r in rep["rows"]), "")
     ceiling = rep.get("ceilings", {}).get(_CEILING_FOR_METRIC.get(metric, ""), None)
+    # One colour per implementation across every panel.
+    palette = plt.get_cmap("tab10").colors
+    impls = list(OrderedDict.fromkeys(r["impl"] for r in rep["rows"]))
+    colors = {name: palette[i % len(palette)] for i, name in enumerate(impls)}
     for ax, (pk, prs) in zip(axes.flat, panels.items()):
         if spec.get("kind") == "bars":
-            _bars(ax, prs)
+            _bars(ax, prs, colors)
         else:
-            _lines(ax, prs, spec, ceiling)
+            _lines(ax, prs, spec, ceiling, colors)
         ax.set_title(_panel_title(spec, pk), fontsize=10)
         ax.set_ylabel(metric)
         ax.grid(True, alpha=0.3)
@@ -173,24 +177,35 @@ def _style(kind: str) -> dict:
     return {"linewidth": 1.4, "marker": "."}
 
 
-def _lines(ax, prs: list[dict], spec: dict, ceiling: Optional[float]) -> None:
+def _size_label(n) -> str:
+    if isinstance(n, int) and n >= 1024 and n % 1024 == 0:
+        return f"{n // 1024}k"
+    return str(n)
+
+
+def _lines(ax, prs: list[dict], spec: dict, ceiling: Optional[float], colors: dict) -> None:
     series: "OrderedDict[str, list[dict]]" = OrderedDict()
     for r in prs:
         series.setdefault(r["impl"], []).append(r)
     for impl, rs in series.items():
         rs = sorted(rs, key=lambda r: r["params"][spec["x"]])
         ax.plot([r["params"][spec["x"]] for r in rs], [r["value"] for r in rs], label=impl,
-                **_style(rs[0]["kind"]))
+                color=colors.get(impl), **_style(rs[0]["kind"]))
     if ceiling:
         ax.axhline(ceiling, color="gray", linestyle=":", linewidth=1,
                    label=f"measured ceiling {fmt_num(ceiling)}")
     if spec.get("logx"):
         ax.set_xscale("log", base=2)
+    xs = sorted({r["params"][spec["x"]] for r in prs})
+    ax.set_xticks(xs)
+    ax.set_xticklabels([_size_label(x) for x in xs], fontsize=8)
+    ax.minorticks_off()
+    ax.set_ylim(bottom=0)
     ax.set_xlabel(spec.get("xlabel", spec["x"]))
     ax.legend(fontsize=7)
 
 
-def _bars(ax, prs: list[dict]) -> None:
+def _bars(ax, prs: list[dict], colors: dict) -> None:
     keys = list(OrderedDict.fromkeys(r["key"] for r in prs))
     impls = list(OrderedDict.fromkeys(r["impl"] for r in prs))
     width = 0.8 / max(1, len(impls))
@@ -201,7 +216,7 @@ def _bars(ax, prs: list[dict]) -> None:
                 if r["key"] == k and r["impl"] == impl:
                     xs.append(i + j * width)
                     ys.append(r["value"])
-        ax.bar(xs, ys, width=width, label=impl)
+        ax.bar(xs, ys, width=width, label=impl, color=colors.get(impl))
     ax.set_xticks([i + width * (len(impls) - 1) / 2 for i in range(len(keys))])
     ax.set_xticklabels(keys, fontsize=7, rotation=15)
     ax.legend(fontsize=7)
