@@ -98,12 +98,12 @@ def _make_inputs(spec: AttnSpec, layout: str, grad: bool):
     return make
 
 
-def preparer(ctx: Context, pass_of=lambda pr: pr.params["pass"]):
+def preparer(ctx: Context):
     def prepare(pr: Problem, impl):
         def go() -> Prepared:
             spec = _spec(ctx, pr)
             fn = impl.build(spec)
-            grad = pass_of(pr) == counting.FWD_BWD
+            grad = pr.params["pass"] == counting.FWD_BWD
             make = _make_inputs(spec, impl.layout, grad)
             if grad:
                 def call(x):

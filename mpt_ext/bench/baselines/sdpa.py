@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from typing import Optional
 
-import torch
 import torch.nn.functional as F
 
 from ..core import Unavailable
