@@ -2,6 +2,7 @@
 
     mpt-generate CKPT_DIR --prompt "def fib(n):" --max-new-tokens 100
     python -m mpt_ext.generate CKPT_DIR --prompt-file story.txt --tokenizer path/to/tok --top-p 0.9
+    mpt-generate --preset 7b --prompt-tokens 68000 --max-new-tokens 32 --quiet   # a benchmark
 
 The generated text goes to stdout as it is produced; the prefill time and decode speed go
 to stderr. The tokenizer is --tokenizer (byte, or a local Hugging Face tokenizer dir); by
@@ -25,11 +26,17 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mpt-generate", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", help="checkpoint dir: config.json + model.safetensors "
-                   "(or sharded / pytorch_model.bin)")
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help="checkpoint dir: config.json + model.safetensors (or sharded / "
+                   "pytorch_model.bin)")
+    p.add_argument("--preset", default=None,
+                   help="instead of a checkpoint: random weights of this MPTConfig preset "
+                   "(speed measurements, e.g. --preset 7b --prompt-tokens 68000)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", default=None, help="prompt text")
     src.add_argument("--prompt-file", default=None, help="file whose text is the prompt")
+    src.add_argument("--prompt-tokens", type=int, default=None,
+                     help="a prompt of this many random token ids (speed measurements)")
     p.add_argument("--tokenizer", default=None,
                    help="'byte' or a local Hugging Face tokenizer dir (default: the checkpoint "
                    "dir if it has tokenizer files, else 'byte')")
@@ -44,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", *_DTYPES],
                    help="auto: bfloat16 on a GPU, the checkpoint's dtype on a CPU")
     p.add_argument("--no-stream", action="store_true", help="print the text once at the end")
+    p.add_argument("--quiet", action="store_true", help="print no text, only the timing line")
     return p
 
 
@@ -91,30 +99,46 @@ def _device(spec: str) -> torch.device:
 def main(argv: Optional[list] = None, out: TextIO = None, err: TextIO = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
-    args = build_parser().parse_args(argv)
-    from .models import MPTForCausalLM  # noqa: PLC0415  (keeps --help fast)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.checkpoint is None) == (args.preset is None):
+        parser.error("give a checkpoint dir or --preset (one of them)")
+    from .models import MPTConfig, MPTForCausalLM  # noqa: PLC0415  (keeps --help fast)
 
-    checkpoint = Path(args.checkpoint)
     device = _device(args.device)
     dtype = _DTYPES.get(args.dtype)
     if dtype is None and device.type == "cuda":
         dtype = torch.bfloat16
-    tokenizer = _load_tokenizer(args.tokenizer, checkpoint)
-    model = MPTForCausalLM.from_pretrained(checkpoint, dtype=dtype, device=device).eval()
+    if args.preset is not None:
+        checkpoint = Path(".")
+        tokenizer = _load_tokenizer(args.tokenizer or "byte", checkpoint)
+        model = MPTForCausalLM(MPTConfig.preset(args.preset), device=device)
+        model = model.to(dtype or torch.float32).eval()
+    else:
+        checkpoint = Path(args.checkpoint)
+        tokenizer = _load_tokenizer(args.tokenizer, checkpoint)
+        model = MPTForCausalLM.from_pretrained(checkpoint, dtype=dtype, device=device).eval()
     if tokenizer.vocab_size > model.config.vocab_size:
         raise SystemExit(f"mpt-generate: tokenizer vocab_size {tokenizer.vocab_size} exceeds the "
                          f"model's {model.config.vocab_size}")
 
-    if args.prompt_file is not None:
-        prompt = Path(args.prompt_file).read_text()
+    if args.prompt_tokens is not None:
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, tokenizer.vocab_size, (args.prompt_tokens,), generator=g).tolist()
+        prompt = "" if args.quiet else tokenizer.decode(ids)
     else:
-        prompt = args.prompt if args.prompt is not None else ""
-    ids = tokenizer.encode(prompt)
+        if args.prompt_file is not None:
+            prompt = Path(args.prompt_file).read_text()
+        else:
+            prompt = args.prompt if args.prompt is not None else ""
+        ids = tokenizer.encode(prompt)
     if not ids:  # generation needs one token to condition on
         start = getattr(tokenizer, "bos_token_id", None)
         ids = [start if start is not None else tokenizer.eos_token_id]
     input_ids = torch.tensor([ids], dtype=torch.long, device=device)
 
+    if args.quiet:
+        args.no_stream = True
     printer = StreamPrinter(tokenizer, out)
     times: list[float] = []
 
@@ -134,14 +158,18 @@ def main(argv: Optional[list] = None, out: TextIO = None, err: TextIO = None) ->
     if not args.no_stream:
         out.write(prompt)
         out.flush()
+    if args.prompt_tokens is not None:  # a measurement: warm up kernels and allocator first
+        model.generate(input_ids[:, :16], 2, **sampling)
     start = time.perf_counter()
     model.generate(input_ids, args.max_new_tokens, generator=generator, streamer=on_token,
                    eos_token_id=None if args.ignore_eos else tokenizer.eos_token_id, **sampling)
-    text = printer.finish()
-    if args.no_stream:
-        out.write(prompt + text)
-    out.write("\n")
-    out.flush()
+    if not args.quiet:
+        if args.no_stream:
+            out.write(prompt + tokenizer.decode(printer.ids))
+        else:
+            printer.finish()
+        out.write("\n")
+        out.flush()
 
     n = len(times)
     if n:

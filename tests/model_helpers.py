@@ -42,7 +42,8 @@ def hf_twin(model: MPTForCausalLM):
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
 def padded_batch(lengths, seqlen, vocab, left: bool):

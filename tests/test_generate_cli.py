@@ -80,3 +80,18 @@ def test_module_entry_point_help():
     r = subprocess.run([sys.executable, "-m", "mpt_ext.generate", "--help"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--prompt-file" in r.stdout
+
+
+def test_cli_preset_benchmark_mode(tmp_path):
+    out, err = io.StringIO(), io.StringIO()
+    rc = main(["--preset", "tiny", "--prompt-tokens", "40", "--max-new-tokens", "5",
+               "--ignore-eos", "--quiet", "--device", "cpu"], out=out, err=err)
+    assert rc == 0 and out.getvalue() == ""
+    assert "prompt 40 tokens" in err.getvalue() and "5 new tokens" in err.getvalue()
+
+
+def test_cli_needs_exactly_one_model_source(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--prompt", "x"], out=io.StringIO(), err=io.StringIO())
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--preset", "tiny"], out=io.StringIO(), err=io.StringIO())

@@ -198,3 +198,36 @@ def test_long_context_warns_and_runs():
         logits = model(ids).logits
     assert torch.isfinite(logits).all()
     assert rel_err(logits, reference_logits(model, ids)) < 1e-4
+
+
+def test_cu_seqlens_packed_documents_equal_each_document_alone():
+    model = make_model(tiny_config())
+    ids = torch.randint(0, model.config.vocab_size, (2, 10))
+    # Row 0 holds documents of 3 and 7 tokens, row 1 one of 10: boundaries never cross rows.
+    cu = torch.tensor([0, 3, 10, 20], dtype=torch.int32)
+    with torch.no_grad():
+        packed = model(ids, cu_seqlens=cu, max_seqlen=10).logits
+        flat = ids.reshape(-1)
+        for lo, hi in zip(cu[:-1].tolist(), cu[1:].tolist()):
+            alone = model(flat[lo:hi][None]).logits[0]
+            assert rel_err(packed.reshape(20, -1)[lo:hi], alone) < 1e-4
+    # A document may also continue from one row into the next.
+    with torch.no_grad():
+        across = model(ids, cu_seqlens=torch.tensor([0, 4, 20], dtype=torch.int32)).logits
+        alone = model(flat[4:20][None]).logits[0]
+    assert rel_err(across.reshape(20, -1)[4:], alone) < 1e-4
+
+
+def test_cu_seqlens_bad_values_raise():
+    model = make_model(tiny_config())
+    ids = torch.randint(0, model.config.vocab_size, (2, 5))
+    for cu, match in [(torch.tensor([0, 3, 9], dtype=torch.int32), "batch \\* seqlen"),
+                      (torch.tensor([0, 6, 4, 10], dtype=torch.int32), "rise"),
+                      (torch.tensor([0, 10]), "int32")]:
+        with pytest.raises(ValueError, match=match):
+            model(ids, cu_seqlens=cu)
+    with pytest.raises(ValueError, match="max_seqlen"):
+        model(ids, cu_seqlens=torch.tensor([0, 10], dtype=torch.int32), max_seqlen=4)
+    with pytest.raises(ValueError, match="not both"):
+        model(ids, attention_mask=torch.ones_like(ids),
+              cu_seqlens=torch.tensor([0, 10], dtype=torch.int32))

@@ -78,6 +78,9 @@ class AttnConfig:
             del d["kv_n_heads"]
         for k in ("attn_pdrop", "alibi_bias_max"):
             d[k] = _int_if_integral(d[k])
+        for k in ("clip_qkv", "softmax_scale"):  # typed float | None by transformers
+            if d[k] is not None:
+                d[k] = float(d[k])
         d.update(self.extra)
         return d
 

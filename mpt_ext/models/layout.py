@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["TokenLayout", "layout_from_mask"]
+__all__ = ["TokenLayout", "layout_from_mask", "layout_from_cu_seqlens"]
 
 
 @dataclass
@@ -29,10 +29,13 @@ class TokenLayout:
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, seqlen, ...) -> (total_tokens, ...) for a packed layout."""
-        return x.reshape(self.batch * self.seqlen, *x.shape[2:]).index_select(0, self.index)
+        flat = x.reshape(self.batch * self.seqlen, *x.shape[2:])
+        return flat if self.index is None else flat.index_select(0, self.index)
 
     def unpack(self, x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """(total_tokens, ...) -> (batch, seqlen, ...), padding positions set to fill."""
+        if self.index is None:  # every position is a token (documents packed into rows)
+            return x.view(self.batch, self.seqlen, *x.shape[1:])
         out = x.new_full((self.batch * self.seqlen, *x.shape[1:]), fill)
         out.index_copy_(0, self.index, x)
         return out.view(self.batch, self.seqlen, *x.shape[1:])
@@ -74,3 +77,24 @@ def layout_from_mask(attention_mask: Optional[torch.Tensor], batch: int, seqlen:
     index = mask.reshape(-1).nonzero().squeeze(1)
     return TokenLayout(batch, seqlen, cu_seqlens=cu, max_seqlen=int(seqlens.max()),
                        index=index, seqlens=seqlens.to(torch.int32))
+
+
+def layout_from_cu_seqlens(cu_seqlens: torch.Tensor, max_seqlen: Optional[int], batch: int,
+                           seqlen: int, device: torch.device) -> TokenLayout:
+    """Documents packed into the rows of a (batch, seqlen) block: cu_seqlens (int32,
+    (n_docs + 1,)) splits the row-major flattened tokens; every position is a token."""
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype != torch.int32:
+        raise ValueError(f"cu_seqlens must be int32 of shape (n_seqs + 1,), got "
+                         f"{cu_seqlens.dtype} {tuple(cu_seqlens.shape)}")
+    cu = cu_seqlens.to(device)
+    lengths = cu.diff()
+    if int(cu[0]) != 0 or int(cu[-1]) != batch * seqlen or bool((lengths < 0).any()):
+        raise ValueError(f"cu_seqlens must rise from 0 to batch * seqlen = {batch * seqlen}, got "
+                         f"{cu_seqlens.tolist() if cu_seqlens.numel() < 20 else 'a bad sequence'}")
+    longest = int(lengths.max())
+    if max_seqlen is not None and int(max_seqlen) < longest:
+        raise ValueError(f"max_seqlen={max_seqlen} is below the longest sequence ({longest})")
+    return TokenLayout(batch, seqlen, cu_seqlens=cu, max_seqlen=longest, index=None,
+                       seqlens=lengths.to(torch.int32))

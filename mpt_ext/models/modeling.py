@@ -22,7 +22,7 @@ from ..attention import (alibi_slopes, flash_attn_func, flash_attn_varlen_func,
                          flash_attn_with_kvcache)
 from ..norm import layer_norm, rms_norm
 from .config import MPTConfig
-from .layout import TokenLayout, layout_from_mask
+from .layout import TokenLayout, layout_from_cu_seqlens, layout_from_mask
 
 __all__ = ["MPTForCausalLM", "MPTModel", "MPTBlock", "MPTAttention", "MPTMLP",
            "CausalLMOutput"]
@@ -253,22 +253,32 @@ class MPTForCausalLM(nn.Module):
         return logits * scale if scale is not None else logits
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None) -> CausalLMOutput:
+                labels: Optional[torch.Tensor] = None, cu_seqlens: Optional[torch.Tensor] = None,
+                max_seqlen: Optional[int] = None) -> CausalLMOutput:
         """logits (batch, seqlen, vocab); with labels, loss is the mean next-token cross
         entropy (labels shifted inside, -100 ignored, as Hugging Face's). With an
         attention_mask (1 token, 0 padding; left or right padding), padding positions get
-        zero logits and are ignored by the loss."""
+        zero logits and are ignored by the loss. cu_seqlens (int32, (n_docs + 1,)) instead
+        splits the row-major flattened tokens into documents that attend only within
+        themselves (packed training); max_seqlen is then their longest length."""
         self._check_input_ids(input_ids)
         batch, seqlen = input_ids.shape
-        self.warn_if_long(seqlen)
-        layout = layout_from_mask(attention_mask, batch, seqlen, input_ids.device)
+        if cu_seqlens is not None:
+            if attention_mask is not None:
+                raise ValueError("pass attention_mask or cu_seqlens, not both")
+            layout = layout_from_cu_seqlens(cu_seqlens, max_seqlen, batch, seqlen,
+                                            input_ids.device)
+            self.warn_if_long(layout.max_seqlen)
+        else:
+            self.warn_if_long(seqlen)
+            layout = layout_from_mask(attention_mask, batch, seqlen, input_ids.device)
         h = self.transformer(input_ids, layout)
         logits = self.logits_from_hidden(h)
         if layout.packed:
             logits = layout.unpack(logits)
         loss = None
         if labels is not None:
-            loss = self.loss(logits, labels, attention_mask if layout.packed else None)
+            loss = self.loss(logits, labels, attention_mask if layout.index is not None else None)
         return CausalLMOutput(logits=logits, loss=loss)
 
     @staticmethod
