@@ -1,0 +1,390 @@
+"""mpt-bench: the counting rules, the statistics, failure handling, and a CPU smoke run of
+every subcommand (tiny sizes, in-process so that torch is imported once)."""
+import json
+import math
+import os
+import runpy
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mpt_ext.bench import attention as attention_cmd
+from mpt_ext.bench import cli, counting, report
+from mpt_ext.bench.baselines import BASELINE, OURS, AttentionImpl
+from mpt_ext.bench.core import (Prepared, Problem, Settings, Skip, Unavailable, classify_error,
+                                is_fatal_cuda_error, measure, percentile, rotation_count,
+                                run_case, summarize)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU = torch.device("cpu")
+
+# Fast, few repeats: these runs check the harness, not speed.
+FAST = ["--device", "cpu", "--target-ms", "1", "--min-repeats", "2", "--max-repeats", "3",
+        "--warmup-ms", "0", "--no-progress"]
+TINY = {
+    "attention": ["--shapes", "32x2", "--seqlens", "16,33", "--tokens", "48"],
+    "decode": ["--cache-lens", "40", "--batches", "2", "--heads", "4:2", "--head-dim", "32"],
+    "norms": ["--rows", "8", "--hidden", "24,64"],
+    "model": ["--presets", "tiny", "--seq", "16", "--batch", "2", "--steps", "1",
+              "--prompt-len", "4", "--new-tokens", "2"],
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The CI box is shared: one intra-op thread avoids spinning against other jobs.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---- counting (DESIGN.md's protocol and its anchor numbers) --------------------------------
+
+def test_attention_flops_match_design_formula_and_anchor():
+    # hd128, N=8192, 16384 tokens -> B=2, 16 heads: 4*B*H*N*N*D/2.
+    fwd = counting.attention_flops(2, 16, 8192, 8192, 128, causal=True)
+    assert fwd == 4 * 2 * 16 * 8192 * 8192 * 128 / 2 == 549755813888
+    assert counting.attention_flops(2, 16, 8192, 8192, 128, True, "fwd+bwd") == 3.5 * fwd
+    assert counting.attention_flops(2, 16, 8192, 8192, 128, causal=False) == 2 * fwd
+    # The anchor: flex ALiBi forward at 1.545 ms is 355.8 TFLOP/s.
+    assert counting.throughput(fwd, 1.545, 1e12) == pytest.approx(355.8, abs=0.1)
+    with pytest.raises(ValueError, match="pass_"):
+        counting.attention_flops(1, 1, 1, 1, 1, True, "bwd")
+
+
+def test_norm_and_decode_bytes_match_anchors():
+    # F.layer_norm bf16, 32768 x 768: fwd 0.0702 ms -> 1433 GB/s, fwd+bwd 0.3303 ms -> 762.
+    fwd = counting.norm_bytes(32768, 768, 2, "fwd")
+    assert fwd == 2 * 32768 * 768 * 2
+    assert counting.norm_bytes(32768, 768, 2, "fwd+bwd") == 2.5 * fwd
+    assert counting.throughput(fwd, 0.0702, 1e9) == pytest.approx(1433.1, rel=2e-3)
+    assert counting.throughput(2.5 * fwd, 0.3303, 1e9) == pytest.approx(761.9, rel=2e-3)
+    # Decode, 32 heads x 128, 65536 cached keys, bf16: eager 0.4405 ms -> 2437.5 GB/s.
+    kv = counting.decode_bytes(1, 32, 65536, 128, 2)
+    assert kv == 2 * 32 * 65536 * 128 * 2
+    assert counting.throughput(kv, 0.4405, 1e9) == pytest.approx(2437.5, rel=1e-3)
+    # GQA reads only the KV heads.
+    assert counting.decode_bytes(1, 8, 65536, 128, 2) == kv / 4
+
+
+def test_model_flops_match_the_hf_anchor_mfu():
+    # HF MPT-125M: 123.6M params, seq 2048, 63034 tokens/s -> 6.2% of 989 TFLOP/s.
+    fpt = counting.model_flops_per_token(123.6e6, 12, 768, 2048)
+    assert fpt * 63034 / 989e12 == pytest.approx(0.062, abs=5e-4)
+
+
+def test_ceiling_counts():
+    assert counting.copy_bytes(2**30) == 2**31
+    assert counting.matmul_flops(8192, 8192, 8192) == 2 * 8192**3
+
+
+# ---- statistics ----------------------------------------------------------------------------
+
+def test_percentile_interpolates_between_order_statistics():
+    vals = [10.0, 1.0, 7.0, 3.0, 5.0, 2.0, 9.0, 4.0, 8.0, 6.0]  # 1..10, shuffled
+    assert percentile(vals, 50) == pytest.approx(5.5)
+    assert percentile(vals, 10) == pytest.approx(1.9)
+    assert percentile(vals, 90) == pytest.approx(9.1)
+    assert percentile(vals, 0) == 1.0 and percentile(vals, 100) == 10.0
+    assert percentile([4.2], 90) == 4.2
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_summarize_reports_median_and_spread():
+    t = summarize([2.0, 1.0, 3.0, 100.0, 2.0])  # one outlier does not move the median
+    assert t.median_ms == 2.0 and t.min_ms == 1.0 and t.repeats == 5
+    assert t.p10_ms == pytest.approx(1.4) and t.p90_ms == pytest.approx(61.2)
+    assert t.spread == pytest.approx((61.2 - 1.4) / 2.0)
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_rotation_count_exceeds_l2():
+    l2 = 50 * 2**20
+    assert rotation_count(200 * 2**20, l2) == 1          # larger than 2x L2: no rotation
+    assert rotation_count(0, l2) == 1 and rotation_count(1024, 0) == 1  # CPU: none
+    n = rotation_count(4 * 2**20, l2, max_sets=64)
+    assert (n - 1) * 4 * 2**20 >= 2 * l2                  # the others flush the cache
+    assert rotation_count(1, l2, max_sets=8) == 8         # capped
+
+
+def test_measure_times_the_requested_repeats_and_cycles_input_sets():
+    seen = []
+    settings = Settings(device=CPU, warmup_ms=0.0, target_ms=0.0, min_repeats=1)
+    t = measure(seen.append, ["a", "b", "c"], settings, repeats=7)
+    assert t.repeats == 7
+    timed = seen[-7:]
+    assert timed == ["a", "b", "c", "a", "b", "c", "a"]
+    assert all(x >= 0 for x in (t.min_ms, t.p10_ms, t.median_ms, t.p90_ms))
+    assert t.min_ms <= t.p10_ms <= t.median_ms <= t.p90_ms
+
+
+def test_measure_picks_repeats_within_bounds():
+    settings = Settings(device=CPU, warmup_ms=0.0, target_ms=1e6, min_repeats=2, max_repeats=4)
+    assert measure(lambda x: None, [0], settings).repeats == 4
+    settings.target_ms = 0.0
+    assert measure(lambda x: None, [0], settings).repeats == 2
+
+
+# ---- failures are reported and the run goes on ---------------------------------------------
+
+def test_classify_error():
+    assert classify_error(torch.cuda.OutOfMemoryError("CUDA out of memory"), BASELINE) == "OOM"
+    assert classify_error(RuntimeError("DefaultCPUAllocator: can't allocate memory"),
+                          BASELINE) == "OOM"
+    assert classify_error(NotImplementedError("no CUDA kernel"), OURS) == "not built"
+    assert classify_error(NotImplementedError("no CUDA kernel"), BASELINE).startswith(
+        "unsupported: no CUDA kernel")
+    assert classify_error(Unavailable("flash-attn missing"), BASELINE) == \
+        "unavailable: flash-attn missing"
+    assert classify_error(Skip("ours only"), BASELINE) == "skipped: ours only"
+    assert classify_error(ValueError("bad\nsecond line"), BASELINE) == "error: ValueError: bad"
+
+
+def test_non_finite_output_is_an_error_not_a_result():
+    settings = Settings.for_device(CPU)
+    nan = run_case("t", _problem(), "nan", OURS,
+                   lambda: Prepared(call=lambda x: (x, x / 0 * 0), inputs=torch.ones(3)),
+                   settings)
+    assert nan.status == "error: non-finite values (NaN/inf) in the output"
+    assert nan.value is None
+    ints = run_case("t", _problem(), "ids", BASELINE,
+                    lambda: Prepared(call=lambda x: x + 1, inputs=torch.arange(3)), settings)
+    assert ints.ok
+
+
+def test_fatal_cuda_errors_are_recognised():
+    assert is_fatal_cuda_error("error: AcceleratorError: CUDA error: an illegal memory access "
+                               "was encountered")
+    assert is_fatal_cuda_error("error: RuntimeError: CUDA error: device-side assert triggered")
+    assert not is_fatal_cuda_error("OOM")
+    assert not is_fatal_cuda_error("error: ValueError: head_dim must be a multiple of 8")
+
+
+def _problem():
+    return Problem(key="p", params={"n": 1}, work=1e6, metric="GB/s", unit=1e9)
+
+
+def test_run_case_reports_failures_without_raising():
+    settings = Settings.for_device(CPU)
+
+    def oom():
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 16 GiB")
+
+    def boom_in_call():
+        def call(x):
+            raise RuntimeError("kernel exploded")
+        return Prepared(call=call, inputs=None)
+    r1 = run_case("t", _problem(), "a", BASELINE, oom, settings)
+    r2 = run_case("t", _problem(), "b", BASELINE, boom_in_call, settings)
+    r3 = run_case("t", _problem(), "c", OURS,
+                  lambda: Prepared(call=lambda x: x * 2, inputs=torch.ones(4)), settings)
+    assert (r1.status, r1.value, r1.timing) == ("OOM", None, None)
+    assert r2.status == "error: RuntimeError: kernel exploded"
+    assert r3.ok and r3.value > 0 and r3.timing.repeats >= settings.min_repeats
+    assert r3.value == pytest.approx(1e6 / (r3.timing.median_ms * 1e-3) / 1e9)
+
+
+def test_failing_baseline_is_reported_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    def broken(spec):
+        raise RuntimeError("this baseline is broken")
+
+    def raises_in_call(spec):
+        def fn(q, k, v):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return fn
+    real = attention_cmd.attention_impls
+    monkeypatch.setattr(attention_cmd, "attention_impls", lambda: [
+        AttentionImpl("broken", BASELINE, "bhsd", broken),
+        AttentionImpl("ooms", BASELINE, "bhsd", raises_in_call),
+        *[i for i in real() if i.name == "eager (HF MPT)"],
+    ])
+    rc = cli.main(["attention", "--out", str(tmp_path), *FAST, *TINY["attention"],
+                   "--no-plot"])
+    assert rc == 0
+    rep = json.loads((tmp_path / "attention.json").read_text())
+    by_impl = {}
+    for r in rep["rows"]:
+        by_impl.setdefault(r["impl"], []).append(r)
+    assert all(r["status"] == "error: RuntimeError: this baseline is broken"
+               for r in by_impl["broken"])
+    assert all(r["status"] == "OOM" for r in by_impl["ooms"])
+    assert len(by_impl["eager (HF MPT)"]) == 4  # 2 seqlens x 2 passes, all ran
+    assert all(r["status"] == "ok" and r["value"] > 0 for r in by_impl["eager (HF MPT)"])
+    out = capsys.readouterr().out
+    assert "this baseline is broken" in out and "OOM" in out
+
+
+# ---- the baselines compute what they claim (ALiBi, bottom-right causal, GQA) ---------------
+
+def _alibi_reference(q, k, v, slopes, causal):
+    """Direct formula in float64, bhsd: softmax(q k^T / sqrt(d) - slope*|i + sk - sq - j|)."""
+    h, hk, sq, sk, d = q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3]
+    k, v = (t.double().repeat_interleave(h // hk, 1) for t in (k, v))
+    rel = (torch.arange(sk)[None] - (torch.arange(sq)[:, None] + sk - sq)).double()
+    s = q.double() @ k.transpose(-1, -2) / math.sqrt(d) - slopes.double()[:, None, None] * rel.abs()
+    if causal:
+        s = s.masked_fill(rel > 0, float("-inf"))
+    return torch.softmax(s, -1) @ v
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("adapter", ["eager", "sdpa", "flex"])
+@pytest.mark.parametrize("sq,sk,h,hk", [(17, 17, 4, 4), (5, 9, 6, 2), (1, 13, 8, 2)])
+def test_attention_baselines_compute_alibi(adapter, sq, sk, h, hk, monkeypatch):
+    import mpt_ext
+    from mpt_ext.bench.baselines import eager, flex, sdpa
+    from mpt_ext.bench.baselines.spec import AttnSpec
+    if adapter == "flex":  # uncompiled: the same score_mod and mask, no minutes of compiling
+        monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    build = {"eager": eager.build, "sdpa": sdpa.build_with_bias(None), "flex": flex.build}
+    slopes = mpt_ext.alibi_slopes(h)
+    spec = AttnSpec(2, h, hk, sq, sk, 32, True, slopes, torch.float32, CPU)
+    q = torch.randn(2, h, sq, 32)
+    k, v = torch.randn(2, hk, sk, 32), torch.randn(2, hk, sk, 32)
+    out = build[adapter](spec)(q, k, v)
+    ref = _alibi_reference(q, k, v, slopes, causal=True)
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
+
+
+def test_time_budget_skips_the_remaining_cases(tmp_path):
+    rc = cli.main(["decode", "--out", str(tmp_path), *FAST, *TINY["decode"], "--no-plot",
+                   "--budget-s", "1e-6"])
+    assert rc == 0
+    rows = json.loads((tmp_path / "decode.json").read_text())["rows"]
+    assert rows and all(r["status"] == "skipped: time budget reached (--budget-s)"
+                        for r in rows)
+
+
+# ---- reports -------------------------------------------------------------------------------
+
+def _row(key, impl, kind, value, status="ok"):
+    return {"key": key, "impl": impl, "kind": kind, "status": status, "value": value,
+            "metric": "TFLOP/s", "params": {"N": 1}}
+
+
+def test_ratios_are_to_the_best_baseline_not_to_ceilings():
+    rows = [_row("p", "ours", OURS, 300.0), _row("p", "flex", BASELINE, 200.0),
+            _row("p", "sdpa", BASELINE, 100.0), _row("p", "nobias", "ceiling", 600.0),
+            _row("p", "eager", BASELINE, None, status="OOM"),
+            _row("q", "ours", OURS, 5.0)]  # no baseline succeeded at q
+    report.annotate(rows, {"matmul_tflops": 600.0})
+    ours, flex, sdpa, ceil, eager, lonely = rows
+    assert ours["best_baseline"] == "flex" and ours["vs_best_baseline"] == 1.5
+    assert flex["vs_best_baseline"] == 1.0 and sdpa["vs_best_baseline"] == 0.5
+    assert ceil["vs_best_baseline"] == 3.0
+    assert ours["of_ceiling"] == 0.5
+    assert eager["vs_best_baseline"] is None and eager["of_ceiling"] is None
+    assert lonely["vs_best_baseline"] is None
+
+
+def test_markdown_pivot_marks_failures():
+    rows = [_row("p", "ours", OURS, 300.0), _row("p", "flex", BASELINE, 200.0),
+            _row("p", "eager", BASELINE, None, status="OOM"),
+            _row("p", "sdpa", BASELINE, None, status="error: ValueError: x")]
+    report.annotate(rows, {})
+    md = report.markdown({"suite": "attention", "rows": rows, "plot": {}}, "a.png")
+    assert "| p | 300 | 200 | OOM | error | 1.50x |" in md
+    assert "- p / sdpa: error: ValueError: x" in md and "![attention](a.png)" in md
+
+
+# ---- CPU smoke runs of every subcommand ----------------------------------------------------
+
+@pytest.mark.parametrize("name", ["attention", "decode", "norms", "model"])
+def test_subcommand_smoke_on_cpu(name, tmp_path, capsys):
+    rc = cli.main([name, "--out", str(tmp_path), *FAST, *TINY[name]])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "no CUDA GPU" in out                       # says that it ran the CPU paths
+    assert f"== {name} |" in out and "problem" in out  # the table
+    rep = json.loads((tmp_path / f"{name}.json").read_text())
+    assert rep["suite"] == name and rep["cpu_fallback"] is True
+    env = rep["env"]
+    for key in ("torch", "cuda", "commit", "gpu", "mpt_ext_build", "date_utc"):
+        assert key in env
+    assert rep["ceilings"]["copy_gbps"] > 0 and rep["ceilings"]["matmul_tflops"] > 0
+    assert rep["rows"]
+    assert all(r["status"] for r in rep["rows"])
+    ok = [r for r in rep["rows"] if r["status"] == "ok"]
+    if name != "model":  # the baselines always run on a CPU
+        assert ok and all(r["value"] > 0 and r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
+                          for r in ok)
+        # Every op has a CPU kernel: ours runs through the public API.
+        assert all(r["status"] == "ok" for r in rep["rows"] if r["kind"] == OURS)
+    else:  # ours and transformers' MPT (a test dependency) both train and generate here
+        for impl in ("mpt_ext", "HF transformers"):
+            train, gen = [r for r in rep["rows"] if r["impl"] == impl]
+            assert train["params"]["task"] == "train" and gen["params"]["task"] == "generate"
+            assert train["status"] == "ok" and train["value"] > 0, train["status"]
+            assert train["extra"]["params_m"] > 0 and train["extra"]["tflops"] > 0
+            # A 2-token generation on a loaded CPU may time no slower than its prefill:
+            # then the row says so instead of a rate.
+            assert gen["status"] == "ok" or "timing noise" in gen["status"], gen["status"]
+            assert gen["extra"]["prefill_ms"] > 0
+    assert (tmp_path / f"{name}.png").stat().st_size > 1000
+    assert (tmp_path / f"{name}.txt").read_text().startswith(f"== {name}")
+    assert json.loads((tmp_path / "index.json").read_text())["outputs"][name]["json"]
+
+
+def test_attention_rows_follow_the_protocol(tmp_path):
+    cli.main(["attention", "--out", str(tmp_path), *FAST, "--no-plot", "--impls", "eager",
+              "--shapes", "32x2", "--seqlens", "16,32", "--tokens", "64", "--passes", "fwd"])
+    rows = json.loads((tmp_path / "attention.json").read_text())["rows"]
+    assert [(r["params"]["N"], r["params"]["B"]) for r in rows] == [(16, 4), (32, 2)]
+    for r in rows:
+        assert r["metric"] == "TFLOP/s"
+        flops = counting.attention_flops(r["params"]["B"], 2, r["params"]["N"],
+                                         r["params"]["N"], 32, True)
+        assert r["value"] == pytest.approx(flops / (r["median_ms"] * 1e-3) / 1e12)
+
+
+def test_module_entry_point_and_make_benchmarks_md(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    # `python -m mpt_ext.bench`, in this interpreter (a new one would import torch again).
+    monkeypatch.setattr(sys, "argv", ["mpt-bench", "norms", "--out", str(out), *FAST,
+                                      *TINY["norms"]])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_module("mpt_ext.bench", run_name="__main__", alter_sys=True)
+    assert stop.value.code == 0
+    # The docs script needs no torch: a subprocess is cheap.
+    md = tmp_path / "BENCHMARKS.md"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make-benchmarks-md"),
+                           str(out), "-o", str(md)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = md.read_text()
+    assert "this run had no GPU" in text and "### norms (GB/s" in text
+    assert "| layer_norm h=24 rows=8 fwd |" in text
+    assert "![norms](benchmarks/norms.png)" in text
+    assert (tmp_path / "benchmarks" / "norms.png").exists()
+
+
+def test_runs_without_tqdm_and_matplotlib(tmp_path, monkeypatch, capsys):
+    # The GPU machine may lack both: the run still completes, and the docs script draws the
+    # plots from the JSON afterwards.
+    for mod in ("tqdm", "matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, mod, None)
+    out = tmp_path / "run"
+    assert cli.main(["norms", "--out", str(out), *FAST[:-1], *TINY["norms"]]) == 0
+    assert "norms: 16/16 cases" in capsys.readouterr().out  # 8 problems x 2 impls
+    rep = json.loads((out / "norms.json").read_text())
+    assert any("matplotlib is not installed" in n for n in rep["notes"])
+    assert not (out / "norms.png").exists()
+    monkeypatch.undo()
+    md = tmp_path / "B.md"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make-benchmarks-md"),
+                           str(out), "-o", str(md)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "benchmarks" / "norms.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_default_suite_runs_everything_on_cpu(tmp_path):
+    assert cli.main(["--out", str(tmp_path), *FAST]) == 0
+    for name in ("attention", "decode", "norms", "model"):
+        assert (tmp_path / f"{name}.json").exists()
