@@ -42,6 +42,9 @@ void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bo
   check_dim(k, "k", dim, layout);
   check_dim(v, "v", dim, layout);
   to_dtype(q, "q", q.is_cpu());
+  // flash-attn's contract: half precision on GPUs (fp32/fp64 exist for the CPU path).
+  TORCH_CHECK_TYPE(q.is_cpu() || q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16,
+                   "q must be float16 or bfloat16 on ", q.device(), ", got ", q.scalar_type());
   check_same_dtype(k, "k", q, "q");
   check_same_dtype(v, "v", q, "q");
   check_same_device(k, "k", q, "q");

@@ -1,0 +1,65 @@
+"""Small calls of every CUDA op, for compute-sanitizer (scripts/gpu-check): odd sizes so
+that tile edges, masks and GQA are all exercised, forward and backward."""
+import torch
+
+import mpt_ext
+
+dev = "cuda"
+torch.manual_seed(0)
+
+
+def attention_cases():
+    for dtype in (torch.bfloat16, torch.float16):
+        for (b, sq, sk, h, hk, d) in [(2, 17, 113, 6, 2, 64), (1, 113, 17, 4, 4, 128),
+                                      (1, 1, 65, 3, 1, 256), (2, 33, 33, 2, 1, 40)]:
+            q = torch.randn(b, sq, h, d, device=dev, dtype=dtype, requires_grad=True)
+            k = torch.randn(b, sk, hk, d, device=dev, dtype=dtype, requires_grad=True)
+            v = torch.randn(b, sk, hk, d, device=dev, dtype=dtype, requires_grad=True)
+            slopes = mpt_ext.alibi_slopes(h, device=dev).requires_grad_()
+            for causal, window in ((True, (-1, -1)), (False, (8, 3))):
+                out = mpt_ext.flash_attn_func(q, k, v, causal=causal, window_size=window,
+                                              alibi_slopes=slopes, softcap=0.0)
+                out.float().square().sum().backward()
+        # varlen with an empty sequence
+        cu = torch.tensor([0, 5, 5, 40], device=dev, dtype=torch.int32)
+        q = torch.randn(40, 4, 64, device=dev, dtype=dtype, requires_grad=True)
+        kv = torch.randn(40, 2, 64, device=dev, dtype=dtype, requires_grad=True)
+        out = mpt_ext.flash_attn_varlen_func(q, kv, kv, cu, cu, 35, 35, causal=True,
+                                             alibi_slopes=mpt_ext.alibi_slopes(4, device=dev))
+        out.float().sum().backward()
+
+
+def decode_cases():
+    for dtype in (torch.bfloat16, torch.float16):
+        b, h, hk, d, cache = 3, 8, 2, 128, 300
+        kc = torch.randn(b, cache, hk, d, device=dev, dtype=dtype)
+        vc = torch.randn_like(kc)
+        seqlens = torch.tensor([0, 17, 290], device=dev, dtype=torch.int32)
+        for sq in (1, 4):
+            q = torch.randn(b, sq, h, d, device=dev, dtype=dtype)
+            kn = torch.randn(b, sq, hk, d, device=dev, dtype=dtype)
+            for splits in (0, 1, 3):
+                mpt_ext.flash_attn_with_kvcache(q, kc, vc, kn, kn, cache_seqlens=seqlens,
+                                                causal=True, num_splits=splits,
+                                                alibi_slopes=mpt_ext.alibi_slopes(h, device=dev))
+
+
+def norm_cases():
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for hidden in (1, 7, 769, 4096, 5000):
+            x = torch.randn(37, hidden, device=dev, dtype=dtype, requires_grad=True)
+            r = torch.randn_like(x, requires_grad=True)
+            w = torch.randn(hidden, device=dev, requires_grad=True)
+            bias = torch.randn(hidden, device=dev, requires_grad=True)
+            y, s = mpt_ext.layer_norm(x, w, bias, residual=r)
+            (y.float().sum() + s.float().sum()).backward()
+            mpt_ext.rms_norm(x, w).float().sum().backward()
+
+
+for name, fn in (("norm", norm_cases), ("attention", attention_cases), ("decode", decode_cases)):
+    try:
+        fn()
+        torch.cuda.synchronize()
+        print(f"{name}: ok")
+    except NotImplementedError as e:
+        print(f"{name}: not built ({e})")
