@@ -14,7 +14,7 @@ namespace mpt_ext::attn_cuda {
 template <int kD>
 using BwdKVConfigFor = BwdKVConfig<kD, (kD <= 64 ? 64 : (kD <= 128 ? 32 : 16))>;
 template <int kD>
-using BwdQConfigFor = BwdQConfig<kD, (kD <= 128 ? 64 : 32)>;
+using BwdQConfigFor = BwdQConfig<kD, (kD <= 64 ? 64 : 32)>;
 
 template <typename T, int kD>
 void run_attention_bwd(const AttentionBwdParams& p) {
