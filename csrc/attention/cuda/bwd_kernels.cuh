@@ -76,7 +76,7 @@ struct BwdKVConfig {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kSmemBytes =
-      (2 * kBlockN * kD + 2 * kStages * kBlockM * kD) * 2 + 2 * kStages * kBlockM * 4 + 16 * 4;
+      (2 * kBlockN * kD + 2 * kStages * kBlockM * kD) * 2 + 4 * kStages * kBlockM * 4 + 16 * 4;
   static_assert(kBlockN == 16 * kWarps && kBlockM % 16 == 0 && kD % 64 == 0, "tile shapes");
 };
 
@@ -97,7 +97,9 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   uint16_t* sdO = sQ + kStages * kBlockM * kD;
   float* sL = reinterpret_cast<float*>(sdO + kStages * kBlockM * kD);
   float* sDs = sL + kStages * kBlockM;
-  float* sRed = sDs + kStages * kBlockM;
+  int* sLo = reinterpret_cast<int*>(sDs + kStages * kBlockM);  // visible keys [lo, hi) per query
+  int* sHi = sLo + kStages * kBlockM;
+  float* sRed = reinterpret_cast<float*>(sHi + kStages * kBlockM);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
@@ -150,6 +152,10 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       const int64_t w = h * x.rows + ws_row(si, b, m0 + r);
       sL[stage * kBlockM + r] = ok ? x.lse2[w] : INFINITY;  // padding rows: P = 0
       sDs[stage * kBlockM + r] = ok ? x.dsum[w] : 0.f;
+      const KeyRange kr = visible_keys(m0 + r, si.sq, si.sk, f.mask.causal, f.mask.window_left,
+                                       f.mask.window_right);
+      sLo[stage * kBlockM + r] = static_cast<int>(kr.lo);
+      sHi[stage * kBlockM + r] = static_cast<int>(kr.hi);
     }
   };
 
@@ -181,6 +187,8 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     const uint16_t* tdO = sdO + stage * kBlockM * kD;
     const float* tL = sL + stage * kBlockM;
     const float* tDs = sDs + stage * kBlockM;
+    const int* tLo = sLo + stage * kBlockM;
+    const int* tHi = sHi + stage * kBlockM;
     const int g_idx = it / m_count;
     const int h = hk * group + g_idx;
     const int m0 = (m_lo + it % m_count) * kBlockM;
@@ -195,7 +203,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 #pragma unroll
       for (int e = 0; e < 4; ++e) st[i][e] = dpt[i][e] = 0.f;
     }
-#pragma unroll
+#pragma unroll 4  // full unrolling makes ptxas prefetch every fragment: spills
     for (int ks = 0; ks < kD / 16; ++ks) {
       uint32_t ak[4], av[4];
       load_a<kD>(ak, sK, warp * 16, ks * 16, lane);
@@ -223,11 +231,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         const int dist = abs_dist(i, j, shift);
         float th = 0.f;
         float s2 = mod(st[qt][e], dist, &th);
-        if (masked) {
-          const KeyRange kr = visible_keys(i, si.sq, si.sk, f.mask.causal, f.mask.window_left,
-                                           f.mask.window_right);
-          if (j < kr.lo || j >= kr.hi) s2 = -INFINITY;
-        }
+        if (masked && (j < tLo[il] || j >= tHi[il])) s2 = -INFINITY;
         const float pr = exp2f(s2 - tL[il]);
         float ds = pr * (dpt[qt][e] - tDs[il]);
         dslope_acc += ds * static_cast<float>(dist);

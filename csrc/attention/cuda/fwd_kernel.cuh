@@ -1,8 +1,9 @@
 // Flash attention forward (FA2 scheme) with ALiBi, softcap, causal / window masks, GQA and
 // varlen, on mma.sync tensor cores.
 //
-// One CTA = 4 warps = kBlockM (64) query rows of one (batch, head); warp w owns rows
-// [16w, 16w + 16). Q stays in shared memory (re-read by ldmatrix each k-step, which keeps
+// One CTA = 4 warps = kBlockM = 64 * kMT query rows of one (batch, head); warp w owns kMT
+// m16 tiles, rows [16 kMT w, 16 kMT (w + 1)) (kMT = 2 halves the K/V fragment loads per mma
+// at the price of registers). Q stays in shared memory (re-read by ldmatrix each k-step, which keeps
 // registers for the fp32 output accumulator); K and V tiles of kBlockN keys stream through
 // a kStages-deep cp.async ring. Per key tile: S = Q K^T (fp32), score mod + mask, online
 // softmax in the exp2 domain, O += P V with P converted in registers to the A operand.
@@ -15,17 +16,18 @@
 
 namespace mpt_ext::attn_cuda {
 
-template <int kD_, int kBlockN_, int kStages_>
+template <int kD_, int kBlockN_, int kStages_, int kMT_>
 struct FwdConfig {
   static constexpr int kD = kD_;
-  static constexpr int kBlockM = 64;
+  static constexpr int kMT = kMT_;  // m16 tiles per warp
+  static constexpr int kBlockM = 64 * kMT;
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStages = kStages_;
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kSmemElems = (kBlockM + 2 * kStages * kBlockN) * kD;
   static constexpr int kSmemBytes = kSmemElems * 2;
-  static_assert(kBlockM == 16 * kWarps, "one m16 tile per warp");
+  static_assert(kBlockM == 16 * kMT * kWarps, "kMT m16 tiles per warp");
   static_assert(kBlockN % 16 == 0 && kD % 64 == 0, "tile shapes");
 };
 
@@ -40,7 +42,7 @@ template <typename T, typename Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads)
     attn_fwd_kernel(const AttentionFwdParams p, const FwdExtra x) {
   constexpr int kD = Cfg::kD, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN;
-  constexpr int kStages = Cfg::kStages, kThreads = Cfg::kThreads;
+  constexpr int kStages = Cfg::kStages, kThreads = Cfg::kThreads, kMT = Cfg::kMT;
   constexpr int kNT = kBlockN / 8;  // n8 tiles of S per warp
   constexpr int kDT = kD / 8;       // n8 tiles of O per warp
   using Ops = ElemOps<T>;
@@ -92,13 +94,20 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     return;
   }
 
-  // This thread's two rows (fragment rows g and g + 8 of the warp's m16 tile).
-  const int row_local[2] = {warp * 16 + (lane >> 2), warp * 16 + (lane >> 2) + 8};
-  KeyRange row_keys[2];
+  // This thread's rows: fragment rows g and g + 8 of each of the warp's m16 tiles.
+  const int warp_row0 = warp * 16 * kMT;
+  int row_local[kMT][2];
+  int row_lo[kMT][2], row_hi[kMT][2];  // visible keys [lo, hi); int: seqlens < 2^30
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    row_keys[r] = visible_keys(m0 + row_local[r], si.sq, si.sk, p.mask.causal,
-                               p.mask.window_left, p.mask.window_right);
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      row_local[mt][r] = warp_row0 + mt * 16 + (lane >> 2) + 8 * r;
+      const KeyRange kr = visible_keys(m0 + row_local[mt][r], si.sq, si.sk, p.mask.causal,
+                                       p.mask.window_left, p.mask.window_right);
+      row_lo[mt][r] = static_cast<int>(kr.lo);
+      row_hi[mt][r] = static_cast<int>(kr.hi);
+    }
   }
   const ScoreMod mod = ScoreMod::make(p.mask, b, h);
 
@@ -119,11 +128,16 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     cp_async_commit();  // Q rides in the first group
   }
 
-  float o[kDT][4];
+  float o[kMT][kDT][4];
+  float row_max[kMT][2];  // log2 domain
+  float row_sum[kMT][2];  // this thread's columns only (quad-summed at the end)
 #pragma unroll
-  for (int i = 0; i < kDT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float row_max[2] = {-INFINITY, -INFINITY};  // log2 domain
-  float row_sum[2] = {0.f, 0.f};              // this thread's columns only (quad-summed at the end)
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int i = 0; i < kDT; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
+    row_max[mt][0] = row_max[mt][1] = -INFINITY;
+    row_sum[mt][0] = row_sum[mt][1] = 0.f;
+  }
 
   for (int t = 0; t < n_tiles; ++t) {
     cp_async_wait<kStages - 2>();
@@ -136,75 +150,94 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     const int n0 = (n_min + t) * kBlockN;
 
     // S = Q K^T
-    float s[kNT][4];
+    float s[kMT][kNT][4];
 #pragma unroll
-    for (int i = 0; i < kNT; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
+      for (int i = 0; i < kNT; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
+    }
+#pragma unroll 4  // full unrolling makes ptxas prefetch every fragment: spills
     for (int ks = 0; ks < kD / 16; ++ks) {
-      uint32_t a[4];
-      load_a<kD>(a, sQ, warp * 16, ks * 16, lane);
+      uint32_t a[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) load_a<kD>(a[mt], sQ, warp_row0 + mt * 16, ks * 16, lane);
 #pragma unroll
       for (int np = 0; np < kNT / 2; ++np) {
         uint32_t bb[4];
         load_b_nk<kD>(bb, tK, np * 16, ks * 16, lane);
-        Ops::mma(s[2 * np], a, bb[0], bb[1]);
-        Ops::mma(s[2 * np + 1], a, bb[2], bb[3]);
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          Ops::mma(s[mt][2 * np], a[mt], bb[0], bb[1]);
+          Ops::mma(s[mt][2 * np + 1], a[mt], bb[2], bb[3]);
+        }
       }
     }
 
     // Score mod (every tile: ALiBi is everywhere), mask (boundary tiles only).
     const bool masked = !tk.fully_visible(n0, kBlockN);
 #pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
+    for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e >> 1;
-        const int i = m0 + row_local[r];
-        const int j = n0 + nt * 8 + (lane & 3) * 2 + (e & 1);
-        float unused;
-        float v = mod(s[nt][e], abs_dist(i, j, diag_shift), &unused);
-        if (masked && (j < row_keys[r].lo || j >= row_keys[r].hi)) v = -INFINITY;
-        s[nt][e] = v;
+      for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e >> 1;
+          const int i = m0 + row_local[mt][r];
+          const int j = n0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+          float unused;
+          float v = mod(s[mt][nt][e], abs_dist(i, j, diag_shift), &unused);
+          if (masked && (j < row_lo[mt][r] || j >= row_hi[mt][r])) v = -INFINITY;
+          s[mt][nt][e] = v;
+        }
       }
     }
 
     // Online softmax, exp2 domain. A row that has seen only masked keys keeps max -inf; it
     // exponentiates against 0 instead so that no (-inf) - (-inf) NaN appears.
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = row_max[r];
+    for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-      mx = quad_max(mx);
-      const float ref = mx == -INFINITY ? 0.f : mx;
-      const float rescale = exp2f(row_max[r] - ref);  // 0 when the old max was -inf
-      row_max[r] = mx;
-      float sum = 0.f;
+      for (int r = 0; r < 2; ++r) {
+        float mx = row_max[mt][r];
 #pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-        s[nt][2 * r] = exp2f(s[nt][2 * r] - ref);
-        s[nt][2 * r + 1] = exp2f(s[nt][2 * r + 1] - ref);
-        sum += s[nt][2 * r] + s[nt][2 * r + 1];
-      }
-      row_sum[r] = row_sum[r] * rescale + sum;
+        for (int nt = 0; nt < kNT; ++nt) {
+          mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
+        }
+        mx = quad_max(mx);
+        const float ref = mx == -INFINITY ? 0.f : mx;
+        const float rescale = exp2f(row_max[mt][r] - ref);  // 0 when the old max was -inf
+        row_max[mt][r] = mx;
+        float sum = 0.f;
 #pragma unroll
-      for (int dt = 0; dt < kDT; ++dt) {
-        o[dt][2 * r] *= rescale;
-        o[dt][2 * r + 1] *= rescale;
+        for (int nt = 0; nt < kNT; ++nt) {
+          s[mt][nt][2 * r] = exp2f(s[mt][nt][2 * r] - ref);
+          s[mt][nt][2 * r + 1] = exp2f(s[mt][nt][2 * r + 1] - ref);
+          sum += s[mt][nt][2 * r] + s[mt][nt][2 * r + 1];
+        }
+        row_sum[mt][r] = row_sum[mt][r] * rescale + sum;
+#pragma unroll
+        for (int dt = 0; dt < kDT; ++dt) {
+          o[mt][dt][2 * r] *= rescale;
+          o[mt][dt][2 * r + 1] *= rescale;
+        }
       }
     }
 
     // O += P V
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      uint32_t a[4];
-      c_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
+      uint32_t a[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) c_to_a<T>(a[mt], s[mt][2 * kk], s[mt][2 * kk + 1]);
 #pragma unroll
       for (int dp = 0; dp < kD / 16; ++dp) {
         uint32_t bb[4];
         load_b_kn<kD>(bb, tV, kk * 16, dp * 16, lane);
-        Ops::mma(o[2 * dp], a, bb[0], bb[1]);
-        Ops::mma(o[2 * dp + 1], a, bb[2], bb[3]);
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          Ops::mma(o[mt][2 * dp], a[mt], bb[0], bb[1]);
+          Ops::mma(o[mt][2 * dp + 1], a[mt], bb[2], bb[3]);
+        }
       }
     }
   }
@@ -212,25 +245,28 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 
   // Epilogue: normalise, write O (rows < sq, cols < d) and the natural-log lse.
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const float l = quad_sum(row_sum[r]);
-    const bool empty = !(l > 0.f);
-    const float inv = empty ? 0.f : 1.f / l;
-    const int rl = row_local[r];
-    if (rl >= rows_here) continue;
-    uint16_t* orow = go + rl * p.out_strides.row;
+  for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-    for (int dt = 0; dt < kDT; ++dt) {
-      const int col = dt * 8 + (lane & 3) * 2;
-      const float v0 = o[dt][2 * r] * inv, v1 = o[dt][2 * r + 1] * inv;
-      if (x.out_pair_ok && col + 1 < d) {
-        *reinterpret_cast<uint32_t*>(orow + col) = Ops::pack(v0, v1);
-      } else {
-        if (col < d) orow[col] = Ops::from_float(v0);
-        if (col + 1 < d) orow[col + 1] = Ops::from_float(v1);
+    for (int r = 0; r < 2; ++r) {
+      const float l = quad_sum(row_sum[mt][r]);  // all lanes: before the row check
+      const bool empty = !(l > 0.f);
+      const float inv = empty ? 0.f : 1.f / l;
+      const int rl = row_local[mt][r];
+      if (rl >= rows_here) continue;
+      uint16_t* orow = go + rl * p.out_strides.row;
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        const int col = dt * 8 + (lane & 3) * 2;
+        const float v0 = o[mt][dt][2 * r] * inv, v1 = o[mt][dt][2 * r + 1] * inv;
+        if (x.out_pair_ok && col + 1 < d) {
+          *reinterpret_cast<uint32_t*>(orow + col) = Ops::pack(v0, v1);
+        } else {
+          if (col < d) orow[col] = Ops::from_float(v0);
+          if (col + 1 < d) orow[col + 1] = Ops::from_float(v1);
+        }
       }
+      if ((lane & 3) == 0) glse[rl] = empty ? -INFINITY : (row_max[mt][r] + log2f(l)) * kLn2;
     }
-    if ((lane & 3) == 0) glse[rl] = empty ? -INFINITY : (row_max[r] + log2f(l)) * kLn2;
   }
 }
 

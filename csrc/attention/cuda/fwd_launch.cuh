@@ -7,10 +7,12 @@
 
 namespace mpt_ext::attn_cuda {
 
-// Tile choices per head-dim bucket: 64 keys per tile up to d = 128 (three stages at 64,
-// two at 128), 32 keys at 256 to bound registers and shared memory.
+// Tile choices per head-dim bucket (keys per tile, cp.async stages, m16 tiles per warp):
+// d 64: 128-row CTAs (two m16 tiles per warp: the 16 x 64 fp32 O fits twice), 3 stages;
+// d 128: 64-row CTAs (16 x 128 O per warp already takes ~half the registers), 2 stages;
+// d 256: 32 keys per tile to bound registers and shared memory.
 template <int kD>
-using FwdConfigFor = FwdConfig<kD, (kD <= 128 ? 64 : 32), (kD <= 64 ? 3 : 2)>;
+using FwdConfigFor = FwdConfig<kD, (kD <= 128 ? 64 : 32), (kD <= 64 ? 3 : 2), (kD <= 64 ? 2 : 1)>;
 
 template <typename T, int kD>
 void run_attention_fwd(const AttentionFwdParams& p) {
