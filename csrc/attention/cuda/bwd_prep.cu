@@ -78,7 +78,7 @@ void launch_bwd_preprocess(const AttentionBwdParams& p, float* lse2, float* dsum
   } else {
     attn_bwd_preprocess_kernel<__half><<<grid, 32 * kPreRowsPerCta, 0, stream>>>(p, lse2, dsum, rows);
   }
-  check_launch("attn_bwd_preprocess_kernel");
+  check_launch("attn_bwd_preprocess_kernel", stream);
 }
 
 void launch_bwd_dslope_reduce(const AttentionBwdParams& p, const float* part,
@@ -92,7 +92,7 @@ void launch_bwd_dslope_reduce(const AttentionBwdParams& p, const float* part,
                                   static_cast<cudaStream_t>(p.fwd.stream)>>>(
       part, p.dslopes, static_cast<int>(s.batch), static_cast<int>(s.num_heads),
       static_cast<int>(n_key_blocks), per_batch);
-  check_launch("attn_bwd_dslope_reduce_kernel");
+  check_launch("attn_bwd_dslope_reduce_kernel", static_cast<cudaStream_t>(p.fwd.stream));
 }
 
 }  // namespace mpt_ext::attn_cuda

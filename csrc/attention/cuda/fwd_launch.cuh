@@ -31,7 +31,7 @@ void run_attention_fwd(const AttentionFwdParams& p) {
   const dim3 grid(static_cast<unsigned>(ceil_div(s.seqlen_q, Cfg::kBlockM)),
                   static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.batch));
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, static_cast<cudaStream_t>(p.stream)>>>(p, x);
-  check_launch("attn_fwd_kernel");
+  check_launch("attn_fwd_kernel", static_cast<cudaStream_t>(p.stream));
 }
 
 }  // namespace mpt_ext::attn_cuda

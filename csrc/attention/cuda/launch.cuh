@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -12,8 +13,19 @@
 
 namespace mpt_ext::attn_cuda {
 
-inline void check_launch(const char* kernel) {
-  const cudaError_t e = cudaGetLastError();
+// MPT_EXT_CUDA_SYNC=1 synchronises after every launch, so that an asynchronous fault is
+// reported against the kernel that caused it (debugging only: it serialises the stream).
+inline bool sync_after_launch() {
+  static const bool on = [] {
+    const char* v = std::getenv("MPT_EXT_CUDA_SYNC");
+    return v != nullptr && v[0] != '\0' && v[0] != '0';
+  }();
+  return on;
+}
+
+inline void check_launch(const char* kernel, cudaStream_t stream) {
+  cudaError_t e = cudaGetLastError();
+  if (e == cudaSuccess && sync_after_launch()) e = cudaStreamSynchronize(stream);
   if (e != cudaSuccess) {
     throw std::runtime_error(std::string("mpt_ext attention: CUDA kernel ") + kernel +
                              " failed: " + cudaGetErrorString(e));
