@@ -363,6 +363,13 @@ std::tuple<at::Tensor, at::Tensor> attn_kvcache(
                              q.options().dtype(at::kFloat));
   set_out(p, out, lse, /*varlen=*/false);
   if (q.numel() == 0) return {out, lse};
+  at::Tensor workspace;  // split-KV partials; kept alive until the kernels are enqueued
+  const int64_t ws_bytes = backend::attention_kvcache_workspace_bytes(q.device(), kp);
+  if (ws_bytes > 0) {
+    workspace = at::empty({ws_bytes}, q.options().dtype(at::kByte));
+    kp.workspace = workspace.data_ptr();
+    kp.workspace_bytes = ws_bytes;
+  }
   backend::attention_kvcache(q.device(), kp);
   return {out, lse};
 }

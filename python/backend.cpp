@@ -2,6 +2,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <stdexcept>
+
 #ifdef MPT_EXT_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
 
@@ -28,6 +30,18 @@ constexpr const char* kNoCudaKernel = "mpt_ext was built without CUDA (no nvcc a
 #ifdef MPT_EXT_WITH_CUDA
 void* current_stream(const c10::Device& device) {
   return c10::cuda::getCurrentCUDAStream(device.index()).stream();
+}
+
+// Kernels (no torch headers) reject bad input with std::invalid_argument; surface it as
+// Python's ValueError like the bindings' own checks, not as a RuntimeError.
+template <typename F>
+auto value_errors(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, e.what());
+    throw;  // not reached; keeps non-void instances well formed
+  }
 }
 #endif
 
@@ -60,7 +74,7 @@ void attention_kvcache(const c10::Device& device, AttentionKVCacheParams& p) {
 #if defined(MPT_EXT_WITH_CUDA) && defined(MPT_EXT_HAS_CUDA_DECODE)
   if (device.is_cuda()) {
     p.fwd.stream = current_stream(device);
-    return attention_kvcache_cuda(p);
+    return value_errors([&] { attention_kvcache_cuda(p); });
   }
 #endif
   not_implemented(device, "flash_attn_with_kvcache", kNoCudaKernel);
@@ -91,6 +105,16 @@ void norm_bwd(const c10::Device& device, NormBwdParams& p) {
 int64_t attention_bwd_workspace_bytes(const c10::Device& device, const AttentionBwdParams& p) {
 #if defined(MPT_EXT_WITH_CUDA) && defined(MPT_EXT_HAS_CUDA_ATTENTION)
   if (device.is_cuda()) return attention_bwd_workspace_bytes_cuda(p);
+#endif
+  (void)device;
+  (void)p;
+  return 0;
+}
+
+int64_t attention_kvcache_workspace_bytes(const c10::Device& device,
+                                          const AttentionKVCacheParams& p) {
+#if defined(MPT_EXT_WITH_CUDA) && defined(MPT_EXT_HAS_CUDA_DECODE)
+  if (device.is_cuda()) return value_errors([&] { return attention_kvcache_workspace_bytes_cuda(p); });
 #endif
   (void)device;
   (void)p;

@@ -19,5 +19,7 @@ void norm_bwd(const c10::Device& device, NormBwdParams& p);
 // Scratch bytes the backward kernels want from the caching allocator (0: none).
 int64_t attention_bwd_workspace_bytes(const c10::Device& device, const AttentionBwdParams& p);
 int64_t norm_bwd_workspace_bytes(const c10::Device& device, const NormBwdParams& p);
+int64_t attention_kvcache_workspace_bytes(const c10::Device& device,
+                                          const AttentionKVCacheParams& p);
 
 }  // namespace mpt_ext::backend
