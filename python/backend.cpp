@@ -52,7 +52,7 @@ void attention_fwd(const c10::Device& device, AttentionFwdParams& p) {
 #if defined(MPT_EXT_WITH_CUDA) && defined(MPT_EXT_HAS_CUDA_ATTENTION)
   if (device.is_cuda()) {
     p.stream = current_stream(device);
-    return attention_fwd_cuda(p);
+    return value_errors([&] { attention_fwd_cuda(p); });
   }
 #endif
   not_implemented(device, "attention forward", kNoCudaKernel);
@@ -63,7 +63,7 @@ void attention_bwd(const c10::Device& device, AttentionBwdParams& p) {
 #if defined(MPT_EXT_WITH_CUDA) && defined(MPT_EXT_HAS_CUDA_ATTENTION)
   if (device.is_cuda()) {
     p.fwd.stream = current_stream(device);
-    return attention_bwd_cuda(p);
+    return value_errors([&] { attention_bwd_cuda(p); });
   }
 #endif
   not_implemented(device, "attention backward", kNoCudaKernel);
@@ -104,7 +104,9 @@ void norm_bwd(const c10::Device& device, NormBwdParams& p) {
 
 int64_t attention_bwd_workspace_bytes(const c10::Device& device, const AttentionBwdParams& p) {
 #if defined(MPT_EXT_WITH_CUDA) && defined(MPT_EXT_HAS_CUDA_ATTENTION)
-  if (device.is_cuda()) return attention_bwd_workspace_bytes_cuda(p);
+  if (device.is_cuda()) {
+    return value_errors([&] { return attention_bwd_workspace_bytes_cuda(p); });
+  }
 #endif
   (void)device;
   (void)p;

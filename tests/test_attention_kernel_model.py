@@ -1,0 +1,321 @@
+"""CPU model checks of the CUDA attention kernels (csrc/attention/cuda/), for machines without
+a GPU. Two layers are modelled in numpy:
+
+1. Fragments: the swizzled shared-memory tiles and the ldmatrix / mma.m16n8k16 operand
+   layouts as the PTX ISA defines them, driven by the SAME address formulas as tile.cuh
+   (swz, load_a, load_b_nk, load_b_kn, c_to_a; mirrored here, keep them in sync). Checks
+   that S = Q K^T, O = P V and the backward's S^T = K Q^T, dV = P^T dO come out right, and
+   that every ldmatrix phase is bank-conflict free.
+2. Control flow: the kernels' tile ranges (which key tiles a query block visits, which query
+   blocks a key block visits), the choice of masked tiles, the online softmax with its -inf
+   handling, the dQ / dK / dV / d(slope) sums, against dense float64 math.
+
+They cannot catch what only hardware shows (races, pipeline waits, alignment), but they pin
+the index arithmetic, which is where a first GPU run would otherwise fail.
+"""
+import math
+
+import numpy as np
+import pytest
+
+LOG2E = 1.4426950408889634
+
+
+# ---- 1. fragments -----------------------------------------------------------------------
+
+def swz(cols, row, col):  # tile.cuh swz<kCols>
+    unit = col >> 3
+    return row * cols + ((((unit ^ row) & 7) | (unit & ~7)) * 8) + (col & 7)
+
+
+def store_tile(mat, cols):
+    t = np.full(mat.shape[0] * cols, np.nan)
+    for r in range(mat.shape[0]):
+        for c in range(cols):
+            t[swz(cols, r, c)] = mat[r, c] if c < mat.shape[1] else 0.0
+    return t
+
+
+def ldmatrix_x4(tile, addrs, trans=False):
+    """PTX ldmatrix .x4: lane 8i + r addresses row r of matrix i; register i of lane l holds
+    elements (l // 4, 2 (l % 4) + {0, 1}) of matrix i (of its transpose with .trans)."""
+    regs = [[None] * 4 for _ in range(32)]
+    for i in range(4):
+        m = np.array([tile[addrs[8 * i + r]:addrs[8 * i + r] + 8] for r in range(8)])
+        assert not np.isnan(m).any(), "address outside the tile"
+        if trans:
+            m = m.T
+        for lane in range(32):
+            regs[lane][i] = (m[lane // 4, 2 * (lane % 4)], m[lane // 4, 2 * (lane % 4) + 1])
+    return regs
+
+
+def load_a(tile, cols, r0, c0):
+    return ldmatrix_x4(tile, [swz(cols, r0 + (l & 15), c0 + (l >> 4) * 8) for l in range(32)])
+
+
+def load_b_nk(tile, cols, n0, k0):
+    return ldmatrix_x4(tile, [swz(cols, n0 + (l & 7) + (l >> 4) * 8, k0 + ((l >> 3) & 1) * 8)
+                              for l in range(32)])
+
+
+def load_b_kn(tile, cols, k0, n0):
+    return ldmatrix_x4(tile, [swz(cols, k0 + (l & 15), n0 + (l >> 4) * 8) for l in range(32)],
+                       trans=True)
+
+
+def mma(c, a, b0, b1):
+    """PTX mma.m16n8k16 .row.col: A a0 (g, 2t..), a1 (g+8, 2t..), a2 (g, 2t+8..),
+    a3 (g+8, 2t+8..); B b0 (k 2t.., n g), b1 (k 2t+8.., n g); C c0,c1 (g, 2t..), c2,c3 (g+8, 2t..)."""
+    A, B = np.zeros((16, 16)), np.zeros((16, 8))
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        A[g, 2 * t:2 * t + 2] = a[lane][0]
+        A[g + 8, 2 * t:2 * t + 2] = a[lane][1]
+        A[g, 2 * t + 8:2 * t + 10] = a[lane][2]
+        A[g + 8, 2 * t + 8:2 * t + 10] = a[lane][3]
+        B[2 * t:2 * t + 2, g] = b0[lane]
+        B[2 * t + 8:2 * t + 10, g] = b1[lane]
+    C = A @ B
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        c[lane][0] += C[g, 2 * t]
+        c[lane][1] += C[g, 2 * t + 1]
+        c[lane][2] += C[g + 8, 2 * t]
+        c[lane][3] += C[g + 8, 2 * t + 1]
+
+
+def c_to_a(c0, c1):
+    return [[(c0[l][0], c0[l][1]), (c0[l][2], c0[l][3]), (c1[l][0], c1[l][1]),
+             (c1[l][2], c1[l][3])] for l in range(32)]
+
+
+def frags(n):
+    return [[[0.0] * 4 for _ in range(32)] for _ in range(n)]
+
+
+def frag_to_mat(acc):
+    m = np.zeros((16, len(acc) * 8))
+    for nt, c in enumerate(acc):
+        for lane in range(32):
+            g, t = lane // 4, lane % 4
+            m[g, nt * 8 + 2 * t:nt * 8 + 2 * t + 2] = c[lane][0:2]
+            m[g + 8, nt * 8 + 2 * t:nt * 8 + 2 * t + 2] = c[lane][2:4]
+    return m
+
+
+def warp_matmul_nk(sa, sb, cols, a_row0, n_rows):
+    """One warp's 16 x n_rows block of A B^T with A rows from sa (at a_row0), B rows from sb,
+    both [row][k] tiles: the kernels' S = Q K^T (and S^T = K Q^T, dP = dO V^T) loop."""
+    acc = frags(n_rows // 8)
+    for ks in range(cols // 16):
+        a = load_a(sa, cols, a_row0, ks * 16)
+        for p in range(n_rows // 16):
+            b = load_b_nk(sb, cols, p * 16, ks * 16)
+            mma(acc[2 * p], a, [x[0] for x in b], [x[1] for x in b])
+            mma(acc[2 * p + 1], a, [x[2] for x in b], [x[3] for x in b])
+    return acc
+
+
+def warp_matmul_kn(acc_a, sb, cols):
+    """acc_a (16 x K accumulators, reused as A operands) times the [k][n] tile sb: P V, dQ = dS K,
+    dV = P^T dO."""
+    out = frags(cols // 8)
+    for kk in range(len(acc_a) // 2):
+        a = c_to_a(acc_a[2 * kk], acc_a[2 * kk + 1])
+        for dp in range(cols // 16):
+            b = load_b_kn(sb, cols, kk * 16, dp * 16)
+            mma(out[2 * dp], a, [x[0] for x in b], [x[1] for x in b])
+            mma(out[2 * dp + 1], a, [x[2] for x in b], [x[3] for x in b])
+    return out
+
+
+@pytest.mark.parametrize("d,rows,keys,warp", [(64, 64, 64, 3), (128, 32, 64, 1), (256, 16, 32, 0)])
+def test_fragment_layouts(fresh_seed, d, rows, keys, warp):
+    rng = np.random.default_rng(fresh_seed)
+    q = rng.standard_normal((max(rows, 16 * (warp + 1)), d))
+    k = rng.standard_normal((keys, d))
+    v = rng.standard_normal((keys, d))
+    sq, sk, sv = store_tile(q, d), store_tile(k, d), store_tile(v, d)
+    r0 = 16 * warp
+    s = warp_matmul_nk(sq, sk, d, r0, keys)  # forward S = Q K^T
+    np.testing.assert_allclose(frag_to_mat(s), q[r0:r0 + 16] @ k.T, atol=1e-9)
+    o = warp_matmul_kn(s, sv, d)  # O = P V
+    np.testing.assert_allclose(frag_to_mat(o), frag_to_mat(s) @ v, atol=1e-9)
+    st = warp_matmul_nk(sk, sq, d, 0, (q.shape[0] // 16) * 16)  # dK/dV kernel: S^T = K Q^T
+    n_q = (q.shape[0] // 16) * 16
+    np.testing.assert_allclose(frag_to_mat(st), k[:16] @ q[:n_q].T, atol=1e-9)
+    dv = warp_matmul_kn(st, store_tile(q[:n_q], d), d)  # dV = P^T dO (dO = q here)
+    np.testing.assert_allclose(frag_to_mat(dv), frag_to_mat(st) @ q[:n_q], atol=1e-9)
+
+
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_swizzle_conflict_free(d):
+    def phases_ok(addrs):  # each 8-address phase must hit 8 distinct 16-byte bank groups
+        return all(len({(a * 2 % 128) // 16 for a in addrs[8 * i:8 * i + 8]}) == 8
+                   for i in range(4))
+    for r0 in range(0, 64, 16):
+        for c0 in range(0, d, 16):
+            assert phases_ok([swz(d, r0 + (l & 15), c0 + (l >> 4) * 8) for l in range(32)])
+            assert phases_ok([swz(d, r0 + (l & 7) + (l >> 4) * 8, c0 + ((l >> 3) & 1) * 8)
+                              for l in range(32)])
+    # a permutation of each row's units: nothing overwritten, nothing left out
+    assert sorted(swz(d, r, c) for r in range(8) for c in range(d)) == list(range(8 * d))
+
+
+# ---- 2. control flow --------------------------------------------------------------------
+
+def visible_keys(i, sq, sk, causal, wl, wr):  # attention_mask.h
+    diag = i + sk - sq
+    lo, hi = 0, sk
+    if wl >= 0:
+        lo = max(diag - wl, 0)
+    right = 0 if causal else wr
+    if right >= 0:
+        hi = min(diag + right + 1, sk)
+    return lo, hi
+
+
+def dense(q, k, v, do, slope, scale, cap, causal, wl, wr):
+    sq, sk = q.shape[0], k.shape[0]
+    raw = scale * q @ k.T
+    s = cap * np.tanh(raw / cap) if cap > 0 else raw.copy()
+    i, j = np.arange(sq)[:, None], np.arange(sk)[None, :]
+    s = s - slope * np.abs(i + sk - sq - j)
+    mask = np.zeros((sq, sk), bool)
+    for r in range(sq):
+        lo, hi = visible_keys(r, sq, sk, causal, wl, wr)
+        mask[r, lo:max(hi, lo)] = True
+    s = np.where(mask, s, -np.inf)
+    m = s.max(1, keepdims=True) if sk else np.full((sq, 1), -np.inf)
+    m = np.where(np.isfinite(m), m, 0)
+    p = np.exp(s - m)
+    l = p.sum(1, keepdims=True)
+    P = np.where(l > 0, p / np.where(l > 0, l, 1), 0)
+    lse = np.where(l[:, 0] > 0, np.log(np.where(l[:, 0] > 0, l[:, 0], 1)) + m[:, 0], -np.inf)
+    o = P @ v
+    dS = P * (do @ v.T - (do * o).sum(1, keepdims=True))
+    dslope = -(dS * np.abs(i + sk - sq - j)).sum()
+    draw = dS * ((1 - np.tanh(raw / cap) ** 2) if cap > 0 else 1)
+    return o, lse, scale * draw @ k, scale * draw.T @ q, P.T @ do, dslope
+
+
+def score2(acc, i, j, sq, sk, slope, scale, cap):  # seq_score.cuh ScoreMod
+    s = cap * LOG2E * np.tanh(acc * scale / cap) if cap > 0 else acc * scale * LOG2E
+    return s - slope * LOG2E * abs(i + sk - sq - j)
+
+
+def key_tiles(m0, m_last, sq, sk, mask, bn):  # fwd / dQ kernels: n_min, n_max, TileKeys
+    first, last = visible_keys(m0, sq, sk, *mask), visible_keys(m_last, sq, sk, *mask)
+    n_min = first[0] // bn
+    n_max = (last[1] + bn - 1) // bn if last[1] > first[0] else n_min
+    return n_min, n_max, first, last
+
+
+def model_fwd(q, k, v, slope, scale, cap, mask, bm, bn):
+    sq, sk, d = q.shape[0], k.shape[0], q.shape[1]
+    out, lse = np.full((sq, d), np.nan), np.full(sq, np.nan)
+    for m0 in range(0, sq, bm):
+        m_last = min(m0 + bm, sq) - 1
+        n_min, n_max, first, last = key_tiles(m0, m_last, sq, sk, mask, bn)
+        for i in range(m0, m_last + 1):
+            lo, hi = visible_keys(i, sq, sk, *mask)
+            mx, l, o = -np.inf, 0.0, np.zeros(d)
+            for nb in range(n_min, n_max):
+                n0 = nb * bn
+                masked = not (n0 >= last[0] and n0 + bn <= first[1])
+                s = np.empty(bn)
+                for c, j in enumerate(range(n0, n0 + bn)):
+                    x = score2(q[i] @ k[j] if j < sk else 0.0, i, j, sq, sk, slope, scale, cap)
+                    if masked and (j < lo or j >= hi):
+                        x = -np.inf
+                    assert masked or lo <= j < hi, "unmasked tile holds an invisible key"
+                    s[c] = x
+                new = max(mx, s.max())
+                ref = 0.0 if new == -np.inf else new
+                rescale, mx = 2.0 ** (mx - ref), new
+                p = 2.0 ** (s - ref)
+                l = l * rescale + p.sum()
+                vv = np.array([v[j] if j < sk else np.zeros(d) for j in range(n0, n0 + bn)])
+                o = o * rescale + p @ vv
+            out[i] = o / l if l > 0 else 0.0
+            lse[i] = (mx + math.log2(l)) / LOG2E if l > 0 else -np.inf
+    return out, lse
+
+
+def model_bwd(q, k, v, o, do, lse, slope, scale, cap, mask, bm, bn):
+    sq, sk, d = q.shape[0], k.shape[0], q.shape[1]
+    causal, wl, wr = mask
+    lse2 = np.where(lse == -np.inf, np.inf, lse * LOG2E)
+    dsum = (do * o).sum(1)
+    shift = sk - sq
+
+    def p_ds(i, j, masked):
+        inside = i < sq and j < sk
+        acc = q[i] @ k[j] if inside else 0.0
+        x = score2(acc, i, j, sq, sk, slope, scale, cap)
+        if masked:
+            lo, hi = visible_keys(i, sq, sk, *mask)
+            if j < lo or j >= hi:
+                x = -np.inf
+        p = 2.0 ** (x - (lse2[i] if i < sq else np.inf))
+        ds = p * ((do[i] @ v[j] if inside else 0.0) - (dsum[i] if i < sq else 0.0))
+        factor = (1 - np.tanh(acc * scale / cap) ** 2) if cap > 0 else 1.0
+        return p, ds, ds * factor
+
+    dk, dv, dslope = np.full((sk, d), np.nan), np.full((sk, d), np.nan), 0.0
+    for n0 in range(0, sk, 64):  # dK/dV kernel, 64 keys per CTA
+        n1 = min(n0 + 64, sk)
+        right = 0 if causal else wr
+        i_lo = max(n0 - shift - right if right >= 0 else 0, 0)
+        i_hi = min(n1 - shift + wl if wl >= 0 else sq, sq)
+        m_lo = i_lo // bm
+        m_count = (i_hi + bm - 1) // bm - m_lo if i_hi > i_lo else 0
+        dk[n0:n1], dv[n0:n1] = 0, 0
+        for mb in range(m_lo, m_lo + m_count):
+            m0 = mb * bm
+            m_last = min(m0 + bm, sq) - 1
+            _, _, first, last = key_tiles(m0, m_last, sq, sk, mask, bn)
+            masked = not (n0 >= last[0] and n0 + 64 <= first[1])
+            for j in range(n0, n1):
+                for i in range(m0, m0 + bm):
+                    p, ds, dsr = p_ds(i, j, masked)
+                    if i < sq:
+                        dv[j] += p * do[i]
+                        dk[j] += dsr * q[i] * scale
+                        dslope -= ds * abs(i + shift - j)
+    dq = np.full((sq, d), np.nan)
+    for m0 in range(0, sq, 64):  # dQ kernel, 64 rows per CTA
+        m_last = min(m0 + 64, sq) - 1
+        n_min, n_max, first, last = key_tiles(m0, m_last, sq, sk, mask, bn)
+        dq[m0:m_last + 1] = 0
+        for nb in range(n_min, n_max):
+            n0 = nb * bn
+            masked = not (n0 >= last[0] and n0 + bn <= first[1])
+            for i in range(m0, m_last + 1):
+                for j in range(n0, min(n0 + bn, sk)):
+                    dq[i] += p_ds(i, j, masked)[2] * k[j] * scale
+    return dq, dk, dv, dslope
+
+
+MODEL_MASKS = [(False, -1, -1), (True, -1, -1), (False, 5, -1), (False, -1, 3), (False, 7, 2),
+               (True, 9, -1), (False, 0, 0)]
+
+
+@pytest.mark.parametrize("sq,sk", [(1, 1), (17, 17), (5, 70), (70, 5), (130, 33), (0, 9), (9, 0)],
+                         ids=str)
+@pytest.mark.parametrize("mask", MODEL_MASKS, ids=str)
+def test_control_flow(fresh_seed, sq, sk, mask):
+    rng = np.random.default_rng(fresh_seed)
+    d, scale = 8, 0.3
+    for cap in (0.0, 5.0):
+        slope = rng.random() * 0.5
+        q, k, v, do = (rng.standard_normal((n, d)) for n in (sq, sk, sk, sq))
+        ref = dense(q, k, v, do, slope, scale, cap, *mask)
+        o, lse = model_fwd(q, k, v, slope, scale, cap, mask, bm=16, bn=16)
+        np.testing.assert_allclose(o, ref[0], atol=1e-9)
+        np.testing.assert_allclose(lse, ref[1], atol=1e-9)
+        dq, dk, dv, dslope = model_bwd(q, k, v, o, do, lse, slope, scale, cap, mask, bm=16, bn=16)
+        for got, want in zip((dq, dk, dv), ref[2:5]):
+            np.testing.assert_allclose(got, want, atol=1e-9)
+        assert abs(dslope - ref[5]) <= 1e-8 * max(1.0, abs(ref[5]))
