@@ -223,9 +223,9 @@ GRADCHECK_CASES = [
 
 @pytest.mark.parametrize("kw", GRADCHECK_CASES, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
 @pytest.mark.parametrize("slopes_shape", [None, "head", "batch"])
-@pytest.mark.parametrize("seqlen_q,seqlen_k", [(4, 6), (6, 4)], ids=str)
+@pytest.mark.parametrize("seqlen_q,seqlen_k", [(3, 5), (5, 3)], ids=str)
 def test_gradcheck(kw, slopes_shape, seqlen_q, seqlen_k):
-    q, k, v = random_qkv(2, seqlen_q, seqlen_k, 4, 2, 8, torch.float64, requires_grad=True)
+    q, k, v = random_qkv(2, seqlen_q, seqlen_k, 4, 2, 4, torch.float64, requires_grad=True)
     inputs = [q, k, v]
     if slopes_shape is not None:
         shape = (4,) if slopes_shape == "head" else (2, 4)
