@@ -3,10 +3,12 @@ tolerance rule of DESIGN.md (our error vs a float64 reference must be at most tw
 error of PyTorch's own math in the input dtype, plus a small floor)."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 import mpt_ext
-from mpt_ext.reference import attention_ref, attention_varlen_ref, kvcache_ref
+from mpt_ext.reference import attention_ref
 
 # Floors scale with the magnitude of the reference (gradients such as d(slopes) are sums of
 # many terms and can be much larger than 1).
@@ -31,6 +33,19 @@ MASKS = [
     (True, (9, -1)),
 ]
 MASK_IDS = ["full", "causal", "left5", "right3", "win7_2", "causal_left9"]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run the (many tiny ops of the) reference on one thread: on a loaded 2-core machine each
+    multi-threaded tiny op can wait ~10 ms for a descheduled worker, 100x the op itself.
+    Our kernels keep running with all threads."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def random_qkv(batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype,
@@ -109,8 +124,9 @@ def assert_close_to_ref(name, ours, ref64, ref_low, dtype=None):
 
 def check_fwd(q, k, v, **kw):
     """flash_attn_func (out and lse) against attention_ref; returns (out, lse)."""
-    ref_out, ref_lse = attention_ref(q, k, v, **kw)
-    low_out, low_lse = attention_ref(q, k, v, compute_dtype=q.dtype, **kw)
+    with one_thread():
+        ref_out, ref_lse = attention_ref(q, k, v, **kw)
+        low_out, low_lse = attention_ref(q, k, v, compute_dtype=q.dtype, **kw)
     poison_allocator(q, ref_lse.float())
     out, lse, probs = mpt_ext.flash_attn_func(q, k, v, return_attn_probs=True, **kw)
     assert probs is None
@@ -141,10 +157,11 @@ def check_bwd(q, k, v, alibi_slopes=None, deterministic=False, **kw):
     dout = torch.randn_like(q)
     ours_out, ours = _grads(lambda: mpt_ext.flash_attn_func(
         q, k, v, alibi_slopes=alibi_slopes, deterministic=deterministic, **kw), inputs, dout)
-    _, ref64 = _grads(lambda: attention_ref(q, k, v, alibi_slopes=alibi_slopes, **kw)[0],
-                      inputs, dout.double())
-    _, low = _grads(lambda: attention_ref(q, k, v, alibi_slopes=alibi_slopes,
-                                          compute_dtype=q.dtype, **kw)[0], inputs, dout)
+    with one_thread():
+        _, ref64 = _grads(lambda: attention_ref(q, k, v, alibi_slopes=alibi_slopes, **kw)[0],
+                          inputs, dout.double())
+        _, low = _grads(lambda: attention_ref(q, k, v, alibi_slopes=alibi_slopes,
+                                              compute_dtype=q.dtype, **kw)[0], inputs, dout)
     names = ["dq", "dk", "dv", "dslopes"]
     for name, g, r, lo, x in zip(names, ours, ref64, low, inputs):
         assert g is not None and g.shape == x.shape and g.dtype == x.dtype, name

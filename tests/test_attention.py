@@ -4,8 +4,6 @@ import pytest
 import torch
 
 import mpt_ext
-from mpt_ext.reference import attention_ref
-
 from attention_helpers import (DTYPE_IDS, MASK_IDS, MASKS, check_bwd, check_fwd, make_slopes,
                                poison_allocator, random_qkv)
 
@@ -98,10 +96,9 @@ def test_rows_without_keys(dtype, seqlen_q, seqlen_k, causal, window_size):
     q, k, v = random_qkv(2, seqlen_q, seqlen_k, 4, 2, 32, dtype)
     slopes = make_slopes("batch", 2, 4)
     out, lse = check_fwd(q, k, v, causal=causal, window_size=window_size, alibi_slopes=slopes)
-    _, ref_lse = attention_ref(q, k, v, causal=causal, window_size=window_size,
-                               alibi_slopes=slopes)
-    empty = torch.isinf(ref_lse)  # (B, H, Sq)
-    assert torch.all(lse[empty] == float("-inf"))
+    empty = torch.isinf(lse)  # (B, H, Sq); check_fwd matched these with the reference
+    if seqlen_q > seqlen_k and window_size == (0, 0) or causal:
+        assert empty.any()
     assert torch.all(out.permute(0, 2, 1, 3)[empty] == 0)
     assert torch.isfinite(out).all()
 

@@ -6,8 +6,8 @@ import torch
 import mpt_ext
 from mpt_ext.reference import kvcache_ref
 
-from attention_helpers import (DTYPE_IDS, assert_close_to_ref, make_slopes, poison_allocator,
-                               random_qkv)
+from attention_helpers import (DTYPE_IDS, assert_close_to_ref, make_slopes, one_thread,
+                               poison_allocator, random_qkv)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -22,10 +22,11 @@ def check_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None, **kw)
     """Runs ours on the caches in place and compares out, lse and the caches with the reference
     (computed on copies taken before the call)."""
     ref_kw = {name: val for name, val in kw.items() if name != "num_splits"}
-    ref_out, ref_lse, ref_kc, ref_vc = kvcache_ref(q, k_cache, v_cache, k, v, cache_seqlens,
-                                                   **ref_kw)
-    low_out, low_lse, _, _ = kvcache_ref(q, k_cache, v_cache, k, v, cache_seqlens,
-                                         compute_dtype=q.dtype, **ref_kw)
+    with one_thread():
+        ref_out, ref_lse, ref_kc, ref_vc = kvcache_ref(q, k_cache, v_cache, k, v, cache_seqlens,
+                                                       **ref_kw)
+        low_out, low_lse, _, _ = kvcache_ref(q, k_cache, v_cache, k, v, cache_seqlens,
+                                             compute_dtype=q.dtype, **ref_kw)
     poison_allocator(q, ref_lse.float())
     out, lse = mpt_ext.flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens,
                                                return_softmax_lse=True, **kw)
