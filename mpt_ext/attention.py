@@ -80,6 +80,9 @@ def _attn_setup_context(ctx, inputs, output):
     (q, k, v, cu_q, cu_k, max_q, max_k, slopes, scale, causal, wl, wr, softcap) = inputs[:13]
     deterministic = inputs[13] if len(inputs) > 13 else False
     out, lse = output
+    # The backward kernels take no d(lse) (as in flash-attn): say so rather than return a
+    # silently wrong zero gradient through lse.
+    ctx.mark_non_differentiable(lse)
     ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, slopes)
     ctx.args = (max_q, max_k, scale, causal, wl, wr, softcap, deterministic)
 
@@ -162,7 +165,8 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
     k and v may have fewer heads than q (GQA/MQA). alibi_slopes (fp32, (nheads,) or
     (batch, nheads)) adds ``-slope * |i + seqlen_k - seqlen_q - j|``; causal masking is
     aligned bottom-right. Returns out, or (out, softmax_lse, None) with return_attn_probs.
-    Gradients flow to q, k, v and, when it requires grad, to alibi_slopes."""
+    Gradients flow to q, k, v and, when it requires grad, to alibi_slopes; softmax_lse is
+    not differentiable (requires_grad=False)."""
     _no_dropout(dropout_p)
     layout = "(batch, seqlen, nheads, headdim)"
     _check_tensor("q", q, 4, layout)
