@@ -256,3 +256,21 @@ def test_lse_is_not_differentiable():
     q, k, v = random_qkv(1, 5, 7, 2, 1, 8, torch.float32, requires_grad=True)
     out, lse, _ = mpt_ext.flash_attn_func(q, k, v, return_attn_probs=True)
     assert out.requires_grad and not lse.requires_grad
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("seqlen_q,seqlen_k", [(1000, 1000), (4097, 4097), (1000, 4097),
+                                               (4097, 1000)], ids=str)
+def test_forward_long(dtype, seqlen_q, seqlen_k):
+    # DESIGN.md's long sizes; the reference materialises seqlen_q x seqlen_k scores.
+    q, k, v = random_qkv(1, seqlen_q, seqlen_k, 2, 1, 64, dtype)
+    check_fwd(q, k, v, causal=True, alibi_slopes=make_slopes("mpt", 1, 2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
+def test_backward_long(dtype):
+    q, k, v = random_qkv(1, 1000, 1000, 2, 1, 64, dtype, requires_grad=True)
+    slopes = make_slopes("batch", 1, 2, requires_grad=True)
+    check_bwd(q, k, v, alibi_slopes=slopes, causal=True, window_size=(300, -1))
