@@ -23,6 +23,7 @@ struct FwdContext {
 
 template <typename Acc>
 struct FwdScratch {
+  TileMatmul<Acc> matmul = tile_matmul_for<Acc>(cpu_has_avx2_fma());
   std::vector<Acc> q, kt, v, s, o, m, l;
   explicit FwdScratch(int64_t dp)
       : q(kBlockQ * dp), kt(dp * kBlockK, Acc(0)), v(kBlockK * dp), s(kBlockQ * kBlockK),
@@ -71,7 +72,7 @@ MPT_CPU_INLINE void forward_block(const FwdContext& c, int64_t task, FwdScratch<
     if (!keys.touches(j0, j0 + nc, nr)) continue;  // a gap in a windowed block
     load_rows_transposed(k + j0 * p.k_strides.row, p.k_strides.row, nc, d, w.kt.data(), kBlockK);
     load_rows(v + j0 * p.v_strides.row, p.v_strides.row, nc, kBlockK, d, w.v.data(), dp);
-    tile_matmul(mr, kBlockK, dp, w.q.data(), dp, w.kt.data(), kBlockK, w.s.data(), kBlockK, false);
+    w.matmul(mr, kBlockK, dp, w.q.data(), dp, w.kt.data(), kBlockK, w.s.data(), kBlockK, false);
     for (int64_t r = 0; r < mr; ++r) {
       Acc* s = w.s.data() + r * kBlockK;
       if (r >= nr) {  // padding rows: keep them out of the P.V product
@@ -99,7 +100,7 @@ MPT_CPU_INLINE void forward_block(const FwdContext& c, int64_t task, FwdScratch<
         for (int64_t x = 0; x < dp; ++x) o[x] *= alpha;
       }
     }
-    tile_matmul(mr, dp, kBlockK, w.s.data(), kBlockK, w.v.data(), dp, w.o.data(), dp, true);
+    w.matmul(mr, dp, kBlockK, w.s.data(), kBlockK, w.v.data(), dp, w.o.data(), dp, true);
   }
 
   for (int64_t r = 0; r < nr; ++r) {
