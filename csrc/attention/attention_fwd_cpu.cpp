@@ -80,18 +80,13 @@ MPT_CPU_INLINE void forward_block(const FwdContext& c, int64_t task, FwdScratch<
         continue;
       }
       math.row(s, nullptr, i0 + r, j0, nc, kBlockK, keys.rows[r], sq, sk);
-      Acc row_max = kNegInf<Acc>;
-      for (int64_t x = 0; x < kBlockK; ++x) row_max = std::max(row_max, s[x]);
-      const Acc m_new = std::max(w.m[r], row_max);
+      const Acc m_new = std::max(w.m[r], row_max(s, kBlockK));
       if (m_new == kNegInf<Acc>) {  // nothing visible yet in this row
         std::fill(s, s + kBlockK, Acc(0));
         continue;
       }
-      Acc sum = 0;
-      for (int64_t x = 0; x < kBlockK; ++x) {
-        s[x] = exp2_nonpositive(s[x] - m_new);
-        sum += s[x];
-      }
+      for (int64_t x = 0; x < kBlockK; ++x) s[x] = exp2_nonpositive(s[x] - m_new);
+      const Acc sum = row_sum(s, kBlockK);
       const Acc alpha = exp2_nonpositive(w.m[r] - m_new);  // 0 when m was -inf
       w.l[r] = w.l[r] * alpha + sum;
       w.m[r] = m_new;

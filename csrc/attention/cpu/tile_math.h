@@ -96,6 +96,39 @@ TileMatmul<Acc> tile_matmul_for(bool avx2) {
   return avx2 ? &tile_matmul_avx2<Acc> : &tile_matmul_baseline<Acc>;
 }
 
+// Max and sum of s[0, n), n a multiple of the vector width: explicit vectors, because
+// without -ffast-math the compiler may not reorder a float reduction itself.
+template <typename Acc>
+MPT_CPU_INLINE Acc row_max(const Acc* s, int64_t n) {
+  using V = typename Vec32<Acc>::type;
+  constexpr int64_t kW = sizeof(V) / sizeof(Acc);
+  V m;
+  __builtin_memcpy(&m, s, sizeof(V));
+  for (int64_t i = kW; i < n; i += kW) {
+    V x;
+    __builtin_memcpy(&x, s + i, sizeof(V));
+    m = m > x ? m : x;
+  }
+  Acc r = m[0];
+  for (int64_t l = 1; l < kW; ++l) r = r > m[l] ? r : m[l];
+  return r;
+}
+
+template <typename Acc>
+MPT_CPU_INLINE Acc row_sum(const Acc* s, int64_t n) {
+  using V = typename Vec32<Acc>::type;
+  constexpr int64_t kW = sizeof(V) / sizeof(Acc);
+  V t{};
+  for (int64_t i = 0; i < n; i += kW) {
+    V x;
+    __builtin_memcpy(&x, s + i, sizeof(V));
+    t += x;
+  }
+  Acc r = 0;
+  for (int64_t l = 0; l < kW; ++l) r += t[l];
+  return r;
+}
+
 // 2^x for x <= 0 (softmax arguments are shifted by the running max); 0 below 2^-126 and for
 // -inf. Branch-free polynomial (relative error ~1 ulp) so that the row loops vectorise.
 MPT_CPU_INLINE float exp2_nonpositive(float x) {
