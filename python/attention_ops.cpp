@@ -116,6 +116,11 @@ void check_cu_seqlens(const at::Tensor& cu, const char* name, const at::Tensor& 
 struct Prepared {
   AttentionFwdParams p;
   bool varlen = false;
+  // Contiguous copies (no-ops when already contiguous) that p points into: the kernels index
+  // cu_seqlens densely, and the backward writes d(slopes) with the slopes' own layout into a
+  // dense buffer, so a strided input would be misread or written out of bounds.
+  at::Tensor cu_q, cu_k;
+  std::optional<at::Tensor> slopes;
 };
 
 Prepared prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -147,8 +152,10 @@ Prepared prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     s.batch = cu_seqlens_q->size(0) - 1;
     s.seqlen_q = max_seqlen_q;
     s.seqlen_k = max_seqlen_k;
-    s.cu_seqlens_q = cu_seqlens_q->data_ptr<int32_t>();
-    s.cu_seqlens_k = cu_seqlens_k->data_ptr<int32_t>();
+    r.cu_q = cu_seqlens_q->contiguous();
+    r.cu_k = cu_seqlens_k->contiguous();
+    s.cu_seqlens_q = r.cu_q.data_ptr<int32_t>();
+    s.cu_seqlens_k = r.cu_k.data_ptr<int32_t>();
   } else {
     s.batch = q.size(0);
     s.seqlen_q = q.size(1);
@@ -160,7 +167,8 @@ Prepared prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   p.mask.causal = causal;
   p.mask.window_left = window_left;
   p.mask.window_right = window_right;
-  fill_alibi(p.mask, alibi_slopes, q, s.batch, s.num_heads);
+  if (alibi_slopes.has_value()) r.slopes = alibi_slopes->contiguous();
+  fill_alibi(p.mask, r.slopes, q, s.batch, s.num_heads);
   p.q = q.data_ptr();
   p.k = k.data_ptr();
   p.v = v.data_ptr();

@@ -274,3 +274,27 @@ def test_backward_long(dtype):
     q, k, v = random_qkv(1, 1000, 1000, 2, 1, 64, dtype, requires_grad=True)
     slopes = make_slopes("batch", 1, 2, requires_grad=True)
     check_bwd(q, k, v, alibi_slopes=slopes, causal=True, window_size=(300, -1))
+
+
+@pytest.mark.parametrize("layout", ["sliced", "expanded"])
+def test_strided_slopes(layout):
+    # (batch, nheads) slopes that are a view: a column slice (row stride > nheads) or a
+    # per-head vector expanded over the batch (row stride 0). d(slopes) must land right.
+    q, k, v = random_qkv(2, 9, 11, 4, 2, 16, torch.float32, requires_grad=True)
+    if layout == "sliced":
+        slopes = torch.rand(2, 8)[:, :4].requires_grad_(True)
+        check_bwd(q, k, v, alibi_slopes=slopes, causal=True)
+    else:
+        leaf = torch.rand(4, requires_grad=True)
+        check_fwd(q.detach(), k.detach(), v.detach(), alibi_slopes=leaf.detach().expand(2, 4))
+        dout = torch.randn_like(q)
+        ours = torch.autograd.grad(mpt_ext.flash_attn_func(q, k, v, alibi_slopes=leaf.expand(2, 4)),
+                                   leaf, dout)[0]
+        ref = torch.autograd.grad(mpt_ext.flash_attn_func(q, k, v, alibi_slopes=leaf), leaf, dout)[0]
+        torch.testing.assert_close(ours, ref)
+
+
+def test_large_scores_stable():
+    # scores in the hundreds: the online softmax must subtract its running max
+    q, k, v = random_qkv(2, 33, 40, 2, 2, 32, torch.float32)
+    check_fwd(q * 40, k, v, causal=True)

@@ -162,3 +162,19 @@ def test_kvcache_batch_zero_and_empty_cache():
     out, lse = check_kvcache(q, k_cache, v_cache, None, None,
                              torch.zeros(2, dtype=torch.int32))
     assert torch.all(out == 0) and torch.all(lse == float("-inf"))
+
+
+def test_kvcache_strided_cache_and_inputs():
+    # caches that are views (every other head of a bigger buffer), strided q and new k/v: the
+    # append writes through the view and leaves the other heads alone
+    big_k = torch.randn(2, 24, 4, 32)
+    big_v = torch.randn(2, 24, 4, 32)
+    big_k0, big_v0 = big_k.clone(), big_v.clone()
+    k_cache, v_cache = big_k[:, :, ::2], big_v[:, :, ::2]
+    qkv = torch.randn(2, 3, 3, 4, 32)
+    q = qkv[:, :, 0]
+    k, v = qkv[:, :, 1, ::2], qkv[:, :, 2, ::2]
+    check_kvcache(q, k_cache, v_cache, k, v, torch.tensor([4, 20], dtype=torch.int32),
+                  causal=True, alibi_slopes=make_slopes("mpt", 2, 4))
+    assert torch.equal(big_k[:, :, 1::2], big_k0[:, :, 1::2])
+    assert torch.equal(big_v[:, :, 1::2], big_v0[:, :, 1::2])

@@ -169,3 +169,20 @@ def test_varlen_deterministic():
 
     for a, b in zip(grads(), grads()):
         assert torch.equal(a, b)
+
+
+def test_varlen_noncontiguous_cu_seqlens():
+    # strided cu_seqlens views must be read as their values, not as raw memory
+    q, k, v, cu_q, cu_k = packed_inputs([4, 6], [5, 7], 2, 2, 16, torch.float32)
+    cu_q_view = torch.stack([cu_q, torch.full_like(cu_q, 99)], dim=1)[:, 0]
+    cu_k_view = torch.stack([cu_k, torch.full_like(cu_k, 77)], dim=1)[:, 0]
+    assert not cu_q_view.is_contiguous()
+    check_varlen_fwd(q, k, v, cu_q_view, cu_k_view, causal=True)
+
+
+def test_varlen_max_seqlen_larger_than_needed():
+    # max_seqlen is an upper bound (callers often pass the padded length)
+    q, k, v, cu_q, cu_k = packed_inputs([3, 9], [9, 4], 2, 1, 16, torch.float32)
+    ref_out, _ = attention_varlen_ref(q, k, v, cu_q, cu_k, causal=True)
+    out = mpt_ext.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 64, 64, causal=True)
+    torch.testing.assert_close(out, ref_out.float(), atol=1e-5, rtol=1e-5)
