@@ -338,8 +338,17 @@ def test_bad_input_kvcache(case, match):
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device to hold the tensors")
 def test_cuda_without_kernels_not_implemented():
+    # never a silent slow path: a build without a CUDA kernel says so
     q, k, v = (t.cuda() for t in _qkv())
-    if mpt_ext.CUDA_ATTENTION:
-        pytest.skip("this build has the CUDA attention kernels")
-    with pytest.raises(NotImplementedError):
-        mpt_ext.flash_attn_func(q, k, v)
+    if mpt_ext.CUDA_ATTENTION and mpt_ext.CUDA_DECODE:
+        pytest.skip("this build has the CUDA attention and decode kernels")
+    if not mpt_ext.CUDA_ATTENTION:
+        with pytest.raises(NotImplementedError):
+            mpt_ext.flash_attn_func(q, k, v)
+        cu = cu_seqlens([5, 5], device="cuda")
+        with pytest.raises(NotImplementedError):
+            mpt_ext.flash_attn_varlen_func(q.flatten(0, 1), k[:, :5].flatten(0, 1),
+                                           v[:, :5].flatten(0, 1), cu, cu, 5, 5)
+    if not mpt_ext.CUDA_DECODE:
+        with pytest.raises(NotImplementedError):
+            mpt_ext.flash_attn_with_kvcache(q, k, v, cache_seqlens=6)
