@@ -22,10 +22,20 @@ __all__ = [
 
 
 # ---- fake kernels: shapes and dtypes only -------------------------------------------------
+def _check_devices(q, **others):
+    # The C++ ops check devices too, but a mix with a meta tensor dispatches here, not there.
+    for name, t in others.items():
+        if t is not None and t.device != q.device:
+            raise ValueError(f"{name} must be on the same device as q ({q.device}), got {t.device}")
+
+
 @torch.library.register_fake("mpt_ext::attn_fwd")
 def _attn_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                    alibi_slopes, softmax_scale, causal, window_left, window_right, softcap,
-                   deterministic):
+                   deterministic=False):
+    # deterministic has a schema default: the dispatcher drops it when it equals the default
+    _check_devices(q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                   alibi_slopes=alibi_slopes)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if q.dim() == 3:  # varlen: (total_q, heads, d) -> lse (heads, total_q)
         lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
@@ -38,6 +48,8 @@ def _attn_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
 def _attn_bwd_fake(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                    max_seqlen_k, alibi_slopes, softmax_scale, causal, window_left, window_right,
                    softcap, deterministic, compute_dslopes):
+    _check_devices(q, dout=dout, k=k, v=v, out=out, lse=lse, cu_seqlens_q=cu_seqlens_q,
+                   cu_seqlens_k=cu_seqlens_k, alibi_slopes=alibi_slopes)
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
@@ -51,6 +63,8 @@ def _attn_bwd_fake(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
 @torch.library.register_fake("mpt_ext::attn_kvcache")
 def _attn_kvcache_fake(q, k_cache, v_cache, k, v, cache_seqlens, alibi_slopes, softmax_scale,
                        causal, window_left, window_right, softcap, num_splits):
+    _check_devices(q, k_cache=k_cache, v_cache=v_cache, k=k, v=v, cache_seqlens=cache_seqlens,
+                   alibi_slopes=alibi_slopes)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
     return out, lse
@@ -62,9 +76,13 @@ _SLOPES_INDEX = 7
 
 
 def _attn_setup_context(ctx, inputs, output):
-    (q, k, v, cu_q, cu_k, max_q, max_k, slopes, scale, causal, wl, wr, softcap,
-     deterministic) = inputs
+    # deterministic (last, with a schema default) may be missing from inputs
+    (q, k, v, cu_q, cu_k, max_q, max_k, slopes, scale, causal, wl, wr, softcap) = inputs[:13]
+    deterministic = inputs[13] if len(inputs) > 13 else False
     out, lse = output
+    # The backward kernels take no d(lse) (as in flash-attn): say so rather than return a
+    # silently wrong zero gradient through lse.
+    ctx.mark_non_differentiable(lse)
     ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, slopes)
     ctx.args = (max_q, max_k, scale, causal, wl, wr, softcap, deterministic)
 
@@ -147,7 +165,8 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
     k and v may have fewer heads than q (GQA/MQA). alibi_slopes (fp32, (nheads,) or
     (batch, nheads)) adds ``-slope * |i + seqlen_k - seqlen_q - j|``; causal masking is
     aligned bottom-right. Returns out, or (out, softmax_lse, None) with return_attn_probs.
-    Gradients flow to q, k, v and, when it requires grad, to alibi_slopes."""
+    Gradients flow to q, k, v and, when it requires grad, to alibi_slopes; softmax_lse is
+    not differentiable (requires_grad=False)."""
     _no_dropout(dropout_p)
     layout = "(batch, seqlen, nheads, headdim)"
     _check_tensor("q", q, 4, layout)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["layer_norm_ref", "rms_norm_ref"]
+__all__ = ["layer_norm_ref", "rms_norm_ref", "attention_ref", "attention_varlen_ref", "kvcache_ref"]
 
 
 def layer_norm_ref(x: torch.Tensor, weight: Optional[torch.Tensor] = None,
@@ -38,3 +38,158 @@ def rms_norm_ref(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: fl
     if weight is not None:
         y = y * weight.to(compute_dtype)
     return (y, s) if residual is not None else y
+
+
+# ---- attention ---------------------------------------------------------------------------
+# Written from DESIGN.md's semantics (flash-attn 2.x), independently of the kernels' masking
+# code: the full score matrix is materialised, so keep shapes small.
+
+def _visible(seqlen_q: int, seqlen_k: int, causal: bool, window_size, device) -> torch.Tensor:
+    """(seqlen_q, seqlen_k) bool: key j visible to query i. Query i is aligned with key
+    i + seqlen_k - seqlen_q (bottom-right); -1 in window_size means unbounded."""
+    left, right = window_size
+    i = torch.arange(seqlen_q, device=device).view(-1, 1)
+    j = torch.arange(seqlen_k, device=device).view(1, -1)
+    offset = j - (i + seqlen_k - seqlen_q)  # > 0: key in the future of the query
+    visible = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=device)
+    if causal:
+        visible &= offset <= 0
+    if left >= 0:
+        visible &= offset >= -left
+    if right >= 0:
+        visible &= offset <= right
+    return visible
+
+
+def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  softmax_scale: Optional[float] = None, causal: bool = False,
+                  window_size=(-1, -1), softcap: float = 0.0,
+                  alibi_slopes: Optional[torch.Tensor] = None,
+                  compute_dtype: torch.dtype = torch.float64):
+    """Attention with flash-attn 2.x semantics on materialised scores.
+
+    q (batch, seqlen_q, nheads, d); k, v (batch, seqlen_k, nheads_k, d) with
+    nheads % nheads_k == 0 (GQA: each k/v head serves nheads // nheads_k consecutive q heads).
+    score = softmax_scale * q.k (scale defaults to d ** -0.5), then softcap * tanh(score /
+    softcap) if softcap > 0, then - slope[b, h] * |i + seqlen_k - seqlen_q - j| with
+    alibi_slopes of shape (nheads,) or (batch, nheads). Masks (causal, window_size) are aligned
+    bottom-right. Everything is computed in compute_dtype (float64 for an oracle; a low dtype
+    gives "PyTorch's own math" in that dtype) and differentiable, alibi_slopes included.
+
+    Returns (out (batch, seqlen_q, nheads, d), lse (batch, nheads, seqlen_q)), both in
+    compute_dtype. A query row that sees no key gets out = 0 and lse = -inf (no NaN, also in
+    the gradients).
+    """
+    batch, seqlen_q, nheads, head_dim = q.shape
+    seqlen_k, nheads_k = k.shape[1], k.shape[2]
+    if nheads % nheads_k != 0:
+        raise ValueError(f"nheads {nheads} is not a multiple of nheads_k {nheads_k}")
+    scale = head_dim ** -0.5 if softmax_scale is None else softmax_scale
+    qc, kc, vc = (t.to(compute_dtype) for t in (q, k, v))
+    if nheads_k != nheads:
+        kc = kc.repeat_interleave(nheads // nheads_k, dim=2)
+        vc = vc.repeat_interleave(nheads // nheads_k, dim=2)
+    scores = torch.einsum("bihd,bjhd->bhij", qc, kc) * scale
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
+    if alibi_slopes is not None:
+        i = torch.arange(seqlen_q, device=q.device).view(-1, 1)
+        j = torch.arange(seqlen_k, device=q.device).view(1, -1)
+        distance = (i + seqlen_k - seqlen_q - j).abs().to(compute_dtype)
+        slopes = alibi_slopes.to(compute_dtype)
+        slopes = slopes.view(1, nheads, 1, 1) if slopes.dim() == 1 else slopes.view(batch, nheads, 1, 1)
+        scores = scores - slopes * distance
+    visible = _visible(seqlen_q, seqlen_k, causal, window_size, q.device)
+    scores = scores.masked_fill(~visible, float("-inf"))
+    # Softmax by hand so that fully masked rows give 0 (not NaN) in values and gradients:
+    # the row max is a constant shift (detached), the normaliser of an empty row is 0.
+    row_max = scores.amax(dim=-1, keepdim=True).detach() if seqlen_k > 0 else \
+        scores.new_zeros(batch, nheads, seqlen_q, 1)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    weights = torch.exp(scores - row_max)
+    total = weights.sum(dim=-1, keepdim=True)
+    probs = weights / torch.where(total > 0, total, torch.ones_like(total))
+    out = torch.einsum("bhij,bjhd->bihd", probs, vc)
+    lse = (torch.log(total) + row_max).squeeze(-1)
+    return out, lse
+
+
+def attention_varlen_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
+                         softmax_scale: Optional[float] = None, causal: bool = False,
+                         window_size=(-1, -1), softcap: float = 0.0,
+                         alibi_slopes: Optional[torch.Tensor] = None,
+                         compute_dtype: torch.dtype = torch.float64):
+    """attention_ref over packed sequences: q (total_q, nheads, d), k/v (total_k, nheads_k, d);
+    sequence b is rows cu_seqlens[b]:cu_seqlens[b+1] of each, with its own bottom-right
+    alignment and ALiBi positions (alibi_slopes (nheads,) or (batch, nheads)).
+
+    Returns (out (total_q, nheads, d), lse (nheads, total_q)) in compute_dtype. Rows of q
+    past cu_seqlens_q[-1] belong to no sequence: out 0, lse -inf."""
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    outs, lses = [], []
+    for b in range(len(cq) - 1):
+        slopes = None
+        if alibi_slopes is not None:
+            slopes = alibi_slopes if alibi_slopes.dim() == 1 else alibi_slopes[b]
+        out_b, lse_b = attention_ref(
+            q[None, cq[b]:cq[b + 1]], k[None, ck[b]:ck[b + 1]], v[None, ck[b]:ck[b + 1]],
+            softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
+            alibi_slopes=slopes, compute_dtype=compute_dtype)
+        outs.append(out_b[0])
+        lses.append(lse_b[0])
+    tail = q.shape[0] - cq[-1]
+    outs.append(q.new_zeros((tail,) + tuple(q.shape[1:]), dtype=compute_dtype))
+    lses.append(q.new_full((q.shape[1], tail), float("-inf"), dtype=compute_dtype))
+    return torch.cat(outs, dim=0), torch.cat(lses, dim=1)
+
+
+def kvcache_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                k: Optional[torch.Tensor] = None, v: Optional[torch.Tensor] = None,
+                cache_seqlens=None, softmax_scale: Optional[float] = None, causal: bool = False,
+                window_size=(-1, -1), softcap: float = 0.0,
+                alibi_slopes: Optional[torch.Tensor] = None,
+                compute_dtype: torch.dtype = torch.float64):
+    """flash_attn_with_kvcache's semantics without touching the inputs.
+
+    q (batch, seqlen_q, nheads, d); caches (batch_cache >= batch, seqlen_cache, nheads_k, d).
+    The caches are cloned; if k, v (batch, seqlen_new, nheads_k, d) are given they are written
+    at positions cache_seqlens[b] .. cache_seqlens[b] + seqlen_new of sequence b. Sequence b
+    then attends (attention_ref semantics) to its first cache_seqlens[b] + seqlen_new keys.
+    cache_seqlens: int, int tensor (batch,), or None (the whole cache is valid, no append).
+
+    Returns (out, lse (batch, nheads, seqlen_q)) in compute_dtype and the updated caches
+    (k_cache, v_cache) in the caches' dtype.
+    """
+    batch, seqlen_cache = q.shape[0], k_cache.shape[1]
+    if cache_seqlens is None:
+        lengths = [seqlen_cache] * batch
+    elif isinstance(cache_seqlens, int):
+        lengths = [cache_seqlens] * batch
+    else:
+        lengths = [int(x) for x in cache_seqlens.tolist()]
+    k_cache, v_cache = k_cache.clone(), v_cache.clone()
+    seqlen_new = 0
+    if k is not None:
+        seqlen_new = k.shape[1]
+        for b in range(batch):
+            k_cache[b, lengths[b]:lengths[b] + seqlen_new] = k[b]
+            v_cache[b, lengths[b]:lengths[b] + seqlen_new] = v[b]
+    outs, lses = [], []
+    for b in range(batch):
+        n = lengths[b] + seqlen_new if cache_seqlens is not None else seqlen_cache
+        slopes = None
+        if alibi_slopes is not None:
+            slopes = alibi_slopes if alibi_slopes.dim() == 1 else alibi_slopes[b]
+        out_b, lse_b = attention_ref(
+            q[b:b + 1], k_cache[b:b + 1, :n], v_cache[b:b + 1, :n], softmax_scale=softmax_scale,
+            causal=causal, window_size=window_size, softcap=softcap, alibi_slopes=slopes,
+            compute_dtype=compute_dtype)
+        outs.append(out_b)
+        lses.append(lse_b)
+    if batch == 0:
+        out = q.new_zeros(q.shape, dtype=compute_dtype)
+        lse = q.new_zeros((0, q.shape[2], q.shape[1]), dtype=compute_dtype)
+    else:
+        out, lse = torch.cat(outs), torch.cat(lses)
+    return out, lse, k_cache, v_cache

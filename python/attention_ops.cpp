@@ -35,23 +35,28 @@ void check_mask_args(double softmax_scale, int64_t window_left, int64_t window_r
   TORCH_CHECK_VALUE(softcap >= 0 && std::isfinite(softcap), "softcap must be >= 0, got ", softcap);
 }
 
-void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool varlen) {
+// kv_cache: k and v are flash_attn_with_kvcache's k_cache / v_cache (named so in errors),
+// which may hold more sequences than q (batch_cache >= batch, checked by the caller).
+void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool varlen,
+               bool kv_cache = false) {
   const int64_t dim = varlen ? 3 : 4;
   const char* layout = varlen ? "(total_tokens, nheads, headdim)" : "(batch, seqlen, nheads, headdim)";
+  const char* k_name = kv_cache ? "k_cache" : "k";
+  const char* v_name = kv_cache ? "v_cache" : "v";
   check_dim(q, "q", dim, layout);
-  check_dim(k, "k", dim, layout);
-  check_dim(v, "v", dim, layout);
+  check_dim(k, k_name, dim, layout);
+  check_dim(v, v_name, dim, layout);
   to_dtype(q, "q", q.is_cpu());
   // flash-attn's contract: half precision on GPUs (fp32/fp64 exist for the CPU path).
   TORCH_CHECK_TYPE(q.is_cpu() || q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16,
                    "q must be float16 or bfloat16 on ", q.device(), ", got ", q.scalar_type());
-  check_same_dtype(k, "k", q, "q");
-  check_same_dtype(v, "v", q, "q");
-  check_same_device(k, "k", q, "q");
-  check_same_device(v, "v", q, "q");
+  check_same_dtype(k, k_name, q, "q");
+  check_same_dtype(v, v_name, q, "q");
+  check_same_device(k, k_name, q, "q");
+  check_same_device(v, v_name, q, "q");
   check_last_dim_contiguous(q, "q");
-  check_last_dim_contiguous(k, "k");
-  check_last_dim_contiguous(v, "v");
+  check_last_dim_contiguous(k, k_name);
+  check_last_dim_contiguous(v, v_name);
   const int64_t d = q.size(-1);
   TORCH_CHECK_VALUE(d >= 1 && d <= kMaxHeadDim, "q's head dim must be in [1, ", kMaxHeadDim,
                     "], got ", d);
@@ -63,7 +68,7 @@ void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bo
   TORCH_CHECK_VALUE(hk >= 1 && h % hk == 0,
                     "the number of heads in k/v must divide the number in q (GQA ratio): q has ",
                     h, " heads, k/v have ", hk);
-  if (!varlen) {
+  if (!varlen && !kv_cache) {
     TORCH_CHECK_VALUE(k.size(0) == q.size(0), "k and v must have q's batch size ", q.size(0),
                       ", got ", k.size(0));
   }
@@ -114,6 +119,11 @@ void check_cu_seqlens(const at::Tensor& cu, const char* name, const at::Tensor& 
 struct Prepared {
   AttentionFwdParams p;
   bool varlen = false;
+  // Contiguous copies (no-ops when already contiguous) that p points into: the kernels index
+  // cu_seqlens densely, and the backward writes d(slopes) with the slopes' own layout into a
+  // dense buffer, so a strided input would be misread or written out of bounds.
+  at::Tensor cu_q, cu_k;
+  std::optional<at::Tensor> slopes;
 };
 
 Prepared prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -145,8 +155,10 @@ Prepared prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     s.batch = cu_seqlens_q->size(0) - 1;
     s.seqlen_q = max_seqlen_q;
     s.seqlen_k = max_seqlen_k;
-    s.cu_seqlens_q = cu_seqlens_q->data_ptr<int32_t>();
-    s.cu_seqlens_k = cu_seqlens_k->data_ptr<int32_t>();
+    r.cu_q = cu_seqlens_q->contiguous();
+    r.cu_k = cu_seqlens_k->contiguous();
+    s.cu_seqlens_q = r.cu_q.data_ptr<int32_t>();
+    s.cu_seqlens_k = r.cu_k.data_ptr<int32_t>();
   } else {
     s.batch = q.size(0);
     s.seqlen_q = q.size(1);
@@ -158,7 +170,8 @@ Prepared prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   p.mask.causal = causal;
   p.mask.window_left = window_left;
   p.mask.window_right = window_right;
-  fill_alibi(p.mask, alibi_slopes, q, s.batch, s.num_heads);
+  if (alibi_slopes.has_value()) r.slopes = alibi_slopes->contiguous();
+  fill_alibi(p.mask, r.slopes, q, s.batch, s.num_heads);
   p.q = q.data_ptr();
   p.k = k.data_ptr();
   p.v = v.data_ptr();
@@ -283,7 +296,7 @@ std::tuple<at::Tensor, at::Tensor> attn_kvcache(
   check_dim(q, "q", 4, "(batch, seqlen_q, nheads, headdim)");
   check_dim(k_cache, "k_cache", 4, "(batch_cache, seqlen_cache, nheads_k, headdim)");
   check_dim(v_cache, "v_cache", 4, "(batch_cache, seqlen_cache, nheads_k, headdim)");
-  check_qkv(q, k_cache, v_cache, /*varlen=*/false);
+  check_qkv(q, k_cache, v_cache, /*varlen=*/false, /*kv_cache=*/true);
   check_mask_args(softmax_scale, window_left, window_right, softcap);
   TORCH_CHECK_VALUE(num_splits >= 0, "num_splits must be >= 0 (0: automatic), got ", num_splits);
   TORCH_CHECK_VALUE(k_new.has_value() == v_new.has_value(), "k and v must be given together");

@@ -31,6 +31,7 @@ struct BwdContext {
 
 template <typename Acc>
 struct BwdScratch {
+  TileMatmul<Acc> matmul = tile_matmul_for<Acc>(cpu_has_avx2_fma());
   std::vector<Acc> q, dout, kt, k, vt, s, dpv, th, pt, dst, acc0, acc1, lse2, delta;
   explicit BwdScratch(int64_t dp)
       : q(kBlockQ * dp), dout(kBlockQ * dp), kt(dp * kBlockK, Acc(0)), k(kBlockK * dp),
@@ -78,8 +79,8 @@ MPT_CPU_INLINE Acc tile_score_grads(const BwdContext<Acc>& c, BwdScratch<Acc>& w
                                     int64_t i0, int64_t nr, int64_t mr, int64_t j0, int64_t nc,
                                     int64_t sq, int64_t sk, bool keep_p, bool want_dslope) {
   const Acc scale = Acc(c.p.fwd.mask.softmax_scale);
-  tile_matmul(mr, kBlockK, c.dp, w.q.data(), c.dp, w.kt.data(), kBlockK, w.s.data(), kBlockK, false);
-  tile_matmul(mr, kBlockK, c.dp, w.dout.data(), c.dp, w.vt.data(), kBlockK, w.dpv.data(), kBlockK,
+  w.matmul(mr, kBlockK, c.dp, w.q.data(), c.dp, w.kt.data(), kBlockK, w.s.data(), kBlockK, false);
+  w.matmul(mr, kBlockK, c.dp, w.dout.data(), c.dp, w.vt.data(), kBlockK, w.dpv.data(), kBlockK,
               false);
   Acc dslope = 0;
   for (int64_t r = 0; r < mr; ++r) {
@@ -177,7 +178,7 @@ MPT_CPU_INLINE void dq_block(const BwdContext<Acc>& c, int64_t task, BwdScratch<
     load_key_tile<T>(c, w, hv, j0, nc, /*row_major_k=*/true);
     dslope += tile_score_grads(c, w, math, keys, i0, nr, mr, j0, nc, hv.sq, hv.sk, false,
                                want_dslope);
-    tile_matmul(mr, dp, kBlockK, w.s.data(), kBlockK, w.k.data(), dp, dq, dp, true);
+    w.matmul(mr, dp, kBlockK, w.s.data(), kBlockK, w.k.data(), dp, dq, dp, true);
   }
   T* dq_out = static_cast<T*>(p.dq) + hv.dq_off + i0 * p.dq_strides.row;
   for (int64_t r = 0; r < nr; ++r) store_row(dq + r * dp, d, Acc(1), dq_out + r * p.dq_strides.row);
@@ -227,8 +228,8 @@ MPT_CPU_INLINE void dkv_block(const BwdContext<Acc>& c, int64_t task, BwdScratch
           w.pt[x * kBlockQ + r] = w.dpv[r * kBlockK + x];
           w.dst[x * kBlockQ + r] = w.s[r * kBlockK + x];
         }
-      tile_matmul(kBlockK, dp, nr, w.pt.data(), kBlockQ, w.dout.data(), dp, dv, dp, true);
-      tile_matmul(kBlockK, dp, nr, w.dst.data(), kBlockQ, w.q.data(), dp, dk, dp, true);
+      w.matmul(kBlockK, dp, nr, w.pt.data(), kBlockQ, w.dout.data(), dp, dv, dp, true);
+      w.matmul(kBlockK, dp, nr, w.dst.data(), kBlockQ, w.q.data(), dp, dk, dp, true);
     }
   }
   T* dk_out = static_cast<T*>(p.dk) + kv.dk_off + j0 * p.dk_strides.row;

@@ -23,6 +23,7 @@ struct FwdContext {
 
 template <typename Acc>
 struct FwdScratch {
+  TileMatmul<Acc> matmul = tile_matmul_for<Acc>(cpu_has_avx2_fma());
   std::vector<Acc> q, kt, v, s, o, m, l;
   explicit FwdScratch(int64_t dp)
       : q(kBlockQ * dp), kt(dp * kBlockK, Acc(0)), v(kBlockK * dp), s(kBlockQ * kBlockK),
@@ -71,7 +72,7 @@ MPT_CPU_INLINE void forward_block(const FwdContext& c, int64_t task, FwdScratch<
     if (!keys.touches(j0, j0 + nc, nr)) continue;  // a gap in a windowed block
     load_rows_transposed(k + j0 * p.k_strides.row, p.k_strides.row, nc, d, w.kt.data(), kBlockK);
     load_rows(v + j0 * p.v_strides.row, p.v_strides.row, nc, kBlockK, d, w.v.data(), dp);
-    tile_matmul(mr, kBlockK, dp, w.q.data(), dp, w.kt.data(), kBlockK, w.s.data(), kBlockK, false);
+    w.matmul(mr, kBlockK, dp, w.q.data(), dp, w.kt.data(), kBlockK, w.s.data(), kBlockK, false);
     for (int64_t r = 0; r < mr; ++r) {
       Acc* s = w.s.data() + r * kBlockK;
       if (r >= nr) {  // padding rows: keep them out of the P.V product
@@ -79,18 +80,13 @@ MPT_CPU_INLINE void forward_block(const FwdContext& c, int64_t task, FwdScratch<
         continue;
       }
       math.row(s, nullptr, i0 + r, j0, nc, kBlockK, keys.rows[r], sq, sk);
-      Acc row_max = kNegInf<Acc>;
-      for (int64_t x = 0; x < kBlockK; ++x) row_max = std::max(row_max, s[x]);
-      const Acc m_new = std::max(w.m[r], row_max);
+      const Acc m_new = std::max(w.m[r], row_max(s, kBlockK));
       if (m_new == kNegInf<Acc>) {  // nothing visible yet in this row
         std::fill(s, s + kBlockK, Acc(0));
         continue;
       }
-      Acc sum = 0;
-      for (int64_t x = 0; x < kBlockK; ++x) {
-        s[x] = exp2_nonpositive(s[x] - m_new);
-        sum += s[x];
-      }
+      for (int64_t x = 0; x < kBlockK; ++x) s[x] = exp2_nonpositive(s[x] - m_new);
+      const Acc sum = row_sum(s, kBlockK);
       const Acc alpha = exp2_nonpositive(w.m[r] - m_new);  // 0 when m was -inf
       w.l[r] = w.l[r] * alpha + sum;
       w.m[r] = m_new;
@@ -99,7 +95,7 @@ MPT_CPU_INLINE void forward_block(const FwdContext& c, int64_t task, FwdScratch<
         for (int64_t x = 0; x < dp; ++x) o[x] *= alpha;
       }
     }
-    tile_matmul(mr, dp, kBlockK, w.s.data(), kBlockK, w.v.data(), dp, w.o.data(), dp, true);
+    w.matmul(mr, dp, kBlockK, w.s.data(), kBlockK, w.v.data(), dp, w.o.data(), dp, true);
   }
 
   for (int64_t r = 0; r < nr; ++r) {

@@ -18,6 +18,7 @@
 #define MPT_CPU_INLINE inline __attribute__((always_inline))
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
 #define MPT_CPU_HAVE_AVX2_CLONE 1
 #define MPT_CPU_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #else
@@ -37,6 +38,21 @@ inline bool cpu_has_avx2_fma() {
   return false;
 #endif
 }
+
+// Sets flush-to-zero and denormals-are-zero on this thread while alive. Softmax weights far
+// below the row max times V produce denormal products, and each costs a microcode assist
+// (measured: the tiled forward ran ~10x slower than its tile products without this).
+// Values below 1e-38 do not change an attention output.
+class FlushDenormalsScope {
+ public:
+#if MPT_CPU_HAVE_AVX2_CLONE
+  FlushDenormalsScope() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040u); }
+  ~FlushDenormalsScope() { _mm_setcsr(saved_); }
+
+ private:
+  unsigned saved_;
+#endif
+};
 
 template <typename Acc, typename T>
 MPT_CPU_INLINE Acc to_acc(T x) {
@@ -78,6 +94,7 @@ void run_tasks(int64_t n_tasks, MakeScratch&& make_scratch, Task&& task) {
   std::atomic<int64_t> next{0};
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_tasks));
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    FlushDenormalsScope flush_denormals;
     auto scratch = make_scratch();
     for (int64_t t = next.fetch_add(1); t < n_tasks; t = next.fetch_add(1)) task(t, scratch);
   });

@@ -16,30 +16,117 @@ namespace mpt_ext::cpu {
 constexpr int64_t kTileRows = 4;
 constexpr int64_t kTileCols = 16;
 
-// C[M x N] (+)= A[M x K] * B[K x N], all row-major with leading dimensions lda/ldb/ldc.
-// A 4 x 16 block of C stays in registers across the K loop.
+// 32-byte vectors (GCC/Clang vector extensions, no intrinsics): one AVX register, or two
+// SSE registers in the baseline build.
 template <typename Acc>
-MPT_CPU_INLINE void tile_matmul(int64_t M, int64_t N, int64_t K, const Acc* __restrict A,
-                                int64_t lda, const Acc* __restrict B, int64_t ldb,
-                                Acc* __restrict C, int64_t ldc, bool accumulate) {
+struct Vec32;
+template <>
+struct Vec32<float> {
+  typedef float type __attribute__((vector_size(32)));
+};
+template <>
+struct Vec32<double> {
+  typedef double type __attribute__((vector_size(32)));
+};
+
+// C[M x N] (+)= A[M x K] * B[K x N], all row-major with leading dimensions lda/ldb/ldc.
+// A 4 x 16 block of C stays in registers across the K loop (explicit vectors: left to
+// itself GCC vectorised along K with shuffles, 10x slower).
+template <bool Accumulate, typename Acc>
+MPT_CPU_INLINE void tile_matmul_body(int64_t M, int64_t N, int64_t K, const Acc* __restrict A,
+                                     int64_t lda, const Acc* __restrict B, int64_t ldb,
+                                     Acc* __restrict C, int64_t ldc) {
+  using V = typename Vec32<Acc>::type;
+  constexpr int64_t kVecs = kTileCols * int64_t(sizeof(Acc)) / int64_t(sizeof(V));
   for (int64_t i = 0; i < M; i += kTileRows) {
     for (int64_t n = 0; n < N; n += kTileCols) {
-      Acc c[kTileRows][kTileCols];
+      V c[kTileRows][kVecs];
       for (int64_t r = 0; r < kTileRows; ++r)
-        for (int64_t x = 0; x < kTileCols; ++x)
-          c[r][x] = accumulate ? C[(i + r) * ldc + n + x] : Acc(0);
+        for (int64_t v = 0; v < kVecs; ++v) {
+          if (Accumulate)
+            __builtin_memcpy(&c[r][v], C + (i + r) * ldc + n + v * (sizeof(V) / sizeof(Acc)),
+                             sizeof(V));
+          else
+            c[r][v] = V{};
+        }
       const Acc* a = A + i * lda;
       for (int64_t k = 0; k < K; ++k) {
-        const Acc* b = B + k * ldb + n;
+        V b[kVecs];
+        __builtin_memcpy(b, B + k * ldb + n, sizeof(b));
         for (int64_t r = 0; r < kTileRows; ++r) {
           const Acc ar = a[r * lda + k];
-          for (int64_t x = 0; x < kTileCols; ++x) c[r][x] += ar * b[x];
+          for (int64_t v = 0; v < kVecs; ++v) c[r][v] += ar * b[v];
         }
       }
       for (int64_t r = 0; r < kTileRows; ++r)
-        for (int64_t x = 0; x < kTileCols; ++x) C[(i + r) * ldc + n + x] = c[r][x];
+        for (int64_t v = 0; v < kVecs; ++v)
+          __builtin_memcpy(C + (i + r) * ldc + n + v * (sizeof(V) / sizeof(Acc)), &c[r][v],
+                           sizeof(V));
     }
   }
+}
+
+// Out of line: one copy per instruction set; callers pick one with tile_matmul_for().
+template <typename Acc>
+__attribute__((noinline)) void tile_matmul_baseline(int64_t M, int64_t N, int64_t K, const Acc* A,
+                                                    int64_t lda, const Acc* B, int64_t ldb, Acc* C,
+                                                    int64_t ldc, bool accumulate) {
+  if (accumulate)
+    tile_matmul_body<true>(M, N, K, A, lda, B, ldb, C, ldc);
+  else
+    tile_matmul_body<false>(M, N, K, A, lda, B, ldb, C, ldc);
+}
+
+template <typename Acc>
+MPT_CPU_TARGET_AVX2 __attribute__((noinline)) void tile_matmul_avx2(
+    int64_t M, int64_t N, int64_t K, const Acc* A, int64_t lda, const Acc* B, int64_t ldb, Acc* C,
+    int64_t ldc, bool accumulate) {
+  if (accumulate)
+    tile_matmul_body<true>(M, N, K, A, lda, B, ldb, C, ldc);
+  else
+    tile_matmul_body<false>(M, N, K, A, lda, B, ldb, C, ldc);
+}
+
+template <typename Acc>
+using TileMatmul = void (*)(int64_t, int64_t, int64_t, const Acc*, int64_t, const Acc*, int64_t,
+                            Acc*, int64_t, bool);
+
+template <typename Acc>
+TileMatmul<Acc> tile_matmul_for(bool avx2) {
+  return avx2 ? &tile_matmul_avx2<Acc> : &tile_matmul_baseline<Acc>;
+}
+
+// Max and sum of s[0, n), n a multiple of the vector width: explicit vectors, because
+// without -ffast-math the compiler may not reorder a float reduction itself.
+template <typename Acc>
+MPT_CPU_INLINE Acc row_max(const Acc* s, int64_t n) {
+  using V = typename Vec32<Acc>::type;
+  constexpr int64_t kW = sizeof(V) / sizeof(Acc);
+  V m;
+  __builtin_memcpy(&m, s, sizeof(V));
+  for (int64_t i = kW; i < n; i += kW) {
+    V x;
+    __builtin_memcpy(&x, s + i, sizeof(V));
+    m = m > x ? m : x;
+  }
+  Acc r = m[0];
+  for (int64_t l = 1; l < kW; ++l) r = r > m[l] ? r : m[l];
+  return r;
+}
+
+template <typename Acc>
+MPT_CPU_INLINE Acc row_sum(const Acc* s, int64_t n) {
+  using V = typename Vec32<Acc>::type;
+  constexpr int64_t kW = sizeof(V) / sizeof(Acc);
+  V t{};
+  for (int64_t i = 0; i < n; i += kW) {
+    V x;
+    __builtin_memcpy(&x, s + i, sizeof(V));
+    t += x;
+  }
+  Acc r = 0;
+  for (int64_t l = 0; l < kW; ++l) r += t[l];
+  return r;
 }
 
 // 2^x for x <= 0 (softmax arguments are shifted by the running max); 0 below 2^-126 and for

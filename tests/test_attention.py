@@ -1,0 +1,300 @@
+"""flash_attn_func (batched BSHD) on CPU against the float64 reference: forward over
+DESIGN.md's grid, backward (q, k, v and trainable ALiBi slopes), gradcheck, determinism."""
+import pytest
+import torch
+
+import mpt_ext
+from attention_helpers import (DTYPE_IDS, MASK_IDS, MASKS, check_bwd, check_fwd, make_slopes,
+                               poison_allocator, random_qkv)
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+SEQLENS = [(1, 1), (17, 17), (113, 113), (17, 113), (113, 17), (1, 113), (113, 1)]
+
+
+# ---- forward -------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("causal,window_size", MASKS, ids=MASK_IDS)
+@pytest.mark.parametrize("seqlen_q,seqlen_k", SEQLENS, ids=str)
+def test_forward_masks_seqlens(dtype, causal, window_size, seqlen_q, seqlen_k):
+    q, k, v = random_qkv(2, seqlen_q, seqlen_k, 4, 2, 32, dtype)
+    check_fwd(q, k, v, causal=causal, window_size=window_size)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("head_dim", [1, 8, 20, 32, 33, 40, 64, 72, 96, 128, 160, 200, 255, 256])
+def test_forward_head_dims(dtype, head_dim):
+    q, k, v = random_qkv(1, 17, 33, 3, 3, head_dim, dtype)
+    check_fwd(q, k, v, causal=True, alibi_slopes=make_slopes("mpt", 1, 3))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("nheads", [3, 6, 12])
+@pytest.mark.parametrize("slopes", ["mpt", "batch"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("seqlen_q,seqlen_k", [(17, 17), (17, 113), (113, 17)], ids=str)
+def test_forward_alibi(dtype, nheads, slopes, causal, seqlen_q, seqlen_k):
+    q, k, v = random_qkv(2, seqlen_q, seqlen_k, nheads, nheads, 32, dtype)
+    check_fwd(q, k, v, causal=causal, alibi_slopes=make_slopes(slopes, 2, nheads))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("nheads,nheads_k", [(6, 2), (6, 1), (4, 4), (12, 3)], ids=str)
+@pytest.mark.parametrize("causal", [False, True])
+def test_forward_gqa(dtype, nheads, nheads_k, causal):
+    q, k, v = random_qkv(2, 17, 40, nheads, nheads_k, 64, dtype)
+    check_fwd(q, k, v, causal=causal, alibi_slopes=make_slopes("mpt", 2, nheads))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("softcap", [0.5, 5.0, 30.0])
+@pytest.mark.parametrize("alibi", [None, "batch"])
+def test_forward_softcap(dtype, softcap, alibi):
+    # Scaled-up q so that the cap actually bends the scores.
+    q, k, v = random_qkv(2, 33, 50, 4, 2, 32, dtype)
+    q = (q.float() * 4).to(dtype)
+    check_fwd(q, k, v, causal=True, softcap=softcap, alibi_slopes=make_slopes(alibi, 2, 4))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("softmax_scale", [0.05, 1.0])
+def test_forward_softmax_scale(dtype, softmax_scale):
+    q, k, v = random_qkv(2, 17, 29, 2, 2, 64, dtype)
+    check_fwd(q, k, v, softmax_scale=softmax_scale, window_size=(4, 4))
+
+
+@pytest.mark.parametrize("causal,window_size", MASKS, ids=MASK_IDS)
+@pytest.mark.parametrize("alibi", [None, "batch"])
+def test_forward_float64(causal, window_size, alibi):
+    q, k, v = random_qkv(2, 19, 23, 4, 2, 16, torch.float64)
+    slopes = make_slopes(alibi, 2, 4)
+    check_fwd(q, k, v, causal=causal, window_size=window_size, softcap=3.0, alibi_slopes=slopes)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
+def test_forward_strided_inputs(dtype):
+    # MPT splits a fused Wqkv output: q, k, v are strided views with a contiguous last dim.
+    qkv = torch.randn(2, 37, 3, 4, 64, dtype=dtype)
+    q, k, v = qkv.unbind(2)
+    assert not q.is_contiguous()
+    check_fwd(q, k, v, causal=True, alibi_slopes=make_slopes("mpt", 2, 4))
+    # and a head-major k/v (B, H, S, D) seen through transpose
+    kt = torch.randn(2, 2, 37, 64, dtype=dtype).transpose(1, 2)
+    vt = torch.randn(2, 2, 37, 64, dtype=dtype).transpose(1, 2)
+    check_fwd(q, kt, vt, causal=False)
+
+
+# ---- rows with no visible key, empty inputs --------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("seqlen_q,seqlen_k,causal,window_size", [
+    (40, 17, True, (-1, -1)),     # bottom-right causal: the first 23 rows see nothing
+    (17, 40, False, (0, 0)),      # each row sees exactly its diagonal key
+    (40, 17, False, (0, 0)),      # early rows' diagonal is before key 0
+    (17, 17, False, (-1, -1)),
+    (9, 5, False, (-1, -1)),
+], ids=["causal_sq>sk", "diag_only", "diag_out_of_range", "full", "short_k"])
+def test_rows_without_keys(dtype, seqlen_q, seqlen_k, causal, window_size):
+    q, k, v = random_qkv(2, seqlen_q, seqlen_k, 4, 2, 32, dtype)
+    slopes = make_slopes("batch", 2, 4)
+    out, lse = check_fwd(q, k, v, causal=causal, window_size=window_size, alibi_slopes=slopes)
+    empty = torch.isinf(lse)  # (B, H, Sq); check_fwd matched these with the reference
+    if seqlen_q > seqlen_k and window_size == (0, 0) or causal:
+        assert empty.any()
+    assert torch.all(out.permute(0, 2, 1, 3)[empty] == 0)
+    assert torch.isfinite(out).all()
+
+
+def test_window_excludes_everything():
+    # right window ending before the first key for every row: sq > sk, window (0, 0) and a
+    # left window of 0 with causal on the rows whose diagonal is negative.
+    q, k, v = random_qkv(1, 30, 4, 2, 2, 16, torch.float32)
+    out, lse = check_fwd(q, k, v, causal=True, window_size=(0, 0))
+    assert torch.all(lse[:, :, :26] == float("-inf"))
+    assert torch.all(out[:, :26] == 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("batch,seqlen_q,seqlen_k", [
+    (0, 17, 17), (2, 0, 17), (2, 17, 0), (2, 0, 0), (0, 0, 0)], ids=str)
+@pytest.mark.parametrize("causal", [False, True])
+def test_empty(dtype, batch, seqlen_q, seqlen_k, causal):
+    q, k, v = random_qkv(batch, seqlen_q, seqlen_k, 4, 2, 32, dtype, requires_grad=True)
+    slopes = make_slopes("batch", batch, 4, requires_grad=True)
+    out, lse, _ = mpt_ext.flash_attn_func(q, k, v, causal=causal, alibi_slopes=slopes,
+                                          return_attn_probs=True)
+    assert out.shape == q.shape and lse.shape == (batch, 4, seqlen_q)
+    # no key at all: output 0, lse -inf
+    assert torch.all(out == 0) and torch.all(lse == float("-inf"))
+    out.backward(torch.randn_like(out))
+    for name, x in (("q", q), ("k", k), ("v", v), ("slopes", slopes)):
+        assert x.grad is not None and x.grad.shape == x.shape, name
+        assert torch.all(x.grad == 0), f"d{name} of an empty attention must be 0"
+
+
+def test_return_attn_probs_shapes():
+    q, k, v = random_qkv(3, 5, 7, 6, 3, 16, torch.float32)
+    res = mpt_ext.flash_attn_func(q, k, v, return_attn_probs=True)
+    assert isinstance(res, tuple) and len(res) == 3 and res[2] is None
+    assert res[1].shape == (3, 6, 5) and res[1].dtype == torch.float32
+    plain = mpt_ext.flash_attn_func(q, k, v)
+    assert isinstance(plain, torch.Tensor) and torch.equal(plain, res[0])
+
+
+def test_output_fresh_and_inputs_untouched():
+    q, k, v = random_qkv(2, 17, 17, 4, 4, 32, torch.bfloat16)
+    copies = [t.clone() for t in (q, k, v)]
+    out = mpt_ext.flash_attn_func(q, k, v, causal=True)
+    for t, c in zip((q, k, v), copies):
+        assert torch.equal(t, c)
+    assert out.data_ptr() not in (q.data_ptr(), k.data_ptr(), v.data_ptr())
+    assert out.is_contiguous()
+
+
+def test_repeated_calls_identical():
+    # Poisoned memory between calls must not leak into the result.
+    q, k, v = random_qkv(2, 113, 17, 4, 2, 32, torch.float32)
+    a = mpt_ext.flash_attn_func(q, k, v, causal=True)
+    poison_allocator(a, a)
+    b = mpt_ext.flash_attn_func(q, k, v, causal=True)
+    assert torch.equal(a, b)
+
+
+# ---- backward ------------------------------------------------------------------------------
+BWD_MASKS = [(False, (-1, -1)), (True, (-1, -1)), (False, (7, 2)), (True, (9, -1))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
+                         ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("causal,window_size", BWD_MASKS,
+                         ids=["full", "causal", "win7_2", "causal_left9"])
+@pytest.mark.parametrize("alibi", [None, "head", "batch"])
+@pytest.mark.parametrize("seqlen_q,seqlen_k", [(17, 17), (17, 50), (50, 17), (1, 33)], ids=str)
+def test_backward(dtype, causal, window_size, alibi, seqlen_q, seqlen_k):
+    q, k, v = random_qkv(2, seqlen_q, seqlen_k, 6, 2, 32, dtype, requires_grad=True)
+    slopes = make_slopes(alibi, 2, 6, requires_grad=True)
+    check_bwd(q, k, v, alibi_slopes=slopes, causal=causal, window_size=window_size)
+
+
+@pytest.mark.parametrize("head_dim", [1, 8, 33, 40, 72, 128, 200, 256])
+def test_backward_head_dims(head_dim):
+    q, k, v = random_qkv(1, 17, 23, 2, 1, head_dim, torch.float32, requires_grad=True)
+    slopes = make_slopes("mpt", 1, 2).requires_grad_(True)
+    check_bwd(q, k, v, alibi_slopes=slopes, causal=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
+def test_backward_softcap_gqa(dtype):
+    q, k, v = random_qkv(2, 33, 40, 6, 1, 32, dtype, requires_grad=True)
+    with torch.no_grad():
+        q.mul_(4)
+    slopes = make_slopes("batch", 2, 6, requires_grad=True)
+    check_bwd(q, k, v, alibi_slopes=slopes, causal=True, softcap=2.0, window_size=(20, -1))
+
+
+def test_backward_slopes_without_grad():
+    # Slopes given but frozen: no d(slopes), q/k/v grads still right.
+    q, k, v = random_qkv(2, 17, 17, 3, 3, 32, torch.float32, requires_grad=True)
+    slopes = make_slopes("mpt", 2, 3)
+    check_bwd(q, k, v, alibi_slopes=slopes, causal=True)
+    assert slopes.grad is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+def test_backward_rows_without_keys(dtype):
+    q, k, v = random_qkv(2, 40, 17, 4, 2, 32, dtype, requires_grad=True)
+    slopes = make_slopes("batch", 2, 4, requires_grad=True)
+    dq, dk, dv, ds = check_bwd(q, k, v, alibi_slopes=slopes, causal=True)
+    assert torch.all(dq[:, :23] == 0)  # rows that see no key get no gradient
+    for g in (dq, dk, dv, ds):
+        assert torch.isfinite(g).all()
+
+
+GRADCHECK_CASES = [
+    dict(causal=False),
+    dict(causal=True),
+    dict(causal=True, window_size=(2, -1)),
+    dict(window_size=(1, 2)),
+    dict(softcap=1.5),
+    dict(causal=True, softcap=2.0, window_size=(3, 1)),
+]
+
+
+@pytest.mark.parametrize("kw", GRADCHECK_CASES, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize("slopes_shape", [None, "head", "batch"])
+@pytest.mark.parametrize("seqlen_q,seqlen_k", [(3, 5), (5, 3)], ids=str)
+def test_gradcheck(kw, slopes_shape, seqlen_q, seqlen_k):
+    q, k, v = random_qkv(2, seqlen_q, seqlen_k, 4, 2, 4, torch.float64, requires_grad=True)
+    inputs = [q, k, v]
+    if slopes_shape is not None:
+        shape = (4,) if slopes_shape == "head" else (2, 4)
+        # float64 slopes (allowed with float64 q on CPU) so that gradcheck can perturb them
+        inputs.append((torch.rand(shape, dtype=torch.float64) * 0.5).requires_grad_(True))
+
+    def fn(q, k, v, slopes=None):
+        return mpt_ext.flash_attn_func(q, k, v, alibi_slopes=slopes, **kw)
+
+    assert torch.autograd.gradcheck(fn, inputs, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
+def test_deterministic_backward(dtype):
+    q, k, v = random_qkv(2, 113, 77, 6, 2, 64, dtype, requires_grad=True)
+    slopes = make_slopes("batch", 2, 6, requires_grad=True)
+    dout = torch.randn_like(q)
+
+    def grads():
+        out = mpt_ext.flash_attn_func(q, k, v, causal=True, alibi_slopes=slopes,
+                                      deterministic=True)
+        return torch.autograd.grad(out, (q, k, v, slopes), dout)
+
+    first, second = grads(), grads()
+    for name, a, b in zip(("dq", "dk", "dv", "dslopes"), first, second):
+        assert torch.equal(a, b), f"{name} differs between two deterministic backward runs"
+
+
+def test_lse_is_not_differentiable():
+    # The kernels take no d(lse): lse must say so instead of giving a silent zero gradient.
+    q, k, v = random_qkv(1, 5, 7, 2, 1, 8, torch.float32, requires_grad=True)
+    out, lse, _ = mpt_ext.flash_attn_func(q, k, v, return_attn_probs=True)
+    assert out.requires_grad and not lse.requires_grad
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("seqlen_q,seqlen_k", [(1000, 1000), (4097, 4097), (1000, 4097),
+                                               (4097, 1000)], ids=str)
+def test_forward_long(dtype, seqlen_q, seqlen_k):
+    # DESIGN.md's long sizes; the reference materialises seqlen_q x seqlen_k scores.
+    q, k, v = random_qkv(1, seqlen_q, seqlen_k, 2, 1, 64, dtype)
+    check_fwd(q, k, v, causal=True, alibi_slopes=make_slopes("mpt", 1, 2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
+def test_backward_long(dtype):
+    q, k, v = random_qkv(1, 1000, 1000, 2, 1, 64, dtype, requires_grad=True)
+    slopes = make_slopes("batch", 1, 2, requires_grad=True)
+    check_bwd(q, k, v, alibi_slopes=slopes, causal=True, window_size=(300, -1))
+
+
+@pytest.mark.parametrize("layout", ["sliced", "expanded"])
+def test_strided_slopes(layout):
+    # (batch, nheads) slopes that are a view: a column slice (row stride > nheads) or a
+    # per-head vector expanded over the batch (row stride 0). d(slopes) must land right.
+    q, k, v = random_qkv(2, 9, 11, 4, 2, 16, torch.float32, requires_grad=True)
+    if layout == "sliced":
+        slopes = torch.rand(2, 8)[:, :4].requires_grad_(True)
+        check_bwd(q, k, v, alibi_slopes=slopes, causal=True)
+    else:
+        leaf = torch.rand(4, requires_grad=True)
+        check_fwd(q.detach(), k.detach(), v.detach(), alibi_slopes=leaf.detach().expand(2, 4))
+        dout = torch.randn_like(q)
+        ours = torch.autograd.grad(mpt_ext.flash_attn_func(q, k, v, alibi_slopes=leaf.expand(2, 4)),
+                                   leaf, dout)[0]
+        ref = torch.autograd.grad(mpt_ext.flash_attn_func(q, k, v, alibi_slopes=leaf), leaf, dout)[0]
+        torch.testing.assert_close(ours, ref)
+
+
+def test_large_scores_stable():
+    # scores in the hundreds: the online softmax must subtract its running max
+    q, k, v = random_qkv(2, 33, 40, 2, 2, 32, torch.float32)
+    check_fwd(q * 40, k, v, causal=True)

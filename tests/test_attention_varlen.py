@@ -1,0 +1,188 @@
+"""flash_attn_varlen_func (packed sequences) on CPU against the per-sequence reference."""
+import pytest
+import torch
+
+import mpt_ext
+from mpt_ext.reference import attention_varlen_ref
+
+from attention_helpers import (DTYPE_IDS, MASK_IDS, MASKS, assert_close_to_ref, cu_seqlens,
+                               make_slopes, one_thread, poison_allocator)
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+# (lengths_q, lengths_k): empty sequences, one-token sequences, sq > sk and sq < sk.
+LENGTHS = {
+    "mixed": ([5, 0, 17, 1, 33, 8], [7, 0, 17, 1, 20, 30]),
+    "empty_q": ([0, 3, 0], [4, 5, 6]),
+    "empty_k": ([4, 5, 6], [0, 3, 0]),
+    "one_token": ([1, 1, 1], [1, 9, 40]),
+    "single": ([113], [17]),
+}
+
+
+def packed_inputs(lengths_q, lengths_k, nheads, nheads_k, head_dim, dtype, requires_grad=False,
+                  extra_q_rows=0):
+    total_q, total_k = sum(lengths_q) + extra_q_rows, sum(lengths_k)
+    q = torch.randn(total_q, nheads, head_dim, dtype=dtype)
+    k = torch.randn(total_k, nheads_k, head_dim, dtype=dtype)
+    v = torch.randn(total_k, nheads_k, head_dim, dtype=dtype)
+    for t in (q, k, v):
+        t.requires_grad_(requires_grad)
+    return q, k, v, cu_seqlens(lengths_q), cu_seqlens(lengths_k)
+
+
+def run_varlen(q, k, v, cu_q, cu_k, **kw):
+    max_q = int((cu_q[1:] - cu_q[:-1]).max()) if cu_q.numel() > 1 else 0
+    max_k = int((cu_k[1:] - cu_k[:-1]).max()) if cu_k.numel() > 1 else 0
+    return mpt_ext.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, **kw)
+
+
+def check_varlen_fwd(q, k, v, cu_q, cu_k, **kw):
+    with one_thread():
+        ref_out, ref_lse = attention_varlen_ref(q, k, v, cu_q, cu_k, **kw)
+        low_out, low_lse = attention_varlen_ref(q, k, v, cu_q, cu_k, compute_dtype=q.dtype, **kw)
+    poison_allocator(q, ref_lse.float())
+    out, lse, probs = run_varlen(q, k, v, cu_q, cu_k, return_attn_probs=True, **kw)
+    assert probs is None and out.shape == q.shape and out.dtype == q.dtype
+    assert lse.shape == (q.shape[1], q.shape[0]) and lse.dtype == torch.float32
+    n = int(cu_q[-1])  # rows past cu_seqlens_q[-1] belong to no sequence
+    assert_close_to_ref("out", out[:n], ref_out[:n], low_out[:n])
+    assert_close_to_ref("lse", lse[:, :n], ref_lse[:, :n], low_lse[:, :n], dtype=q.dtype)
+    return out, lse
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("causal,window_size", MASKS, ids=MASK_IDS)
+@pytest.mark.parametrize("lengths", list(LENGTHS), ids=str)
+def test_varlen_forward(dtype, causal, window_size, lengths):
+    lq, lk = LENGTHS[lengths]
+    q, k, v, cu_q, cu_k = packed_inputs(lq, lk, 6, 2, 32, dtype)
+    check_varlen_fwd(q, k, v, cu_q, cu_k, causal=causal, window_size=window_size)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("slopes", ["mpt", "batch"])
+@pytest.mark.parametrize("nheads,nheads_k", [(6, 2), (6, 1), (3, 3)], ids=str)
+@pytest.mark.parametrize("causal", [False, True])
+def test_varlen_alibi_gqa(dtype, slopes, nheads, nheads_k, causal):
+    lq, lk = LENGTHS["mixed"]
+    q, k, v, cu_q, cu_k = packed_inputs(lq, lk, nheads, nheads_k, 64, dtype)
+    check_varlen_fwd(q, k, v, cu_q, cu_k, causal=causal, softcap=8.0,
+                     alibi_slopes=make_slopes(slopes, len(lq), nheads))
+
+
+@pytest.mark.parametrize("head_dim", [8, 72, 128, 256])
+def test_varlen_head_dims(head_dim):
+    q, k, v, cu_q, cu_k = packed_inputs([3, 20], [9, 20], 2, 2, head_dim, torch.bfloat16)
+    check_varlen_fwd(q, k, v, cu_q, cu_k, causal=True, alibi_slopes=make_slopes("mpt", 2, 2))
+
+
+def test_varlen_rows_without_keys_are_zero():
+    # causal with sq > sk per sequence, and an empty k sequence
+    q, k, v, cu_q, cu_k = packed_inputs([10, 4], [3, 0], 2, 1, 16, torch.float32)
+    out, lse = check_varlen_fwd(q, k, v, cu_q, cu_k, causal=True)
+    empty_rows = list(range(0, 7)) + list(range(10, 14))
+    assert torch.all(out[empty_rows] == 0) and torch.all(lse[:, empty_rows] == float("-inf"))
+
+
+def test_varlen_extra_rows_allowed():
+    # cu_seqlens_q[-1] < total_q: trailing rows belong to no sequence; the covered rows are right
+    q, k, v, cu_q, cu_k = packed_inputs([5, 7], [6, 7], 2, 2, 16, torch.float32, extra_q_rows=3)
+    check_varlen_fwd(q, k, v, cu_q, cu_k, causal=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("alibi", [None, "batch"])
+def test_varlen_equals_batched(dtype, causal, alibi):
+    batch, seqlen, nheads, nheads_k, head_dim = 3, 37, 6, 2, 32
+    q = torch.randn(batch, seqlen, nheads, head_dim, dtype=dtype)
+    k = torch.randn(batch, seqlen, nheads_k, head_dim, dtype=dtype)
+    v = torch.randn(batch, seqlen, nheads_k, head_dim, dtype=dtype)
+    slopes = make_slopes(alibi, batch, nheads)
+    out_b, lse_b, _ = mpt_ext.flash_attn_func(q, k, v, causal=causal, alibi_slopes=slopes,
+                                              return_attn_probs=True)
+    cu = cu_seqlens([seqlen] * batch)
+    out_v, lse_v, _ = mpt_ext.flash_attn_varlen_func(
+        q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu, cu, seqlen, seqlen,
+        causal=causal, alibi_slopes=slopes, return_attn_probs=True)
+    torch.testing.assert_close(out_v, out_b.flatten(0, 1))
+    torch.testing.assert_close(lse_v, lse_b.permute(1, 0, 2).flatten(1, 2))
+
+
+def test_varlen_batch_zero():
+    q, k, v, cu_q, cu_k = packed_inputs([], [], 4, 2, 16, torch.float32, requires_grad=True)
+    out = run_varlen(q, k, v, cu_q, cu_k, causal=True)
+    assert out.shape == (0, 4, 16)
+    out.sum().backward()
+    assert q.grad.shape == q.shape and k.grad.shape == k.shape
+
+
+# ---- backward ------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("causal,window_size", [(False, (-1, -1)), (True, (-1, -1)),
+                                                (False, (6, 3))], ids=["full", "causal", "win"])
+@pytest.mark.parametrize("alibi", [None, "head", "batch"])
+def test_varlen_backward(dtype, causal, window_size, alibi):
+    lq, lk = LENGTHS["mixed"]
+    q, k, v, cu_q, cu_k = packed_inputs(lq, lk, 6, 2, 32, dtype, requires_grad=True)
+    slopes = make_slopes(alibi, len(lq), 6, requires_grad=True)
+    inputs = [q, k, v] + ([slopes] if slopes is not None else [])
+    kw = dict(causal=causal, window_size=window_size, alibi_slopes=slopes)
+    dout = torch.randn_like(q)
+    ours = torch.autograd.grad(run_varlen(q, k, v, cu_q, cu_k, **kw), inputs, dout)
+    with one_thread():
+        ref64 = torch.autograd.grad(attention_varlen_ref(q, k, v, cu_q, cu_k, **kw)[0], inputs,
+                                    dout.double())
+        low = torch.autograd.grad(attention_varlen_ref(q, k, v, cu_q, cu_k, compute_dtype=dtype,
+                                                       **kw)[0], inputs, dout)
+    for name, g, r, lo in zip(("dq", "dk", "dv", "dslopes"), ours, ref64, low):
+        assert_close_to_ref(name, g, r, lo, dtype=dtype)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("slopes_shape", [None, "head", "batch"])
+def test_varlen_gradcheck(causal, slopes_shape):
+    lq, lk = [3, 0, 1, 4], [2, 2, 0, 5]
+    q, k, v, cu_q, cu_k = packed_inputs(lq, lk, 2, 1, 4, torch.float64, requires_grad=True)
+    inputs = [q, k, v]
+    if slopes_shape is not None:
+        shape = (2,) if slopes_shape == "head" else (len(lq), 2)
+        inputs.append((torch.rand(shape, dtype=torch.float64) * 0.5).requires_grad_(True))
+
+    def fn(q, k, v, slopes=None):
+        return run_varlen(q, k, v, cu_q, cu_k, causal=causal, softcap=2.0, alibi_slopes=slopes)
+
+    assert torch.autograd.gradcheck(fn, inputs, atol=1e-6, rtol=1e-4)
+
+
+def test_varlen_deterministic():
+    lq, lk = LENGTHS["mixed"]
+    q, k, v, cu_q, cu_k = packed_inputs(lq, lk, 6, 2, 32, torch.bfloat16, requires_grad=True)
+    slopes = make_slopes("batch", len(lq), 6, requires_grad=True)
+    dout = torch.randn_like(q)
+
+    def grads():
+        out = run_varlen(q, k, v, cu_q, cu_k, causal=True, alibi_slopes=slopes,
+                         deterministic=True)
+        return torch.autograd.grad(out, (q, k, v, slopes), dout)
+
+    for a, b in zip(grads(), grads()):
+        assert torch.equal(a, b)
+
+
+def test_varlen_noncontiguous_cu_seqlens():
+    # strided cu_seqlens views must be read as their values, not as raw memory
+    q, k, v, cu_q, cu_k = packed_inputs([4, 6], [5, 7], 2, 2, 16, torch.float32)
+    cu_q_view = torch.stack([cu_q, torch.full_like(cu_q, 99)], dim=1)[:, 0]
+    cu_k_view = torch.stack([cu_k, torch.full_like(cu_k, 77)], dim=1)[:, 0]
+    assert not cu_q_view.is_contiguous()
+    check_varlen_fwd(q, k, v, cu_q_view, cu_k_view, causal=True)
+
+
+def test_varlen_max_seqlen_larger_than_needed():
+    # max_seqlen is an upper bound (callers often pass the padded length)
+    q, k, v, cu_q, cu_k = packed_inputs([3, 9], [9, 4], 2, 1, 16, torch.float32)
+    ref_out, _ = attention_varlen_ref(q, k, v, cu_q, cu_k, causal=True)
+    out = mpt_ext.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 64, 64, causal=True)
+    torch.testing.assert_close(out, ref_out.float(), atol=1e-5, rtol=1e-5)
