@@ -1,0 +1,1 @@
+"""The trainer: mpt-train (python -m mpt_ext.train)."""
