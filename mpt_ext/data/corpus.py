@@ -6,6 +6,7 @@ A size cap keeps tokenising to a few seconds.
 """
 from __future__ import annotations
 
+import os
 import sysconfig
 from pathlib import Path
 from typing import Iterator
@@ -30,9 +31,12 @@ def stdlib_dir() -> Path:
 def stdlib_files(root: Path | None = None) -> list[Path]:
     """The stdlib's .py files in a fixed order (sorted relative POSIX path)."""
     root = root or stdlib_dir()
-    files = [p for p in root.rglob("*.py")
-             if not _SKIP_DIRS.intersection(p.relative_to(root).parts[:-1]) and p.is_file()]
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]   # prune, don't descend
+        rel = Path(dirpath).relative_to(root)
+        found += [(rel / f).as_posix() for f in filenames if f.endswith(".py")]
+    return [root / rel for rel in sorted(found)]
 
 
 def stdlib_documents(max_bytes: int = DEFAULT_MAX_BYTES, root: Path | None = None) -> Iterator[tuple[str, str]]:
