@@ -56,7 +56,7 @@ class StandInLM(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm_f = nn.LayerNorm(config.d_model)
         # a scalar the NaN test can poison
-        self.logit_scale = nn.Parameter(torch.ones(()))
+        self.logit_scale = nn.Parameter(torch.ones(1))  # 1-D: FSDP2 shards no scalars
 
     def forward(self, input_ids, attention_mask=None, labels=None):
         x = self.wte(input_ids) + self.pos[: input_ids.shape[1]]

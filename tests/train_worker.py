@@ -1,0 +1,34 @@
+"""Subprocess entry for the trainer tests (SIGTERM, torchrun): trains the stand-in model
+with a TrainConfig given as JSON and writes the loss history as JSON (rank 0).
+
+    python tests/train_worker.py CONFIG_JSON OUT_JSON
+"""
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from train_stand_in import stand_in_factory  # noqa: E402
+
+from mpt_ext.train import TrainConfig, Trainer  # noqa: E402
+from mpt_ext.train.distributed import shutdown  # noqa: E402
+
+
+def main():
+    torch.set_num_threads(1)
+    cfg = TrainConfig.from_dict(json.loads(sys.argv[1]))
+    trainer = Trainer(cfg, model_factory=stand_in_factory)
+    hist = trainer.train()
+    model_sd = trainer._full_state()[0]   # collective under FSDP: every rank calls it
+    if trainer.dist.is_main:
+        with open(sys.argv[2], "w") as f:
+            json.dump({"history": hist, "stopped": trainer._stop_signal, "step": trainer.step,
+                       "world_size": trainer.dist.world_size,
+                       "params": {k: v.float().flatten().tolist() for k, v in model_sd.items()}}, f)
+    shutdown(trainer.dist)
+
+
+if __name__ == "__main__":
+    main()
