@@ -14,12 +14,11 @@ __all__ = ["LayerNorm", "LPLayerNorm", "RMSNorm", "patch"]
 
 def _flatten_normalized(x: torch.Tensor, normalized_shape: tuple[int, ...]) -> torch.Tensor:
     """Views (..., *normalized_shape) as (..., prod(normalized_shape))."""
-    if len(normalized_shape) == 1:
-        return x
-    if tuple(x.shape[-len(normalized_shape):]) != tuple(normalized_shape):
-        raise ValueError(f"input's trailing shape {tuple(x.shape)} does not end in "
-                         f"normalized_shape {tuple(normalized_shape)}")
-    return x.reshape(*x.shape[:-len(normalized_shape)], -1)
+    n = len(normalized_shape)
+    if x.dim() < n or tuple(x.shape[x.dim() - n:]) != tuple(normalized_shape):
+        raise ValueError(f"input of shape {tuple(x.shape)} does not end in normalized_shape "
+                         f"{tuple(normalized_shape)}")
+    return x if n == 1 else x.reshape(*x.shape[:x.dim() - n], -1)
 
 
 def _flat(p):
@@ -69,33 +68,21 @@ class RMSNorm(torch.nn.RMSNorm):
         return y.view(shape)
 
 
-def _swap_norm(module: torch.nn.Module):
-    """The mpt_ext replacement for a torch norm module, sharing its parameters, or None."""
-    if type(module) is torch.nn.LayerNorm:
-        new = LayerNorm.__new__(LayerNorm)
-    elif type(module) is torch.nn.RMSNorm:
-        new = RMSNorm.__new__(RMSNorm)
-    else:
-        return None
-    # Same attributes, same Parameter objects: state_dict and optimizer state are unchanged.
-    new.__dict__ = module.__dict__.copy()
-    new._parameters = module._parameters
-    new._buffers = module._buffers
-    new._modules = module._modules
-    return new
+# torch module type -> mpt_ext subclass with the same __init__ and parameters.
+_SWAPS = {torch.nn.LayerNorm: LayerNorm, torch.nn.RMSNorm: RMSNorm}
 
 
 def patch(model: torch.nn.Module) -> torch.nn.Module:
     """Swaps, in place, every torch.nn.LayerNorm / torch.nn.RMSNorm in model (and the
     attention of Hugging Face MPT models) for mpt_ext's. Returns model; state_dict keys
     and values are unchanged."""
-    for parent in list(model.modules()):
-        for name, child in list(parent._modules.items()):
-            if child is None:
-                continue
-            new = _swap_norm(child)
-            if new is not None:
-                parent._modules[name] = new
+    # Changing the class of each instance keeps its parameters, buffers, hooks and identity,
+    # so state_dict, optimizer state and references held elsewhere stay valid. Only exact
+    # torch types are swapped: a user subclass may have its own forward.
+    for module in model.modules():
+        new_class = _SWAPS.get(type(module))
+        if new_class is not None:
+            module.__class__ = new_class
     from . import patching  # noqa: PLC0415  (model-specific swaps, e.g. HF MPT attention)
     patching.patch_attention(model)
     return model

@@ -83,6 +83,7 @@ void fill_alibi(AttentionMaskParams& mask, const std::optional<at::Tensor>& slop
                     "alibi_slopes must have a contiguous last dimension, got strides ", s.strides());
   mask.alibi_slopes = static_cast<const float*>(s.data_ptr());
   mask.alibi_batch_stride = per_batch ? s.stride(0) : 0;
+  mask.alibi_slopes_fp64 = s.scalar_type() == at::kDouble;
 }
 
 // cu_seqlens: int32 (batch + 1) on q's device, starting at 0, non-decreasing, each length

@@ -35,6 +35,8 @@ struct AttentionMaskParams {
   int64_t window_right = -1;  // -1: unbounded
   const float* alibi_slopes = nullptr;  // fp32, slope(b, h) = alibi_slopes[b * alibi_batch_stride + h]
   int64_t alibi_batch_stride = 0;       // 0 for slopes of shape (heads,)
+  // CPU float64 only (gradcheck): alibi_slopes (and dslopes) actually hold doubles.
+  bool alibi_slopes_fp64 = false;
 };
 
 struct TensorStrides {
