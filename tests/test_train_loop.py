@@ -1,5 +1,5 @@
-"""The training loop on a small stand-in model (tests/train_stand_in.py): loss goes down,
-resume is bit-exact, checkpoints are atomic and verified, NaN stops the run."""
+"""The training loop on a small real MPT model (mpt_ext.models on the CPU kernels): loss
+goes down, resume is bit-exact, checkpoints are atomic and verified, NaN stops the run."""
 import json
 
 import pytest
@@ -7,7 +7,6 @@ import torch
 
 from mpt_ext.train import TrainConfig, Trainer, TrainingDiverged
 from mpt_ext.train import checkpoint as ckpt
-from train_stand_in import stand_in_factory
 
 
 @pytest.fixture(autouse=True)
@@ -25,16 +24,19 @@ def corpus(tmp_path_factory):
     return tmp_path_factory.getbasetemp() / "shard-cache"
 
 
+TINY = {"d_model": 32, "n_layers": 2, "n_heads": 2}
+
+
 def make_cfg(tmp_path, corpus, **kw):
     base = dict(run_dir=str(tmp_path / "run"), cache_dir=str(corpus), stdlib_max_bytes=200_000,
                 seq_len=32, global_batch=4, max_steps=8, log_interval=0, eval_interval=0, eval_batches=2,
-                progress=False, sample_tokens=0, model={"d_model": 32, "n_layers": 2}, seed=7)
+                progress=False, sample_tokens=0, model=TINY, seed=7)
     base.update(kw)
     return TrainConfig(**base)
 
 
 def trainer(cfg, **kw):
-    return Trainer(cfg, model_factory=stand_in_factory, echo=lambda *_: None, **kw)
+    return Trainer(cfg, echo=lambda *_: None, **kw)
 
 
 def params(t):
@@ -129,7 +131,7 @@ def test_corrupt_and_mismatched_checkpoints_raise_clearly(tmp_path, corpus):
     t2.save()
     with pytest.raises(ckpt.CheckpointError, match="another model: d_model"):
         trainer(make_cfg(tmp_path / "m", corpus, max_steps=2, resume="latest",
-                         model={"d_model": 64, "n_layers": 2}))
+                         model={**TINY, "d_model": 64}))
     with pytest.raises(ckpt.CheckpointError, match="seq_len=32"):
         trainer(make_cfg(tmp_path / "m", corpus, max_steps=2, resume="latest", seq_len=16))
 
@@ -138,7 +140,7 @@ def test_nan_loss_stops_with_step_and_message(tmp_path, corpus):
     t = trainer(make_cfg(tmp_path, corpus, max_steps=5))
     t.train(until_step=2)
     with torch.no_grad():
-        t.module.logit_scale.fill_(float("nan"))
+        t.module.transformer.wte.weight[:, 0] = float("nan")
     with pytest.raises(TrainingDiverged, match="loss is nan at step 3"):
         t.train()
     assert t.step == 2
@@ -150,7 +152,11 @@ def test_export_hf_and_sample(tmp_path, corpus):
     out = t.finish()
     assert "eval_loss" in out
     t.export_hf(tmp_path / "hf")
-    assert (tmp_path / "hf" / "config.json").is_file()
+    from mpt_ext.models import MPTForCausalLM
+    back = MPTForCausalLM.from_pretrained(tmp_path / "hf")
+    x = torch.randint(0, 259, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(back(x).logits, t.module(x).logits, rtol=0, atol=0)
     assert json.loads((tmp_path / "hf" / "mpt_ext_tokenizer.json").read_text())["name"] == "byte"
     text = t.sample()
     assert text.startswith("def ")

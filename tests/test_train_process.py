@@ -27,7 +27,7 @@ def env():
 def config(tmp_path, **kw):
     base = dict(run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), stdlib_max_bytes=100_000,
                 seq_len=32, global_batch=4, max_steps=6, log_interval=0, eval_interval=0, eval_batches=1,
-                progress=False, sample_tokens=0, model={"d_model": 32, "n_layers": 2}, seed=3, device="cpu")
+                progress=False, sample_tokens=0, model={"d_model": 32, "n_layers": 2, "n_heads": 2}, seed=3, device="cpu")
     base.update(kw)
     return base
 

@@ -1,25 +1,21 @@
-"""Subprocess entry for the trainer tests (SIGTERM, torchrun): trains the stand-in model
-with a TrainConfig given as JSON and writes the loss history as JSON (rank 0).
+"""Subprocess entry for the trainer tests (SIGTERM, torchrun): trains the MPT model of a
+TrainConfig given as JSON and writes the loss history as JSON (rank 0).
 
     python tests/train_worker.py CONFIG_JSON OUT_JSON
 """
 import json
-import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from train_stand_in import stand_in_factory  # noqa: E402
-
-from mpt_ext.train import TrainConfig, Trainer  # noqa: E402
-from mpt_ext.train.distributed import shutdown  # noqa: E402
+from mpt_ext.train import TrainConfig, Trainer
+from mpt_ext.train.distributed import shutdown
 
 
 def main():
     torch.set_num_threads(1)
     cfg = TrainConfig.from_dict(json.loads(sys.argv[1]))
-    trainer = Trainer(cfg, model_factory=stand_in_factory)
+    trainer = Trainer(cfg)
     hist = trainer.train()
     model_sd = trainer._full_state()[0]   # collective under FSDP: every rank calls it
     if trainer.dist.is_main:
