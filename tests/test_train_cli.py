@@ -32,7 +32,7 @@ def test_help_is_clear():
 
 def test_defaults_are_the_readme_run():
     cfg = config_from_args([])
-    assert (cfg.preset, cfg.data, cfg.tokenizer) == ("tiny", ["stdlib"], "byte")
+    assert (cfg.preset, cfg.data, cfg.tokenizer, cfg.threads) == ("tiny", ["stdlib"], "byte", None)
     assert str(cfg.out_dir) == "runs/tiny-stdlib"
     assert config_from_args(["--max-tokens", "1000"]).max_steps is None
     assert config_from_args(["--model", "norm_type=rmsnorm", "--model", "n_layers=2"]).model == \

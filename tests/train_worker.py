@@ -1,7 +1,9 @@
 """Subprocess entry for the trainer tests (SIGTERM, torchrun): trains the MPT model of a
 TrainConfig given as JSON and writes the loss history as JSON (rank 0).
 
-    python tests/train_worker.py CONFIG_JSON OUT_JSON
+    python tests/train_worker.py CONFIG_JSON OUT_JSON [STOP_AT_STEP]
+
+With STOP_AT_STEP it trains to that step and saves a checkpoint there (an interrupted run).
 """
 import json
 import sys
@@ -16,7 +18,10 @@ def main():
     torch.set_num_threads(1)
     cfg = TrainConfig.from_dict(json.loads(sys.argv[1]))
     trainer = Trainer(cfg)
-    hist = trainer.train()
+    stop_at = int(sys.argv[3]) if len(sys.argv) > 3 else None
+    hist = trainer.train(until_step=stop_at)
+    if stop_at:
+        trainer.save()
     model_sd = trainer._full_state()[0]   # collective under FSDP: every rank calls it
     if trainer.dist.is_main:
         with open(sys.argv[2], "w") as f:

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(g, "--run-dir", "run_dir", "output dir instead of runs/<name>")
     add(g, "--seed", "seed", "random seed (init, data order, sample)", type=int)
     add(g, "--device", "device", "auto, cpu, cuda or cuda:N")
+    add(g, "--threads", "threads", "CPU threads (default: the cores the load average leaves free, >= 1)", type=int)
     add(g, "--resume", "resume", "'latest' (newest checkpoint in the run dir) or a checkpoint dir")
 
     g = p.add_argument_group("model")

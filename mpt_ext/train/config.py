@@ -20,6 +20,7 @@ class TrainConfig:
     run_dir: Optional[str] = None        # overrides runs/<name>
     seed: int = 1234
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
+    threads: Optional[int] = None        # CPU intra-op threads; None: cores not busy (>= 1)
     # ---- model -------------------------------------------------------------------------
     preset: str = "tiny"
     model: dict[str, Any] = field(default_factory=dict)   # MPTConfig overrides
@@ -34,7 +35,7 @@ class TrainConfig:
     seq_len: int = 128
     global_batch: int = 16               # sequences per optimizer step, all ranks together
     micro_batch: Optional[int] = None    # sequences per forward/backward on one rank
-    max_steps: Optional[int] = 300
+    max_steps: Optional[int] = 200
     max_tokens: Optional[int] = None     # alternative to max_steps
     # ---- optimizer & schedule ----------------------------------------------------------
     optimizer: str = "adamw"             # adamw | lion
@@ -98,6 +99,8 @@ class TrainConfig:
             bad("clip", "must be >= 0 (0 disables clipping)")
         if not 0.0 <= self.val_fraction < 1.0:
             bad("val_fraction", "must be in [0, 1)")
+        if self.threads is not None and self.threads < 1:
+            bad("threads", "must be >= 1")
         if self.keep_last < 1:
             bad("keep_last", "must be >= 1")
         for name in ("eval_interval", "log_interval", "ckpt_interval", "eval_batches", "sample_tokens"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import os
 import random
 import signal
 import time
@@ -42,6 +43,17 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
     if config.max_seq_len < cfg.seq_len and "max_seq_len" not in cfg.model:
         config = MPTConfig.preset(cfg.preset, **{**overrides, "max_seq_len": cfg.seq_len})
     return MPTForCausalLM(config)
+
+
+def cpu_threads() -> int:
+    """Intra-op threads for a CPU run: the cores that the 1-minute load average leaves free
+    (at least 1). On a shared machine, more threads than free cores makes every op wait on
+    descheduled workers (measured here: 2 threads on 2 busy cores ran 4x slower than 1)."""
+    try:
+        free = len(os.sched_getaffinity(0)) - os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return torch.get_num_threads()
+    return max(1, min(torch.get_num_threads(), int(free + 0.5)))
 
 
 def capture_rng() -> dict:
@@ -78,6 +90,8 @@ class Trainer:
         self.echo = echo if self.dist.is_main else (lambda *_: None)
         self.precision = cfg.precision if cfg.precision != "auto" else (
             "bf16" if self.device.type == "cuda" else "fp32")
+        if self.device.type == "cpu":
+            torch.set_num_threads(cfg.threads or cpu_threads())
         self._set_seeds(cfg.seed)
 
         # ---- data: rank 0 tokenises (or finds the cached shard), the others then open it
