@@ -160,3 +160,17 @@ def test_export_hf_and_sample(tmp_path, corpus):
     assert json.loads((tmp_path / "hf" / "mpt_ext_tokenizer.json").read_text())["name"] == "byte"
     text = t.sample()
     assert text.startswith("def ")
+
+
+def test_activation_checkpointing_gives_the_same_step(tmp_path, corpus):
+    a = trainer(make_cfg(tmp_path / "a", corpus, max_steps=2))
+    b = trainer(make_cfg(tmp_path / "b", corpus, max_steps=2, activation_checkpointing=True))
+    la, lb = [h["loss"] for h in a.train()], [h["loss"] for h in b.train()]
+    torch.testing.assert_close(torch.tensor(lb), torch.tensor(la), rtol=1e-6, atol=1e-6)
+
+
+def test_bf16_autocast_runs_and_learns(tmp_path, corpus):
+    t = trainer(make_cfg(tmp_path, corpus, max_steps=20, lr=3e-3, precision="bf16"))
+    hist = [h["loss"] for h in t.train()]
+    assert all(torch.isfinite(torch.tensor(hist)))
+    assert sum(hist[-4:]) / 4 < sum(hist[:4]) / 4 - 0.5
