@@ -339,6 +339,8 @@ class Trainer:
         return path
 
     def load(self, path) -> None:
+        """Restores everything a checkpoint holds. Every rank reads the file (a filesystem
+        all ranks see); under FSDP each then keeps only its shard of the full state."""
         state = ckpt.load_checkpoint(path)
         mine = self.module.config.to_dict()
         if state["model_config"] != mine:
