@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -87,6 +88,26 @@ MPT_CPU_INLINE void store_row(const Acc* src, int64_t d, Acc factor, T* dst) {
   for (int64_t x = 0; x < d; ++x) dst[x] = from_acc<T>(src[x] * factor);
 }
 
+// 0, 1, ..., kBlockK - 1 in Acc: with it, ALiBi distances of a tile row vectorise.
+template <typename Acc>
+struct ColumnIota {
+  Acc v[kBlockK];
+  constexpr ColumnIota() : v{} {
+    for (int64_t c = 0; c < kBlockK; ++c) v[c] = Acc(c);
+  }
+};
+template <typename Acc>
+inline constexpr ColumnIota<Acc> kColumnIota{};
+
+// alibi_distance(i, j0 + c, sq, sk) == |offset - c| for the returned offset (the signed
+// distance of key j0 from query i's diagonal), so a row's distances are one vector
+// expression instead of a call per key.
+MPT_CPU_INLINE int64_t alibi_row_offset(int64_t i, int64_t j0, int64_t sq, int64_t sk) {
+  const int64_t offset = i + sk - sq - j0;
+  assert(static_cast<float>(offset < 0 ? -offset : offset) == alibi_distance(i, j0, sq, sk));
+  return offset;
+}
+
 // Turns raw q.k products into log2-domain scores:
 //   s2 = log2(e) * (softcap > 0 ? softcap * tanh(scale * qk / softcap) : scale * qk
 //                   - slope * |i + sk - sq - j|),
@@ -126,8 +147,9 @@ struct ScoreMath {
       for (int64_t c = c_lo; c < c_hi; ++c) s[c] *= raw_scale;
     }
     if (has_alibi) {
-      for (int64_t c = c_lo; c < c_hi; ++c)
-        s[c] -= slope_log2 * static_cast<Acc>(alibi_distance(i, j0 + c, sq, sk));
+      const Acc offset = static_cast<Acc>(alibi_row_offset(i, j0, sq, sk));
+      const Acc* iota = kColumnIota<Acc>.v;
+      for (int64_t c = c_lo; c < c_hi; ++c) s[c] -= slope_log2 * std::abs(offset - iota[c]);
     }
     for (int64_t c = c_hi; c < n_cols; ++c) s[c] = kNegInf<Acc>;
   }
