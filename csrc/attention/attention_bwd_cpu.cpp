@@ -86,22 +86,27 @@ MPT_CPU_INLINE double tile_score_grads(const BwdContext<Acc>& c, BwdScratch<Acc>
               false);
   double dslope = 0;
   for (int64_t r = 0; r < mr; ++r) {
-    Acc* s = w.s.data() + r * kBlockK;
-    Acc* dpv = w.dpv.data() + r * kBlockK;
+    Acc* __restrict s = w.s.data() + r * kBlockK;
+    Acc* __restrict dpv = w.dpv.data() + r * kBlockK;
     if (r >= nr || w.lse2[r] == kNegInf<Acc>) {  // padding, or a row that sees no key
       std::fill(s, s + kBlockK, Acc(0));
       if (keep_p) std::fill(dpv, dpv + kBlockK, Acc(0));
       continue;
     }
-    Acc* th = w.th.data() + r * kBlockK;
+    Acc* __restrict th = w.th.data() + r * kBlockK;
     math.row(s, th, i0 + r, j0, nc, kBlockK, keys.rows[r], sq, sk);
     const Acc lse2 = w.lse2[r];
     const Acc delta = w.delta[r];
-    for (int64_t x = 0; x < kBlockK; ++x) {
-      const Acc prob = exp2_nonpositive(s[x] - lse2);
-      const Acc ds = prob * (dpv[x] - delta);  // d loss / d (final score)
-      s[x] = ds;
-      if (keep_p) dpv[x] = prob;
+    // s -> dS = P * (dP - D) (d loss / d final score); with keep_p, dpv -> P.
+    if (keep_p) {
+      for (int64_t x = 0; x < kBlockK; ++x) {
+        const Acc prob = exp2_nonpositive(s[x] - lse2);
+        s[x] = prob * (dpv[x] - delta);
+        dpv[x] = prob;
+      }
+    } else {
+      for (int64_t x = 0; x < kBlockK; ++x)
+        s[x] = exp2_nonpositive(s[x] - lse2) * (dpv[x] - delta);
     }
     if (want_dslope) {
       const Acc offset = static_cast<Acc>(alibi_row_offset(i0 + r, j0, sq, sk));
