@@ -98,15 +98,15 @@ MPT_CPU_INLINE double tile_score_grads(const BwdContext<Acc>& c, BwdScratch<Acc>
     const Acc lse2 = w.lse2[r];
     const Acc delta = w.delta[r];
     // s -> dS = P * (dP - D) (d loss / d final score); with keep_p, dpv -> P.
+    exp2_shifted_row(s, lse2, kBlockK);  // P
     if (keep_p) {
       for (int64_t x = 0; x < kBlockK; ++x) {
-        const Acc prob = exp2_nonpositive(s[x] - lse2);
+        const Acc prob = s[x];
         s[x] = prob * (dpv[x] - delta);
         dpv[x] = prob;
       }
     } else {
-      for (int64_t x = 0; x < kBlockK; ++x)
-        s[x] = exp2_nonpositive(s[x] - lse2) * (dpv[x] - delta);
+      for (int64_t x = 0; x < kBlockK; ++x) s[x] *= dpv[x] - delta;
     }
     if (want_dslope) {
       const Acc offset = static_cast<Acc>(alibi_row_offset(i0 + r, j0, sq, sk));

@@ -75,7 +75,22 @@ MPT_CPU_INLINE void load_rows(const T* src, int64_t row_stride, int64_t n, int64
 template <typename T, typename Acc>
 MPT_CPU_INLINE void load_rows_transposed(const T* src, int64_t row_stride, int64_t n, int64_t d,
                                          Acc* dst, int64_t ld) {
-  for (int64_t r = 0; r < n; ++r) {
+  // 8 x 8 blocks through a register-sized buffer: contiguous writes instead of a scatter.
+  constexpr int64_t kB = 8;
+  int64_t r = 0;
+  for (; r + kB <= n; r += kB) {
+    int64_t x = 0;
+    for (; x + kB <= d; x += kB) {
+      Acc blk[kB][kB];
+      for (int64_t rr = 0; rr < kB; ++rr)
+        for (int64_t xx = 0; xx < kB; ++xx) blk[xx][rr] = to_acc<Acc>(src[(r + rr) * row_stride + x + xx]);
+      for (int64_t xx = 0; xx < kB; ++xx)
+        for (int64_t rr = 0; rr < kB; ++rr) dst[(x + xx) * ld + r + rr] = blk[xx][rr];
+    }
+    for (; x < d; ++x)
+      for (int64_t rr = 0; rr < kB; ++rr) dst[x * ld + r + rr] = to_acc<Acc>(src[(r + rr) * row_stride + x]);
+  }
+  for (; r < n; ++r) {
     const T* s = src + r * row_stride;
     for (int64_t x = 0; x < d; ++x) dst[x * ld + r] = to_acc<Acc>(s[x]);
   }
