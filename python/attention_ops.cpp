@@ -230,8 +230,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_bwd(
     int64_t window_left, int64_t window_right, double softcap, bool deterministic,
     bool compute_dslopes) {
   c10::DeviceGuard guard(q.device());
+  // The kernels write d(slopes) with the slopes' strides into a contiguous zeros tensor, so
+  // give them contiguous slopes (a strided (batch, nheads) view would index out of bounds).
+  const std::optional<at::Tensor> slopes =
+      alibi_slopes.has_value() ? std::optional<at::Tensor>(alibi_slopes->contiguous())
+                               : std::nullopt;
   Prepared r = prepare_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                           alibi_slopes, softmax_scale, causal, window_left, window_right, softcap);
+                           slopes, softmax_scale, causal, window_left, window_right, softcap);
   TORCH_CHECK_VALUE(dout.sizes() == q.sizes(), "dout must have q's shape ", q.sizes(), ", got ",
                     dout.sizes());
   TORCH_CHECK_VALUE(out.sizes() == q.sizes(), "out must have q's shape ", q.sizes(), ", got ",
@@ -264,7 +269,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_bwd(
   at::Tensor dk = at::empty_like(k, at::MemoryFormat::Contiguous);
   at::Tensor dv = at::empty_like(v, at::MemoryFormat::Contiguous);
   at::Tensor dslopes = compute_dslopes
-                           ? at::zeros(alibi_slopes->sizes(), alibi_slopes->options())
+                           ? at::zeros(slopes->sizes(), slopes->options())
                            : at::empty({0}, q.options().dtype(at::kFloat));
   b.dq = dq.data_ptr();
   b.dk = dk.data_ptr();

@@ -26,18 +26,19 @@ struct BwdContext {
   int64_t k_blocks;       // per (batch, kv head)
   int64_t heads_per_kv;   // GQA group size
   Acc* delta;             // D_i, indexed like the lse
-  Acc* dslope_partial;    // one per pass-1 task; null: d(slope) not wanted
+  double* dslope_partial; // one per pass-1 task; null: d(slope) not wanted
 };
 
 template <typename Acc>
 struct BwdScratch {
   TileMatmul<Acc> matmul = tile_matmul_for<Acc>(cpu_has_avx2_fma());
-  std::vector<Acc> q, dout, kt, k, vt, s, dpv, th, pt, dst, acc0, acc1, lse2, delta;
+  std::vector<Acc> q, dout, kt, k, vt, s, dpv, th, pt, dst, acc0, acc1, lse2, delta, terms;
   explicit BwdScratch(int64_t dp)
       : q(kBlockQ * dp), dout(kBlockQ * dp), kt(dp * kBlockK, Acc(0)), k(kBlockK * dp),
         vt(dp * kBlockK, Acc(0)), s(kBlockQ * kBlockK), dpv(kBlockQ * kBlockK),
         th(kBlockQ * kBlockK, Acc(0)), pt(kBlockK * kBlockQ), dst(kBlockK * kBlockQ),
-        acc0(std::max(kBlockQ, kBlockK) * dp), acc1(kBlockK * dp), lse2(kBlockQ), delta(kBlockQ) {}
+        acc0(std::max(kBlockQ, kBlockK) * dp), acc1(kBlockK * dp), lse2(kBlockQ), delta(kBlockQ),
+        terms(kBlockK) {}
 };
 
 // Where one (batch, head) lives in the params' tensors.
@@ -72,9 +73,10 @@ MPT_CPU_INLINE HeadView head_view(const AttentionBwdParams& p, int64_t b, int64_
 // For query rows [i0, i0 + nr) against key tile [j0, j0 + nc) whose K^T and V^T are in
 // w.kt / w.vt and whose q, dout, lse2, delta rows are loaded: leaves in w.s the gradient
 // with respect to the raw q.k products (dS * dscore/dqk) and, if p_out, P in w.dpv.
-// Returns sum_ij dS_ij * (-distance_ij) (the ALiBi slope gradient) when want_dslope.
+// Returns sum_ij dS_ij * (-distance_ij) (the ALiBi slope gradient) when want_dslope, in
+// double: it sums up to seqlen_q * seqlen_k terms.
 template <typename Acc>
-MPT_CPU_INLINE Acc tile_score_grads(const BwdContext<Acc>& c, BwdScratch<Acc>& w,
+MPT_CPU_INLINE double tile_score_grads(const BwdContext<Acc>& c, BwdScratch<Acc>& w,
                                     const ScoreMath<Acc>& math, const BlockKeys& keys,
                                     int64_t i0, int64_t nr, int64_t mr, int64_t j0, int64_t nc,
                                     int64_t sq, int64_t sk, bool keep_p, bool want_dslope) {
@@ -82,28 +84,36 @@ MPT_CPU_INLINE Acc tile_score_grads(const BwdContext<Acc>& c, BwdScratch<Acc>& w
   w.matmul(mr, kBlockK, c.dp, w.q.data(), c.dp, w.kt.data(), kBlockK, w.s.data(), kBlockK, false);
   w.matmul(mr, kBlockK, c.dp, w.dout.data(), c.dp, w.vt.data(), kBlockK, w.dpv.data(), kBlockK,
               false);
-  Acc dslope = 0;
+  double dslope = 0;
   for (int64_t r = 0; r < mr; ++r) {
-    Acc* s = w.s.data() + r * kBlockK;
-    Acc* dpv = w.dpv.data() + r * kBlockK;
+    Acc* __restrict s = w.s.data() + r * kBlockK;
+    Acc* __restrict dpv = w.dpv.data() + r * kBlockK;
     if (r >= nr || w.lse2[r] == kNegInf<Acc>) {  // padding, or a row that sees no key
       std::fill(s, s + kBlockK, Acc(0));
       if (keep_p) std::fill(dpv, dpv + kBlockK, Acc(0));
       continue;
     }
-    Acc* th = w.th.data() + r * kBlockK;
+    Acc* __restrict th = w.th.data() + r * kBlockK;
     math.row(s, th, i0 + r, j0, nc, kBlockK, keys.rows[r], sq, sk);
     const Acc lse2 = w.lse2[r];
     const Acc delta = w.delta[r];
-    for (int64_t x = 0; x < kBlockK; ++x) {
-      const Acc prob = exp2_nonpositive(s[x] - lse2);
-      const Acc ds = prob * (dpv[x] - delta);  // d loss / d (final score)
-      s[x] = ds;
-      if (keep_p) dpv[x] = prob;
+    // s -> dS = P * (dP - D) (d loss / d final score); with keep_p, dpv -> P.
+    exp2_shifted_row(s, lse2, kBlockK);  // P
+    if (keep_p) {
+      for (int64_t x = 0; x < kBlockK; ++x) {
+        const Acc prob = s[x];
+        s[x] = prob * (dpv[x] - delta);
+        dpv[x] = prob;
+      }
+    } else {
+      for (int64_t x = 0; x < kBlockK; ++x) s[x] *= dpv[x] - delta;
     }
     if (want_dslope) {
-      for (int64_t x = 0; x < nc; ++x)
-        dslope -= s[x] * static_cast<Acc>(alibi_distance(i0 + r, j0 + x, sq, sk));
+      const Acc offset = static_cast<Acc>(alibi_row_offset(i0 + r, j0, sq, sk));
+      const Acc* iota = kColumnIota<Acc>.v;
+      Acc* terms = w.terms.data();  // dS * distance; masked columns have dS = 0
+      for (int64_t x = 0; x < kBlockK; ++x) terms[x] = s[x] * std::abs(offset - iota[x]);
+      dslope -= static_cast<double>(row_sum(terms, kBlockK));
     }
     if (math.has_cap) {  // d(softcap * tanh(u)) / du = softcap * (1 - tanh^2) ... times 1/softcap
       for (int64_t x = 0; x < kBlockK; ++x) s[x] *= scale * (Acc(1) - th[x] * th[x]);
@@ -171,7 +181,7 @@ MPT_CPU_INLINE void dq_block(const BwdContext<Acc>& c, int64_t task, BwdScratch<
   const bool want_dslope = c.dslope_partial != nullptr;
   Acc* dq = w.acc0.data();
   std::fill(dq, dq + mr * dp, Acc(0));
-  Acc dslope = 0;
+  double dslope = 0;
   for (int64_t j0 = keys.lo; j0 < keys.hi; j0 += kBlockK) {
     const int64_t nc = std::min(kBlockK, keys.hi - j0);
     if (!keys.touches(j0, j0 + nc, nr)) continue;
@@ -259,21 +269,21 @@ void dkv_block_baseline(const BwdContext<Acc>& c, int64_t t, BwdScratch<Acc>& w)
 
 // d(slope) partials -> p.dslopes (zero-initialised by the caller), summed in a fixed order:
 // query blocks, then (for slopes of shape (heads,)) batches.
-template <typename Acc>
-void reduce_dslopes(const AttentionBwdParams& p, const std::vector<Acc>& partial, int64_t q_blocks) {
+void reduce_dslopes(const AttentionBwdParams& p, const std::vector<double>& partial,
+                    int64_t q_blocks) {
   const AttentionShape& sh = p.fwd.shape;
   const AttentionMaskParams& m = p.fwd.mask;
   const bool per_batch = m.alibi_batch_stride != 0;
   for (int64_t h = 0; h < sh.num_heads; ++h) {
-    Acc head_total = 0;
+    double head_total = 0;
     for (int64_t b = 0; b < sh.batch; ++b) {
-      Acc total = 0;
-      const Acc* part = partial.data() + (b * sh.num_heads + h) * q_blocks;
+      double total = 0;
+      const double* part = partial.data() + (b * sh.num_heads + h) * q_blocks;
       for (int64_t i = 0; i < q_blocks; ++i) total += part[i];
       if (per_batch) {
         const int64_t idx = b * m.alibi_batch_stride + h;
         if (m.alibi_slopes_fp64)
-          reinterpret_cast<double*>(p.dslopes)[idx] = static_cast<double>(total);
+          reinterpret_cast<double*>(p.dslopes)[idx] = total;
         else
           p.dslopes[idx] = static_cast<float>(total);
       }
@@ -281,7 +291,7 @@ void reduce_dslopes(const AttentionBwdParams& p, const std::vector<Acc>& partial
     }
     if (!per_batch) {
       if (m.alibi_slopes_fp64)
-        reinterpret_cast<double*>(p.dslopes)[h] = static_cast<double>(head_total);
+        reinterpret_cast<double*>(p.dslopes)[h] = head_total;
       else
         p.dslopes[h] = static_cast<float>(head_total);
     }
@@ -296,7 +306,7 @@ void run_backward(const AttentionBwdParams& p) {
   const int64_t q_blocks = (sh.seqlen_q + kBlockQ - 1) / kBlockQ;
   const int64_t k_blocks = (sh.seqlen_k + kBlockK - 1) / kBlockK;
   const int64_t q_tasks = sh.batch * sh.num_heads * q_blocks;
-  std::vector<Acc> dslope_partial(want_dslopes ? q_tasks : 0, Acc(0));
+  std::vector<double> dslope_partial(want_dslopes ? q_tasks : 0, 0.0);
   const BwdContext<Acc> c{p, sh.head_dim, round_up(sh.head_dim, kTileCols), q_blocks, k_blocks,
                           sh.num_heads / sh.num_heads_k, delta.data(),
                           want_dslopes ? dslope_partial.data() : nullptr};

@@ -85,7 +85,7 @@ MPT_CPU_INLINE void forward_block(const FwdContext& c, int64_t task, FwdScratch<
         std::fill(s, s + kBlockK, Acc(0));
         continue;
       }
-      for (int64_t x = 0; x < kBlockK; ++x) s[x] = exp2_nonpositive(s[x] - m_new);
+      exp2_shifted_row(s, m_new, kBlockK);
       const Acc sum = row_sum(s, kBlockK);
       const Acc alpha = exp2_nonpositive(w.m[r] - m_new);  // 0 when m was -inf
       w.l[r] = w.l[r] * alpha + sum;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -74,7 +75,22 @@ MPT_CPU_INLINE void load_rows(const T* src, int64_t row_stride, int64_t n, int64
 template <typename T, typename Acc>
 MPT_CPU_INLINE void load_rows_transposed(const T* src, int64_t row_stride, int64_t n, int64_t d,
                                          Acc* dst, int64_t ld) {
-  for (int64_t r = 0; r < n; ++r) {
+  // 8 x 8 blocks through a register-sized buffer: contiguous writes instead of a scatter.
+  constexpr int64_t kB = 8;
+  int64_t r = 0;
+  for (; r + kB <= n; r += kB) {
+    int64_t x = 0;
+    for (; x + kB <= d; x += kB) {
+      Acc blk[kB][kB];
+      for (int64_t rr = 0; rr < kB; ++rr)
+        for (int64_t xx = 0; xx < kB; ++xx) blk[xx][rr] = to_acc<Acc>(src[(r + rr) * row_stride + x + xx]);
+      for (int64_t xx = 0; xx < kB; ++xx)
+        for (int64_t rr = 0; rr < kB; ++rr) dst[(x + xx) * ld + r + rr] = blk[xx][rr];
+    }
+    for (; x < d; ++x)
+      for (int64_t rr = 0; rr < kB; ++rr) dst[x * ld + r + rr] = to_acc<Acc>(src[(r + rr) * row_stride + x]);
+  }
+  for (; r < n; ++r) {
     const T* s = src + r * row_stride;
     for (int64_t x = 0; x < d; ++x) dst[x * ld + r] = to_acc<Acc>(s[x]);
   }
@@ -85,6 +101,26 @@ MPT_CPU_INLINE void load_rows_transposed(const T* src, int64_t row_stride, int64
 template <typename T, typename Acc>
 MPT_CPU_INLINE void store_row(const Acc* src, int64_t d, Acc factor, T* dst) {
   for (int64_t x = 0; x < d; ++x) dst[x] = from_acc<T>(src[x] * factor);
+}
+
+// 0, 1, ..., kBlockK - 1 in Acc: with it, ALiBi distances of a tile row vectorise.
+template <typename Acc>
+struct ColumnIota {
+  Acc v[kBlockK];
+  constexpr ColumnIota() : v{} {
+    for (int64_t c = 0; c < kBlockK; ++c) v[c] = Acc(c);
+  }
+};
+template <typename Acc>
+inline constexpr ColumnIota<Acc> kColumnIota{};
+
+// alibi_distance(i, j0 + c, sq, sk) == |offset - c| for the returned offset (the signed
+// distance of key j0 from query i's diagonal), so a row's distances are one vector
+// expression instead of a call per key.
+MPT_CPU_INLINE int64_t alibi_row_offset(int64_t i, int64_t j0, int64_t sq, int64_t sk) {
+  const int64_t offset = i + sk - sq - j0;
+  assert(static_cast<float>(offset < 0 ? -offset : offset) == alibi_distance(i, j0, sq, sk));
+  return offset;
 }
 
 // Turns raw q.k products into log2-domain scores:
@@ -126,8 +162,9 @@ struct ScoreMath {
       for (int64_t c = c_lo; c < c_hi; ++c) s[c] *= raw_scale;
     }
     if (has_alibi) {
-      for (int64_t c = c_lo; c < c_hi; ++c)
-        s[c] -= slope_log2 * static_cast<Acc>(alibi_distance(i, j0 + c, sq, sk));
+      const Acc offset = static_cast<Acc>(alibi_row_offset(i, j0, sq, sk));
+      const Acc* iota = kColumnIota<Acc>.v;
+      for (int64_t c = c_lo; c < c_hi; ++c) s[c] -= slope_log2 * std::abs(offset - iota[c]);
     }
     for (int64_t c = c_hi; c < n_cols; ++c) s[c] = kNegInf<Acc>;
   }

@@ -40,9 +40,8 @@ inline bool cpu_has_avx2_fma() {
 }
 
 // Sets flush-to-zero and denormals-are-zero on this thread while alive. Softmax weights far
-// below the row max times V produce denormal products, and each costs a microcode assist
-// (measured: the tiled forward ran ~10x slower than its tile products without this).
-// Values below 1e-38 do not change an attention output.
+// below the row max (ALiBi over long rows) times V can produce denormal products, and each
+// costs a microcode assist on x86. Values below 1e-38 do not change an attention output.
 class FlushDenormalsScope {
  public:
 #if MPT_CPU_HAVE_AVX2_CLONE

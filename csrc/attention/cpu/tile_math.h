@@ -23,11 +23,25 @@ struct Vec32;
 template <>
 struct Vec32<float> {
   typedef float type __attribute__((vector_size(32)));
+  typedef float unaligned __attribute__((vector_size(32), aligned(4), may_alias));
 };
 template <>
 struct Vec32<double> {
   typedef double type __attribute__((vector_size(32)));
+  typedef double unaligned __attribute__((vector_size(32), aligned(8), may_alias));
 };
+
+// Unaligned vector load / store, through references (a vector by value would change the
+// calling convention between the baseline and AVX2 builds). memcpy into a vector went
+// through the stack and stalled on store forwarding (3x slower).
+template <typename Acc>
+MPT_CPU_INLINE void load_vec(typename Vec32<Acc>::type& v, const Acc* p) {
+  v = *reinterpret_cast<const typename Vec32<Acc>::unaligned*>(p);
+}
+template <typename Acc>
+MPT_CPU_INLINE void store_vec(Acc* p, const typename Vec32<Acc>::type& v) {
+  *reinterpret_cast<typename Vec32<Acc>::unaligned*>(p) = v;
+}
 
 // C[M x N] (+)= A[M x K] * B[K x N], all row-major with leading dimensions lda/ldb/ldc.
 // A 4 x 16 block of C stays in registers across the K loop (explicit vectors: left to
@@ -37,22 +51,22 @@ MPT_CPU_INLINE void tile_matmul_body(int64_t M, int64_t N, int64_t K, const Acc*
                                      int64_t lda, const Acc* __restrict B, int64_t ldb,
                                      Acc* __restrict C, int64_t ldc) {
   using V = typename Vec32<Acc>::type;
-  constexpr int64_t kVecs = kTileCols * int64_t(sizeof(Acc)) / int64_t(sizeof(V));
+  constexpr int64_t kW = sizeof(V) / sizeof(Acc);
+  constexpr int64_t kVecs = kTileCols / kW;
   for (int64_t i = 0; i < M; i += kTileRows) {
     for (int64_t n = 0; n < N; n += kTileCols) {
       V c[kTileRows][kVecs];
       for (int64_t r = 0; r < kTileRows; ++r)
         for (int64_t v = 0; v < kVecs; ++v) {
           if (Accumulate)
-            __builtin_memcpy(&c[r][v], C + (i + r) * ldc + n + v * (sizeof(V) / sizeof(Acc)),
-                             sizeof(V));
+            load_vec<Acc>(c[r][v], C + (i + r) * ldc + n + v * kW);
           else
             c[r][v] = V{};
         }
       const Acc* a = A + i * lda;
       for (int64_t k = 0; k < K; ++k) {
         V b[kVecs];
-        __builtin_memcpy(b, B + k * ldb + n, sizeof(b));
+        for (int64_t v = 0; v < kVecs; ++v) load_vec<Acc>(b[v], B + k * ldb + n + v * kW);
         for (int64_t r = 0; r < kTileRows; ++r) {
           const Acc ar = a[r * lda + k];
           for (int64_t v = 0; v < kVecs; ++v) c[r][v] += ar * b[v];
@@ -60,8 +74,7 @@ MPT_CPU_INLINE void tile_matmul_body(int64_t M, int64_t N, int64_t K, const Acc*
       }
       for (int64_t r = 0; r < kTileRows; ++r)
         for (int64_t v = 0; v < kVecs; ++v)
-          __builtin_memcpy(C + (i + r) * ldc + n + v * (sizeof(V) / sizeof(Acc)), &c[r][v],
-                           sizeof(V));
+          store_vec<Acc>(C + (i + r) * ldc + n + v * kW, c[r][v]);
     }
   }
 }
@@ -102,11 +115,10 @@ template <typename Acc>
 MPT_CPU_INLINE Acc row_max(const Acc* s, int64_t n) {
   using V = typename Vec32<Acc>::type;
   constexpr int64_t kW = sizeof(V) / sizeof(Acc);
-  V m;
-  __builtin_memcpy(&m, s, sizeof(V));
+  V m, x;
+  load_vec<Acc>(m, s);
   for (int64_t i = kW; i < n; i += kW) {
-    V x;
-    __builtin_memcpy(&x, s + i, sizeof(V));
+    load_vec<Acc>(x, s + i);
     m = m > x ? m : x;
   }
   Acc r = m[0];
@@ -121,7 +133,7 @@ MPT_CPU_INLINE Acc row_sum(const Acc* s, int64_t n) {
   V t{};
   for (int64_t i = 0; i < n; i += kW) {
     V x;
-    __builtin_memcpy(&x, s + i, sizeof(V));
+    load_vec<Acc>(x, s + i);
     t += x;
   }
   Acc r = 0;
@@ -129,25 +141,44 @@ MPT_CPU_INLINE Acc row_sum(const Acc* s, int64_t n) {
   return r;
 }
 
-// 2^x for x <= 0 (softmax arguments are shifted by the running max); 0 below 2^-126 and for
-// -inf. Branch-free polynomial (relative error ~1 ulp) so that the row loops vectorise.
-MPT_CPU_INLINE float exp2_nonpositive(float x) {
-  const float xc = x < -126.f ? -126.f : x;
-  const float n = std::floor(xc + 0.5f);
-  const float f = (xc - n) * 0.693147180559945309f;  // |f| <= ln2 / 2
-  // e^f, Taylor to degree 7: truncation < 6e-9 on |f| <= 0.347.
-  float p = 1.f / 5040.f;
-  p = p * f + 1.f / 720.f;
-  p = p * f + 1.f / 120.f;
-  p = p * f + 1.f / 24.f;
-  p = p * f + 1.f / 6.f;
-  p = p * f + 0.5f;
-  p = p * f + 1.f;
-  p = p * f + 1.f;
-  const float scale = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
-  return x < -126.f ? 0.f : p * scale;
+// s[x] = 2^(s[x] - shift) for x < n (n a multiple of 8), arguments <= 0 (softmax weights
+// shifted by the running max); 0 below 2^-126 and for -inf. A polynomial on explicit
+// vectors (relative error ~1 ulp): GCC will not if-convert the clamps of a scalar version.
+MPT_CPU_INLINE void exp2_shifted_row(float* s, float shift, int64_t n) {
+  using V = Vec32<float>::type;
+  typedef int32_t VI __attribute__((vector_size(32)));
+  constexpr float kShifter = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer
+  const V lo = V{} - 126.f;
+  for (int64_t i = 0; i < n; i += 8) {
+    V x;
+    load_vec<float>(x, s + i);
+    x -= shift;
+    const V xc = x < lo ? lo : x;
+    const V t = xc + kShifter;
+    const V rounded = t - kShifter;
+    const VI e = ((VI)t - std::bit_cast<int32_t>(kShifter) + 127) << 23;
+    const V f = (xc - rounded) * 0.693147180559945309f;  // |f| <= ln2 / 2
+    // e^f, Taylor to degree 7: truncation < 6e-9 on |f| <= 0.347.
+    V p = f * (1.f / 5040.f) + 1.f / 720.f;
+    p = p * f + 1.f / 120.f;
+    p = p * f + 1.f / 24.f;
+    p = p * f + 1.f / 6.f;
+    p = p * f + 0.5f;
+    p = p * f + 1.f;
+    p = p * f + 1.f;
+    const V r = p * (V)e;  // vector casts reinterpret the bits
+    store_vec<float>(s + i, x < lo ? V{} : r);
+  }
 }
-MPT_CPU_INLINE double exp2_nonpositive(double x) { return std::exp2(x); }
+MPT_CPU_INLINE void exp2_shifted_row(double* s, double shift, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) s[i] = std::exp2(s[i] - shift);
+}
+
+// Scalar 2^x for one value (x <= 0 or -inf), same accuracy as the row version.
+template <typename Acc>
+MPT_CPU_INLINE Acc exp2_nonpositive(Acc x) {
+  return x == -std::numeric_limits<Acc>::infinity() ? Acc(0) : std::exp2(x);
+}
 
 template <typename Acc>
 constexpr Acc kNegInf = -std::numeric_limits<Acc>::infinity();
