@@ -18,6 +18,22 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).resolve().parent
 
 
+def _tool(name: str) -> str:
+    """cmake / ninja from the pip packages of this Python (a venv need not be on PATH; the
+    system cmake may be too old), else from PATH."""
+    try:
+        module = __import__(name)
+        path = Path(module.CMAKE_BIN_DIR if name == "cmake" else module.BIN_DIR) / name
+        if path.exists():
+            return str(path)
+    except (ImportError, AttributeError):
+        pass
+    found = shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} not found: pip install cmake ninja")
+    return found
+
+
 class CMakeExtension(Extension):
     def __init__(self, name: str) -> None:
         super().__init__(name, sources=[])
@@ -28,9 +44,10 @@ class CMakeBuild(build_ext):
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
         build_dir = Path(os.environ.get("MPT_EXT_BUILD_DIR", ROOT / "build"))
         build_dir.mkdir(parents=True, exist_ok=True)
-        cmake = shutil.which("cmake") or "cmake"
+        cmake, ninja = _tool("cmake"), _tool("ninja")
         cfg = [
             cmake, "-S", str(ROOT), "-B", str(build_dir), "-G", "Ninja",
+            f"-DCMAKE_MAKE_PROGRAM={ninja}",
             f"-DPython3_EXECUTABLE={sys.executable}",
             f"-DMPT_EXT_OUTPUT_DIR={out_dir}",
             f"-DCMAKE_BUILD_TYPE={os.environ.get('CMAKE_BUILD_TYPE', 'Release')}",
