@@ -7,6 +7,7 @@
 #include <c10/core/DeviceGuard.h>
 
 #include <cmath>
+#include <limits>
 #include <tuple>
 
 #include "../csrc/attention/attention_params.h"
@@ -96,7 +97,8 @@ void fill_alibi(AttentionMaskParams& mask, const std::optional<at::Tensor>& slop
 
 // cu_seqlens: int32 (batch + 1) on q's device, starting at 0, non-decreasing, each length
 // <= max_seqlen, last <= total. Checked on the host: a bad one would index out of bounds.
-void check_cu_seqlens(const at::Tensor& cu, const char* name, const at::Tensor& q, int64_t total,
+// Returns the last entry (the number of rows the sequences cover).
+int64_t check_cu_seqlens(const at::Tensor& cu, const char* name, const at::Tensor& q, int64_t total,
                       int64_t max_seqlen, const char* max_name) {
   TORCH_CHECK_TYPE(cu.scalar_type() == at::kInt, name, " must be int32, got ", cu.scalar_type());
   check_same_device(cu, name, q, "q");
@@ -114,6 +116,7 @@ void check_cu_seqlens(const at::Tensor& cu, const char* name, const at::Tensor& 
   }
   TORCH_CHECK_VALUE(c[host.size(0) - 1] <= total, name, "[-1] = ", c[host.size(0) - 1],
                     " exceeds the number of tokens (", total, ")");
+  return c[host.size(0) - 1];
 }
 
 struct Prepared {
@@ -123,6 +126,9 @@ struct Prepared {
   // cu_seqlens densely, and the backward writes d(slopes) with the slopes' own layout into a
   // dense buffer, so a strided input would be misread or written out of bounds.
   at::Tensor cu_q, cu_k;
+  // Varlen rows past cu_seqlens[-1] belong to no sequence: the kernels never touch them, so
+  // their outputs and gradients are filled here (out 0, lse -inf, grads 0), not left as garbage.
+  bool uncovered_q = false, uncovered_k = false;
   std::optional<at::Tensor> slopes;
 };
 
@@ -147,8 +153,10 @@ Prepared prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     TORCH_CHECK_VALUE(max_seqlen_q >= 0 && max_seqlen_k >= 0,
                       "max_seqlen_q and max_seqlen_k must be >= 0, got ", max_seqlen_q, " and ",
                       max_seqlen_k);
-    check_cu_seqlens(*cu_seqlens_q, "cu_seqlens_q", q, q.size(0), max_seqlen_q, "max_seqlen_q");
-    check_cu_seqlens(*cu_seqlens_k, "cu_seqlens_k", q, k.size(0), max_seqlen_k, "max_seqlen_k");
+    r.uncovered_q = check_cu_seqlens(*cu_seqlens_q, "cu_seqlens_q", q, q.size(0), max_seqlen_q,
+                                     "max_seqlen_q") < q.size(0);
+    r.uncovered_k = check_cu_seqlens(*cu_seqlens_k, "cu_seqlens_k", q, k.size(0), max_seqlen_k,
+                                     "max_seqlen_k") < k.size(0);
     TORCH_CHECK_VALUE(cu_seqlens_q->size(0) == cu_seqlens_k->size(0),
                       "cu_seqlens_q and cu_seqlens_k must have the same size (batch + 1), got ",
                       cu_seqlens_q->size(0), " and ", cu_seqlens_k->size(0));
@@ -217,6 +225,10 @@ std::tuple<at::Tensor, at::Tensor> attn_fwd(const at::Tensor& q, const at::Tenso
   at::Tensor out = at::empty_like(q, at::MemoryFormat::Contiguous);
   at::Tensor lse = empty_lse(q, r.p.shape, r.varlen);
   set_out(r.p, out, lse, r.varlen);
+  if (r.uncovered_q) {
+    out.zero_();
+    lse.fill_(-std::numeric_limits<float>::infinity());
+  }
   if (out.numel() == 0 && lse.numel() == 0) return {out, lse};
   backend::attention_fwd(q.device(), r.p);
   return {out, lse};
@@ -268,6 +280,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_bwd(
   at::Tensor dq = at::empty_like(q, at::MemoryFormat::Contiguous);
   at::Tensor dk = at::empty_like(k, at::MemoryFormat::Contiguous);
   at::Tensor dv = at::empty_like(v, at::MemoryFormat::Contiguous);
+  if (r.uncovered_q) dq.zero_();
+  if (r.uncovered_k) {
+    dk.zero_();
+    dv.zero_();
+  }
   at::Tensor dslopes = compute_dslopes
                            ? at::zeros(slopes->sizes(), slopes->options())
                            : at::empty({0}, q.options().dtype(at::kFloat));

@@ -91,6 +91,24 @@ def test_varlen_extra_rows_allowed():
     check_varlen_fwd(q, k, v, cu_q, cu_k, causal=True)
 
 
+def test_varlen_uncovered_rows_are_filled():
+    # rows past cu_seqlens[-1] get out 0 / lse -inf and zero gradients, never stale memory
+    q = torch.randn(10, 2, 16, requires_grad=True)
+    k = torch.randn(12, 2, 16, requires_grad=True)
+    v = torch.randn(12, 2, 16, requires_grad=True)
+    cu_q = torch.tensor([0, 3, 7], dtype=torch.int32)
+    cu_k = torch.tensor([0, 5, 9], dtype=torch.int32)
+    out, lse, _ = mpt_ext.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 4, 5, causal=True,
+                                                 return_attn_probs=True)
+    assert torch.equal(out[7:], torch.zeros_like(out[7:]))
+    assert torch.isneginf(lse[:, 7:]).all() and torch.isfinite(lse[:, :7]).all()
+    (out * torch.randn_like(out)).sum().backward()
+    assert torch.equal(q.grad[7:], torch.zeros_like(q.grad[7:]))
+    assert torch.equal(k.grad[9:], torch.zeros_like(k.grad[9:]))
+    assert torch.equal(v.grad[9:], torch.zeros_like(v.grad[9:]))
+    assert k.grad[:9].abs().sum() > 0
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("alibi", [None, "batch"])
