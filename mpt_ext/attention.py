@@ -7,6 +7,7 @@ signatures and semantics follow flash-attn's.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Optional, Sequence, Union
 
 import torch
@@ -104,6 +105,7 @@ torch.library.register_autograd("mpt_ext::attn_fwd", _attn_backward,
                                 setup_context=_attn_setup_context)
 
 
+
 # ---- public API ---------------------------------------------------------------------------
 def alibi_slopes(n_heads: int, alibi_bias_max: float = 8.0,
                  device: Optional[torch.device] = None) -> torch.Tensor:
@@ -111,8 +113,12 @@ def alibi_slopes(n_heads: int, alibi_bias_max: float = 8.0,
 
     For a non-power-of-two head count the slopes of the next power of two are interleaved
     (odd positions first) and cut to n_heads, exactly as MPT does."""
-    if not isinstance(n_heads, int) or n_heads < 1:
-        raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
+    try:
+        n_heads = operator.index(n_heads)  # ints, numpy ints, 0-d integer tensors
+    except TypeError:
+        raise TypeError(f"n_heads must be an int, got {type(n_heads).__name__}") from None
+    if n_heads < 1:
+        raise ValueError(f"n_heads must be >= 1, got {n_heads}")
     if not alibi_bias_max > 0:
         raise ValueError(f"alibi_bias_max must be > 0, got {alibi_bias_max!r}")
     n_pow2 = 2 ** math.ceil(math.log2(n_heads))
@@ -124,16 +130,26 @@ def alibi_slopes(n_heads: int, alibi_bias_max: float = 8.0,
     return slopes.contiguous()
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def _window(window_size: Sequence[int]) -> tuple[int, int]:
     try:
-        left, right = (int(w) for w in window_size)
+        left, right = (operator.index(w) for w in window_size)
     except (TypeError, ValueError):
-        raise ValueError(f"window_size must be a pair (left, right), got {window_size!r}") from None
+        raise ValueError(f"window_size must be a pair of ints (left, right), got "
+                         f"{window_size!r}") from None
+    if not (-1 <= left <= _INT64_MAX and -1 <= right <= _INT64_MAX):
+        raise ValueError(f"window_size must be (left, right) with each in [-1, 2**63 - 1] "
+                         f"(-1: unbounded), got {window_size!r}")
     return left, right
 
 
 def _scale(softmax_scale: Optional[float], head_dim: int) -> float:
-    return float(softmax_scale) if softmax_scale is not None else head_dim ** -0.5
+    if softmax_scale is not None:
+        return float(softmax_scale)
+    # head_dim 0 is rejected by the op with a clear message; don't divide by zero first
+    return head_dim ** -0.5 if head_dim > 0 else 1.0
 
 
 def _no_dropout(dropout_p: float) -> None:
@@ -212,10 +228,15 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None,
     _check_tensor("k_cache", k_cache, 4, "(batch_cache, seqlen_cache, nheads_k, headdim)")
     _check_tensor("v_cache", v_cache, 4, "(batch_cache, seqlen_cache, nheads_k, headdim)")
     if isinstance(cache_seqlens, int):
+        if not 0 <= cache_seqlens < 2**31:
+            raise ValueError(f"cache_seqlens must be in [0, 2**31), got {cache_seqlens}")
         cache_seqlens = torch.full((q.shape[0],), cache_seqlens, dtype=torch.int32,
                                    device=q.device)
     wl, wr = _window(window_size)
-    out, lse = ops.attn_kvcache(q, k_cache, v_cache, k, v, cache_seqlens, alibi_slopes,
-                                _scale(softmax_scale, q.shape[-1]), bool(causal), wl, wr,
-                                float(softcap), int(num_splits))
+    # An inference op, as in flash-attn: its outputs carry no autograd history (the op
+    # mutates the caches, so it has no autograd formula).
+    with torch.no_grad():
+        out, lse = ops.attn_kvcache(q, k_cache, v_cache, k, v, cache_seqlens, alibi_slopes,
+                                    _scale(softmax_scale, q.shape[-1]), bool(causal), wl, wr,
+                                    float(softcap), int(num_splits))
     return (out, lse) if return_softmax_lse else out

@@ -116,6 +116,10 @@ def main(argv: Optional[list] = None, out: TextIO = None, err: TextIO = None) ->
         model = model.to(dtype or torch.float32).eval()
     else:
         checkpoint = Path(args.checkpoint)
+        if not (checkpoint / "config.json").is_file():
+            hint = (" (a trainer checkpoint: export one with mpt-train --export-hf DIR)"
+                    if (checkpoint / "state.pt").exists() else "")
+            parser.error(f"{checkpoint} is not a model dir: no config.json{hint}")
         tokenizer = _load_tokenizer(args.tokenizer, checkpoint)
         model = MPTForCausalLM.from_pretrained(checkpoint, dtype=dtype, device=device).eval()
     if tokenizer.vocab_size > model.config.vocab_size:

@@ -132,6 +132,9 @@ def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None,
 
     weight and bias have shape (hidden,) and may be float32 while x is bf16/fp16.
     With residual: returns (layer_norm(x + residual), x + residual), fused in one pass."""
+    if weight is None and bias is not None:
+        # F.layer_norm allows a bias alone; the kernel takes weight and bias together
+        weight = torch.ones_like(bias)
     y, residual_out, _, _ = ops.norm_fwd(x, weight, bias, residual, float(eps), False)
     return (y, residual_out) if residual is not None else y
 

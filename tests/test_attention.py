@@ -298,3 +298,21 @@ def test_large_scores_stable():
     # scores in the hundreds: the online softmax must subtract its running max
     q, k, v = random_qkv(2, 33, 40, 2, 2, 32, torch.float32)
     check_fwd(q * 40, k, v, causal=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nan_inputs_propagate(dtype):
+    # A NaN score must surface as NaN (as in flash-attn and SDPA), not look like a masked row.
+    q = torch.randn(1, 9, 2, 16, dtype=dtype)
+    k = torch.randn(1, 9, 2, 16, dtype=dtype)
+    v = torch.randn_like(k)
+    k_nan = k.clone()
+    k_nan[0, 1, 0, 0] = float("nan")  # one key of head 0
+    out, lse, _ = mpt_ext.flash_attn_func(q, k_nan, v, return_attn_probs=True)
+    assert out[:, :, 0].isnan().all() and lse[:, 0].isnan().all()
+    assert out[:, :, 1].isfinite().all()
+    q_nan = q.clone()
+    q_nan[0, 3, 1, 0] = float("nan")  # one query row of head 1
+    out, lse, _ = mpt_ext.flash_attn_func(q_nan, k, v, causal=True, return_attn_probs=True)
+    assert out[0, 3, 1].isnan().all() and lse[0, 1, 3].isnan()
+    assert out[0, 2, 1].isfinite().all() and out[0, 4, 1].isfinite().all()

@@ -159,6 +159,20 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(got, want)
 
 
+def test_bias_without_weight_matches_torch():
+    # F.layer_norm accepts a bias alone; so does mpt_ext.layer_norm (weight taken as ones)
+    x = torch.randn(5, 24, requires_grad=True)
+    bias = torch.randn(24, requires_grad=True)
+    y = mpt_ext.layer_norm(x, None, bias)
+    ref = torch.nn.functional.layer_norm(x, (24,), None, bias)
+    torch.testing.assert_close(y, ref)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, bias), g)
+    want = torch.autograd.grad(ref, (x, bias), g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
 # ---- bad input -----------------------------------------------------------------------------
 def _bad_cases():
     x = torch.randn(4, 8)
@@ -170,7 +184,6 @@ def _bad_cases():
         (lambda: mpt_ext.layer_norm(x, torch.randn(2, 4)), ValueError, "weight"),
         (lambda: mpt_ext.layer_norm(x, w, torch.randn(9)), ValueError, "bias"),
         (lambda: mpt_ext.layer_norm(x, w, w.half()), TypeError, "bias"),
-        (lambda: mpt_ext.layer_norm(x, None, w), ValueError, "bias"),
         (lambda: mpt_ext.layer_norm(x, residual=torch.randn(4, 7)), ValueError, "residual"),
         (lambda: mpt_ext.layer_norm(x, residual=x.half()), TypeError, "residual"),
         (lambda: mpt_ext.rms_norm(x, w, eps=-1.0), ValueError, "eps"),

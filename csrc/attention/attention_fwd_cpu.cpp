@@ -80,7 +80,8 @@ MPT_CPU_INLINE void forward_block(const FwdContext& c, int64_t task, FwdScratch<
         continue;
       }
       math.row(s, nullptr, i0 + r, j0, nc, kBlockK, keys.rows[r], sq, sk);
-      const Acc m_new = std::max(w.m[r], row_max(s, kBlockK));
+      const Acc tile_max = row_max(s, kBlockK);  // NaN-propagating, unlike std::max
+      const Acc m_new = (tile_max > w.m[r] || tile_max != tile_max) ? tile_max : w.m[r];
       if (m_new == kNegInf<Acc>) {  // nothing visible yet in this row
         std::fill(s, s + kBlockK, Acc(0));
         continue;
@@ -100,7 +101,7 @@ MPT_CPU_INLINE void forward_block(const FwdContext& c, int64_t task, FwdScratch<
 
   for (int64_t r = 0; r < nr; ++r) {
     T* o = out + r * p.out_strides.row;
-    if (w.l[r] > Acc(0)) {
+    if (w.l[r] != Acc(0)) {  // NaN inputs give NaN (as flash-attn and SDPA do), not a masked row
       store_row(w.o.data() + r * dp, d, Acc(1) / w.l[r], o);
       lse[r] = static_cast<float>((w.m[r] + std::log2(w.l[r])) * kLn2<Acc>);
     } else {  // no visible key: output 0 and lse -inf, never NaN

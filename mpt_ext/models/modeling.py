@@ -311,7 +311,12 @@ class MPTForCausalLM(nn.Module):
         save_pretrained(self, path, safe_serialization=safe_serialization,
                         max_shard_size=max_shard_size)
 
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k=None, top_p=None, eos_token_id=None, attention_mask=None, do_sample=None,
+                 generator=None, pad_token_id=None, streamer=None,
+                 logits_processor=None) -> torch.Tensor:
         """KV-cache generation; see mpt_ext.models.generation.generate."""
         from .generation import generate  # noqa: PLC0415
-        return generate(self, input_ids, max_new_tokens, **kwargs)
+        return generate(self, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id,
+                        attention_mask, do_sample, generator, pad_token_id, streamer,
+                        logits_processor)

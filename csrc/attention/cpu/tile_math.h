@@ -119,10 +119,10 @@ MPT_CPU_INLINE Acc row_max(const Acc* s, int64_t n) {
   load_vec<Acc>(m, s);
   for (int64_t i = kW; i < n; i += kW) {
     load_vec<Acc>(x, s + i);
-    m = m > x ? m : x;
+    m = ((m > x) | (m != m)) ? m : x;  // NaN wins: a NaN score must not read as "no key"
   }
   Acc r = m[0];
-  for (int64_t l = 1; l < kW; ++l) r = r > m[l] ? r : m[l];
+  for (int64_t l = 1; l < kW; ++l) r = (r > m[l] || r != r) ? r : m[l];
   return r;
 }
 
