@@ -119,6 +119,24 @@ int64_t check_cu_seqlens(const at::Tensor& cu, const char* name, const at::Tenso
   return c[host.size(0) - 1];
 }
 
+// The fields every attention op fills the same way: mask arguments and q/k/v pointers.
+void fill_common(AttentionFwdParams& p, const at::Tensor& q, const at::Tensor& k,
+                 const at::Tensor& v, double softmax_scale, bool causal, int64_t window_left,
+                 int64_t window_right, double softcap) {
+  p.dtype = to_dtype(q, "q", q.is_cpu());
+  p.mask.softmax_scale = static_cast<float>(softmax_scale);
+  p.mask.softcap = static_cast<float>(softcap);
+  p.mask.causal = causal;
+  p.mask.window_left = window_left;
+  p.mask.window_right = window_right;
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.q_strides = strides_of(q);
+  p.k_strides = strides_of(k);
+  p.v_strides = strides_of(v);
+}
+
 struct Prepared {
   AttentionFwdParams p;
   bool varlen = false;
@@ -172,20 +190,9 @@ Prepared prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     s.seqlen_q = q.size(1);
     s.seqlen_k = k.size(1);
   }
-  p.dtype = to_dtype(q, "q", q.is_cpu());
-  p.mask.softmax_scale = static_cast<float>(softmax_scale);
-  p.mask.softcap = static_cast<float>(softcap);
-  p.mask.causal = causal;
-  p.mask.window_left = window_left;
-  p.mask.window_right = window_right;
+  fill_common(p, q, k, v, softmax_scale, causal, window_left, window_right, softcap);
   if (alibi_slopes.has_value()) r.slopes = alibi_slopes->contiguous();
   fill_alibi(p.mask, r.slopes, q, s.batch, s.num_heads);
-  p.q = q.data_ptr();
-  p.k = k.data_ptr();
-  p.v = v.data_ptr();
-  p.q_strides = strides_of(q);
-  p.k_strides = strides_of(k);
-  p.v_strides = strides_of(v);
   return r;
 }
 
@@ -331,19 +338,8 @@ std::tuple<at::Tensor, at::Tensor> attn_kvcache(
   p.shape.num_heads = q.size(2);
   p.shape.num_heads_k = k_cache.size(2);
   p.shape.head_dim = q.size(3);
-  p.dtype = to_dtype(q, "q", q.is_cpu());
-  p.mask.softmax_scale = static_cast<float>(softmax_scale);
-  p.mask.softcap = static_cast<float>(softcap);
-  p.mask.causal = causal;
-  p.mask.window_left = window_left;
-  p.mask.window_right = window_right;
+  fill_common(p, q, k_cache, v_cache, softmax_scale, causal, window_left, window_right, softcap);
   fill_alibi(p.mask, alibi_slopes, q, p.shape.batch, p.shape.num_heads);
-  p.q = q.data_ptr();
-  p.k = k_cache.data_ptr();
-  p.v = v_cache.data_ptr();
-  p.q_strides = strides_of(q);
-  p.k_strides = strides_of(k_cache);
-  p.v_strides = strides_of(v_cache);
 
   if (k_new.has_value()) {
     const at::Tensor& kn = *k_new;
