@@ -6,6 +6,7 @@
 #include <ATen/ops/zeros.h>
 #include <c10/core/DeviceGuard.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <tuple>
@@ -127,8 +128,11 @@ void fill_common(AttentionFwdParams& p, const at::Tensor& q, const at::Tensor& k
   p.mask.softmax_scale = static_cast<float>(softmax_scale);
   p.mask.softcap = static_cast<float>(softcap);
   p.mask.causal = causal;
-  p.mask.window_left = window_left;
-  p.mask.window_right = window_right;
+  // Any window past 2^40 keys is unbounded in practice; clamping keeps the kernels'
+  // position arithmetic (i + sk - sq +- window) far from int64 overflow.
+  constexpr int64_t kMaxWindow = int64_t(1) << 40;
+  p.mask.window_left = std::min(window_left, kMaxWindow);
+  p.mask.window_right = std::min(window_right, kMaxWindow);
   p.q = q.data_ptr();
   p.k = k.data_ptr();
   p.v = v.data_ptr();
@@ -310,7 +314,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_bwd(
     b.workspace = workspace.data_ptr();
     b.workspace_bytes = ws_bytes;
   }
-  if (q.numel() == 0 && k.numel() == 0) return {dq, dk, dv, dslopes};
+  if (q.numel() == 0) {  // no query: nothing flows back to the keys (0 heads included)
+    dk.zero_();
+    dv.zero_();
+    return {dq, dk, dv, dslopes};
+  }
   backend::attention_bwd(q.device(), b);
   return {dq, dk, dv, dslopes};
 }

@@ -352,3 +352,14 @@ def test_cuda_without_kernels_not_implemented():
     if not mpt_ext.CUDA_DECODE:
         with pytest.raises(NotImplementedError):
             mpt_ext.flash_attn_with_kvcache(q, k, v, cache_seqlens=6)
+
+
+def test_huge_windows_mean_unbounded():
+    # windows near 2**63 must not overflow the kernels' position arithmetic
+    q = torch.randn(1, 10, 2, 16)
+    k = torch.randn(1, 10, 2, 16)
+    big = 2**63 - 1
+    torch.testing.assert_close(mpt_ext.flash_attn_func(q, k, k, window_size=(big, big)),
+                               mpt_ext.flash_attn_func(q, k, k))
+    torch.testing.assert_close(mpt_ext.flash_attn_func(q, k, k, window_size=(big, 0)),
+                               mpt_ext.flash_attn_func(q, k, k, causal=True))

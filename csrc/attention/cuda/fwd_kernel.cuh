@@ -249,7 +249,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const float l = quad_sum(row_sum[mt][r]);  // all lanes: before the row check
-      const bool empty = !(l > 0.f);
+      const bool empty = (l == 0.f);  // NaN scores give NaN out and lse, not a masked row
       const float inv = empty ? 0.f : 1.f / l;
       const int rl = row_local[mt][r];
       if (rl >= rows_here) continue;

@@ -215,10 +215,12 @@ void attention_kvcache_cuda(const AttentionKVCacheParams& p) {
   const AttentionShape& s = p.fwd.shape;
   cudaStream_t stream = static_cast<cudaStream_t>(p.fwd.stream);
   if (s.batch == 0) return;
-  if (p.seqlen_new > 0) run_append(p, stream);
+  // Plan (which can throw) before the append, so a failing call leaves the cache untouched.
   const Plan plan = make_plan(p);
+  decode::SplitKvArgs args;
+  if (plan.rows > 0) args = split_kv_args(p, plan);
+  if (p.seqlen_new > 0) run_append(p, stream);
   if (plan.rows == 0) return;
-  decode::SplitKvArgs args = split_kv_args(p, plan);
   void* kernel_args[] = {&args};
   const dim3 grid(static_cast<unsigned>(plan.blocks_per_split), static_cast<unsigned>(plan.num_splits));
   check_cuda(cudaLaunchKernel(plan.kernel, grid, dim3(decode::kThreads), kernel_args, 0, stream),

@@ -32,7 +32,7 @@ __global__ void __launch_bounds__(kWarps * 32) combine_kernel(const SplitKvArgs 
   }
   for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
   __syncwarp();
-  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  const float inv = sum != 0.f ? 1.f / sum : 0.f;  // NaN partials propagate (!= not >)
 
   const int i = static_cast<int>(row % a.seqlen_q);
   const int64_t bh = row / a.seqlen_q;
@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(kWarps * 32) combine_kernel(const SplitKvArgs 
     out[d] = ElemOps<T>::from_float(o * inv);
   }
   if (lane == 0) {
-    a.lse[b * a.lse_batch + int64_t(h) * a.lse_head + i] = sum > 0.f ? (mx + log2f(sum)) * kLn2 : -INFINITY;
+    a.lse[b * a.lse_batch + int64_t(h) * a.lse_head + i] = sum != 0.f ? (mx + log2f(sum)) * kLn2 : -INFINITY;
   }
 }
 

@@ -249,7 +249,8 @@ __global__ void __launch_bounds__(kThreads, RowBucket<kM>::kMinBlocksPerSm) spli
     float sum = 0.f;
     for (int g = 0; g < kSlots; ++g) sum += s_acc[g][r][d];
     const float total = s_row_sum[r];
-    const float o = total > 0.f ? sum / total : 0.f;
+    // != rather than >: a NaN score makes total NaN and must reach out (not read as "no key")
+    const float o = total != 0.f ? sum / total : 0.f;
     const int i = rg / a.group;
     const int h = hk * a.group + rg % a.group;
     if (a.num_splits == 1) {
@@ -267,7 +268,7 @@ __global__ void __launch_bounds__(kThreads, RowBucket<kM>::kMinBlocksPerSm) spli
       const int i = rg / a.group;
       const int h = hk * a.group + rg % a.group;
       const float total = s_row_sum[r];
-      const float lse2 = total > 0.f ? s_row_max[r] + log2f(total) : -INFINITY;
+      const float lse2 = total != 0.f ? s_row_max[r] + log2f(total) : -INFINITY;
       if (a.num_splits == 1) {
         a.lse[b * a.lse_batch + int64_t(h) * a.lse_head + i] = lse2 * kLn2;
       } else {
