@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "../../common/cuda_math.cuh"
 #include "../attention_mask.h"
 #include "../attention_params.h"
 
@@ -79,7 +80,7 @@ struct ScoreMod {
   __device__ __forceinline__ float operator()(float acc, int dist, float* tanh_out) const {
     float s;
     if (softcap) {
-      const float t = tanhf(acc * cap_in);
+      const float t = softcap_tanh(acc * cap_in);
       *tanh_out = t;
       s = cap_out * t;
     } else {

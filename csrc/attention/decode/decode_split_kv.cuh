@@ -13,6 +13,7 @@
 
 #include <cmath>
 
+#include "../../common/cuda_math.cuh"
 #include "../attention_mask.h"
 #include "decode_common.cuh"
 
@@ -165,7 +166,7 @@ __global__ void __launch_bounds__(kThreads, RowBucket<kM>::kMinBlocksPerSm) spli
 #pragma unroll
       for (int r = 0; r < kM; ++r) {
         float x = s[u][r];
-        if (a.softcap > 0.f) x = a.softcap * tanhf(x / a.softcap);
+        if (a.softcap > 0.f) x = a.softcap * softcap_tanh(x / a.softcap);
         x *= kLog2e;
         // alibi_distance (attention_mask.h) in 32-bit: key positions < 2^31 are checked on
         // the host, and the int64 version costs ~40 registers here.
