@@ -382,6 +382,7 @@ std::tuple<at::Tensor, at::Tensor> attn_kvcache(
     TORCH_CHECK_VALUE(cs.dim() == 1 && cs.size(0) == q.size(0),
                       "cache_seqlens must have shape (batch,) = (", q.size(0), ",), got ",
                       cs.sizes());
+    TORCH_CHECK_VALUE(cs.is_contiguous(), "cache_seqlens must be contiguous");
     // Host check: an append past the end of the cache would write out of bounds.
     seqlens_host = cs.to(at::kCPU).contiguous();
     const int32_t* c = seqlens_host.data_ptr<int32_t>();
@@ -390,8 +391,7 @@ std::tuple<at::Tensor, at::Tensor> attn_kvcache(
                         "cache_seqlens[", b, "] = ", c[b], " plus ", kp.seqlen_new,
                         " new keys does not fit in the cache of ", k_cache.size(1), " positions");
     }
-    kp.cache_seqlens = cs.is_contiguous() ? cs.data_ptr<int32_t>() : nullptr;
-    TORCH_CHECK_VALUE(cs.is_contiguous(), "cache_seqlens must be contiguous");
+    kp.cache_seqlens = cs.data_ptr<int32_t>();
   } else {
     TORCH_CHECK_VALUE(kp.seqlen_new == 0,
                       "appending k and v needs cache_seqlens (where each sequence's new keys go)");
