@@ -222,8 +222,10 @@ class Trainer:
 
     def _train_step(self) -> dict:
         x, y = self.sampler.next_batch()
+        # Count the loss tokens on the host batch: no device round trip before the step.
+        counts = torch.tensor([float((y != IGNORE_INDEX).sum())], dtype=torch.float64,
+                              device=self.device)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        counts = torch.tensor([(y != IGNORE_INDEX).sum().item()], dtype=torch.float64, device=self.device)
         n_tokens = all_reduce_sum(counts, self.dist).item()
         # DDP/FSDP average gradients over ranks: scale so the average is sum / global count.
         scale = self.dist.world_size / max(n_tokens, 1.0)
