@@ -12,10 +12,15 @@ Interface every tokenizer here offers (what the data pipeline, trainer and gener
 from __future__ import annotations
 
 import hashlib
-
 import os
 from pathlib import Path
 from typing import Iterable, Protocol
+
+from ..errors import UsageError
+
+
+class TokenizerNotFound(UsageError, FileNotFoundError):
+    """--tokenizer names neither 'byte' nor an existing directory."""
 
 
 class Tokenizer(Protocol):
@@ -76,14 +81,15 @@ class HFTokenizer:
     def __init__(self, path: str | os.PathLike):
         path = Path(path)
         if not path.is_dir():
-            raise FileNotFoundError(f"tokenizer: {str(path)!r} is not a directory (expected a local "
-                                    "Hugging Face tokenizer dir, or 'byte')")
+            why = "it does not exist" if not path.exists() else "it is a file"
+            raise TokenizerNotFound(f"tokenizer {str(path)!r} is not a directory ({why}): expected "
+                                    "'byte' or a local Hugging Face tokenizer dir")
         self.path = path
         self._tok = self._load(path)
         vocab = len(self._tok)
         eos = self._tok.eos_token_id
         if eos is None:
-            raise ValueError(f"tokenizer at {str(path)!r} defines no eos token; the data pipeline "
+            raise UsageError(f"tokenizer at {str(path)!r} defines no eos token; the data pipeline "
                              "separates documents with it")
         self.vocab_size = vocab
         self.eos_token_id = int(eos)
@@ -99,7 +105,13 @@ class HFTokenizer:
         except ImportError as e:  # pragma: no cover - optional dependency
             raise ImportError("a Hugging Face tokenizer dir needs `transformers` "
                               "(pip install 'mpt_ext[hf]')") from e
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        try:
+            return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError) as e:  # not a tokenizer dir, or unreadable files in it
+            why = " ".join(str(e).split()) or e.__class__.__name__  # one line
+            why = why if len(why) <= 300 else why[:297] + "..."
+            raise UsageError(f"tokenizer dir {str(path)!r} cannot be loaded by transformers: "
+                             f"{why}") from e
 
     @staticmethod
     def _hash_files(path: Path) -> str:
@@ -134,4 +146,5 @@ def tokenizer_info(tok) -> dict:
             "path": str(getattr(tok, "path", "byte"))}
 
 
-__all__ = ["Tokenizer", "ByteTokenizer", "HFTokenizer", "load_tokenizer", "tokenizer_info"]
+__all__ = ["Tokenizer", "ByteTokenizer", "HFTokenizer", "TokenizerNotFound", "load_tokenizer",
+           "tokenizer_info"]
