@@ -51,3 +51,10 @@ def test_config_derived_values_and_errors():
             TrainConfig(**bad)
     with pytest.raises(ValueError, match="unknown fields"):
         TrainConfig.from_dict({"nope": 1})
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    import io
+    from mpt_ext.train.telemetry import progress_bar
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert progress_bar(10, 0, True) is None

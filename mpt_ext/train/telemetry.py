@@ -102,7 +102,10 @@ class MetricsLog:
 
 
 def progress_bar(total: int, initial: int, enabled: bool):
-    if not enabled:
+    """A tqdm bar on stderr, only where stderr is a terminal: redirected to a file or a CI
+    log, a bar is kilobytes of carriage-return lines (the log lines say the same)."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    if not enabled or not (isatty and isatty()):
         return None
     from tqdm import tqdm
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
