@@ -55,10 +55,11 @@ def test_cli_tiny_run_then_resume(tmp_path, monkeypatch, capsys):
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3] and "eval_loss" in log[-1]
     assert (tmp_path / "hf" / "config.json").is_file()
     # a longer run resumes from step 3
-    rc = main(TINY + ["--max-steps", "4", "--resume", "latest", "--sample-tokens", "0"])
+    rc = main(TINY + ["--max-steps", "4", "--resume", "latest", "--sample-tokens", "0",
+                      "--allow-config-change"])
     out = capsys.readouterr()
     assert rc == 0, out.err
-    assert "resumed from" in out.out and ckpt.latest_checkpoint(run).name == "step-00000004"
+    assert "resumed from" in out.out and "max_steps: 3 -> 4" in out.out and ckpt.latest_checkpoint(run).name == "step-00000004"
 
 
 def test_cli_packed_run(tmp_path, monkeypatch, capsys):
@@ -72,5 +73,74 @@ def test_cli_errors_are_clear(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["--seq-len", "0"]) == 2
     assert "seq_len" in capsys.readouterr().err
-    assert main(TINY + ["--max-steps", "2", "--resume", "latest"]) == 1
+    assert main(TINY + ["--max-steps", "2", "--resume", "latest"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_help_shows_each_default_once():
+    r = subprocess.run([sys.executable, "-m", "mpt_ext.train", "--help"], capture_output=True, text=True,
+                       env={**__import__("os").environ, "COLUMNS": "200"})
+    assert r.returncode == 0
+    options = r.stdout.split("\n  -")
+    for opt in options:
+        assert opt.count("(default:") <= 1, opt
+        assert "(default: None)" not in opt, opt
+    for needle in ("--overwrite", "--allow-config-change"):
+        assert needle in r.stdout
+
+
+def one_line_error(err):
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mpt-train: error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--preset", "5b"], "5b"),
+    (["--model", "foo=1"], "foo"),
+    (["--model", "n_heads=3"], "n_heads"),
+    (["--micro-batch", "3"], "--micro-batch 3"),
+    (["--device", "gpu"], "device"),
+    (["--warmup", "-1"], "warmup"),
+])
+def test_usage_mistakes_are_one_line_errors(tmp_path, monkeypatch, capsys, args, needle):
+    monkeypatch.chdir(tmp_path)
+    assert main(TINY + ["--max-steps", "1", "--sample-tokens", "0"] + args) == 2
+    assert needle in one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "runs" / "tiny-stdlib" / "metrics.jsonl").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(TINY + ["--max-steps", "1", "--device", "cuda"]) == 2
+    assert "--device cuda" in one_line_error(capsys.readouterr().err)
+
+
+def test_usage_errors_from_anywhere_are_one_line_but_bugs_keep_tracebacks(tmp_path, monkeypatch, capsys):
+    from mpt_ext.errors import UsageError
+    from mpt_ext.train import trainer as trainer_mod
+    monkeypatch.chdir(tmp_path)
+
+    def bad_data(*a, **k):
+        raise UsageError("data source 'nowhere' does not exist")
+
+    monkeypatch.setattr(trainer_mod, "build_shard", bad_data)
+    assert main(TINY + ["--max-steps", "1"]) == 2
+    assert "nowhere" in one_line_error(capsys.readouterr().err)
+
+    def bug(*a, **k):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(trainer_mod, "build_shard", bug)
+    with pytest.raises(KeyError):
+        main(TINY + ["--max-steps", "1"])
+
+
+def test_no_progress_bar_without_a_tty(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in TINY if a != "--no-progress"]
+    assert main(args + ["--max-steps", "3", "--sample-tokens", "0", "--log-interval", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "step/s" not in err and "it/s" not in err, err

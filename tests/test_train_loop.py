@@ -132,7 +132,7 @@ def test_corrupt_and_mismatched_checkpoints_raise_clearly(tmp_path, corpus):
     with pytest.raises(ckpt.CheckpointError, match="another model: d_model"):
         trainer(make_cfg(tmp_path / "m", corpus, max_steps=2, resume="latest",
                          model={**TINY, "d_model": 64}))
-    with pytest.raises(ckpt.CheckpointError, match="seq_len=32"):
+    with pytest.raises(ckpt.CheckpointError, match="seq_len: 32 -> 16"):
         trainer(make_cfg(tmp_path / "m", corpus, max_steps=2, resume="latest", seq_len=16))
 
 
@@ -174,3 +174,27 @@ def test_bf16_autocast_runs_and_learns(tmp_path, corpus):
     hist = [h["loss"] for h in t.train()]
     assert all(torch.isfinite(torch.tensor(hist)))
     assert sum(hist[-4:]) / 4 < sum(hist[:4]) / 4 - 0.5
+
+
+def test_final_checkpoint_is_written_once(tmp_path, corpus, monkeypatch):
+    saved = []
+    real = ckpt.save_checkpoint
+    monkeypatch.setattr(ckpt, "save_checkpoint", lambda run_dir, step, *a, **k:
+                        saved.append(step) or real(run_dir, step, *a, **k))
+    t = trainer(make_cfg(tmp_path, corpus, max_steps=4, ckpt_interval=2))
+    t.train()
+    t.finish()
+    assert saved == [2, 4]
+
+
+def test_exported_files_have_normal_permissions(tmp_path, corpus):
+    import os
+    t = trainer(make_cfg(tmp_path, corpus, max_steps=1))
+    t.export_hf(tmp_path / "hf")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    files = list((tmp_path / "hf").iterdir())
+    assert any(f.name == "model.safetensors" for f in files)
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
+    assert (tmp_path / "hf").stat().st_mode & 0o777 == 0o777 & ~mask

@@ -18,12 +18,15 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UsageError
+
 FORMAT = "mpt_ext.train/1"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or does not fit this run."""
+class CheckpointError(UsageError):
+    """A checkpoint is missing, corrupt, or does not fit this run (or a run dir already
+    holds another run): mpt-train prints it as a one-line error."""
 
 
 class _HashingFile:
@@ -121,6 +124,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"checkpoint {path}: meta.json is corrupt ({e})") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path}: meta.json is corrupt (a JSON {type(meta).__name__}, "
+                              "expected an object)")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
     size = state_path.stat().st_size
@@ -137,8 +143,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
         raise CheckpointError(f"checkpoint {path}: state.pt cannot be read ({e})") from e
-    if state.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path}: state.pt has format {state.get('format')!r}")
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"checkpoint {path}: state.pt has format {found!r}")
     return state
 
 
@@ -158,7 +165,56 @@ def export_hf(model: torch.nn.Module, out_dir: str | os.PathLike, tokenizer=None
         (tmp / "mpt_ext_tokenizer.json").write_text(json.dumps(
             {"name": tokenizer.name, "fingerprint": tokenizer.fingerprint,
              "vocab_size": tokenizer.vocab_size}, indent=1))
+    _normal_permissions(tmp)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.rename(tmp, out_dir)
     return out_dir
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask is process-wide, racy with threads)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _normal_permissions(root: Path) -> None:
+    """The modes a plain open()/mkdir() would give (0666 / 0777 less the umask): some writers
+    (e.g. safetensors) create files 0600, which a shared model dir should not be."""
+    mask = _umask()
+    os.chmod(root, 0o777 & ~mask)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o777 & ~mask)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o666 & ~mask)
+
+
+def run_dir_contents(run_dir: str | os.PathLike) -> list[Path]:
+    """What a run leaves in its dir (checkpoints, unfinished ones, metrics.jsonl): a fresh
+    run there would mix with it."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = list_checkpoints(run_dir) + sorted(run_dir.glob(".tmp-step-*"))
+    if (run_dir / "metrics.jsonl").exists():
+        found.append(run_dir / "metrics.jsonl")
+    return found
+
+
+def clear_run_dir(run_dir: str | os.PathLike) -> list[Path]:
+    """Removes run_dir_contents(run_dir) (mpt-train --overwrite); other files stay."""
+    found = run_dir_contents(run_dir)
+    for p in found:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    return found

@@ -6,10 +6,12 @@ kernels and bf16) and prints a generated sample. Outputs go to runs/<name>/.
 
 Examples:
   mpt-train                                         # the default run
-  mpt-train --data my_texts/ --max-steps 2000       # your own text files / jsonl
+  mpt-train --data my_texts/ --name mine            # your own text files / jsonl
   mpt-train --preset 125m --tokenizer ./gpt-neox-tok --data corpus.jsonl \\
             --seq-len 2048 --global-batch 256 --micro-batch 16 --lr 6e-4
   mpt-train --resume latest                         # continue runs/<name>
+  mpt-train --resume latest --export-hf runs/tiny-hf  # export a finished run (no training)
+  mpt-train --overwrite                             # start runs/<name> over
   torchrun --nproc_per_node 8 -m mpt_ext.train --preset 1b --strategy fsdp ...
 """
 from __future__ import annotations
@@ -19,7 +21,8 @@ import dataclasses
 import json
 import sys
 
-from .config import TrainConfig
+from ..errors import UsageError
+from .config import RESUME_SETTINGS, TrainConfig
 
 _DEFAULTS = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
              for f in dataclasses.fields(TrainConfig)}
@@ -41,8 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(group, flag, field, help, **kw):
         d = _DEFAULTS[field]
-        shown = " ".join(map(str, d)) if isinstance(d, (list, tuple)) else d
-        group.add_argument(flag, dest=field, default=None, help=f"{help} (default: {shown})", **kw)
+        if d is not None and "(default:" not in help:   # argparse itself shows no defaults here
+            shown = " ".join(map(str, d)) if isinstance(d, (list, tuple)) else d
+            help = f"{help} (default: {shown})"
+        group.add_argument(flag, dest=field, default=None, help=help, **kw)
 
     def flag(group, name, field, help):
         group.add_argument(name, dest=field, action="store_true", default=None, help=help)
@@ -53,7 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     add(g, "--seed", "seed", "random seed (init, data order, sample)", type=int)
     add(g, "--device", "device", "auto, cpu, cuda or cuda:N")
     add(g, "--threads", "threads", "CPU threads (default: the cores the load average leaves free, >= 1)", type=int)
-    add(g, "--resume", "resume", "'latest' (newest checkpoint in the run dir) or a checkpoint dir")
+    add(g, "--resume", "resume", "'latest' (newest checkpoint in the run dir) or a checkpoint dir; "
+        "a checkpoint already at --max-steps trains nothing (e.g. to --export-hf a finished run)")
+    flag(g, "--overwrite", "overwrite", "start a new run in a run dir that holds one: deletes its "
+         "checkpoints and metrics.jsonl (without it, mpt-train refuses to mix two runs)")
+    flag(g, "--allow-config-change", "allow_config_change",
+         "with --resume: apply changed settings (" + ", ".join(RESUME_SETTINGS) + ") from the "
+         "checkpoint's step on instead of refusing; a changed --optimizer starts its state fresh")
 
     g = p.add_argument_group("model")
     add(g, "--preset", "preset", "model size: tiny, 125m, 350m, 760m, 1b, 3b, 7b, 13b, 30b")
@@ -97,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(g, "--ckpt-interval", "ckpt_interval", "steps between checkpoints, 0 = only at the end", type=int)
     add(g, "--keep-last", "keep_last", "checkpoints kept", type=int)
     add(g, "--export-hf", "export_hf", "also write a Hugging Face format model dir here at the end")
-    g.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no tqdm bar")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bar (there is none anyway when stderr is not a terminal)")
 
     g = p.add_argument_group("sample at the end")
     add(g, "--prompt", "sample_prompt", "prompt of the generated sample")
@@ -117,13 +129,16 @@ def config_from_args(argv=None) -> TrainConfig:
     return TrainConfig(**given)
 
 
+def _error(e: BaseException) -> None:
+    print("mpt-train: error: " + " ".join(str(e).split("\n")), file=sys.stderr)
+
+
 def main(argv=None) -> int:
     try:
         cfg = config_from_args(argv)
-    except ValueError as e:
-        print(f"mpt-train: error: {e}", file=sys.stderr)
+    except UsageError as e:
+        _error(e)
         return 2
-    from .checkpoint import CheckpointError
     from .distributed import shutdown
     from .trainer import Trainer, TrainingDiverged
     trainer = None
@@ -141,8 +156,11 @@ def main(argv=None) -> int:
             text = trainer.sample()
             trainer.echo("\n---- sample " + "-" * 60 + "\n" + text + "\n" + "-" * 72)
         return 0
-    except (TrainingDiverged, CheckpointError) as e:
-        print(f"mpt-train: error: {e}", file=sys.stderr)
+    except UsageError as e:   # a user's mistake (CheckpointError included): one line, no traceback
+        _error(e)
+        return 2
+    except TrainingDiverged as e:
+        _error(e)
         return 1
     finally:
         if trainer is not None:

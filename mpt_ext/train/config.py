@@ -8,9 +8,17 @@ shrinks for short ones.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+from ..errors import UsageError
+
+# The settings that shape the optimisation itself: a resumed run must keep them (or say
+# so with allow_config_change). Compared with the checkpoint's saved config on resume.
+RESUME_SETTINGS = ("optimizer", "lr", "betas", "eps", "weight_decay", "warmup", "alpha_f",
+                   "max_steps", "max_tokens", "global_batch", "seq_len", "clip")
 
 
 @dataclass
@@ -58,6 +66,8 @@ class TrainConfig:
     ckpt_interval: int = 0               # 0: only at the end (and on SIGTERM/SIGINT)
     keep_last: int = 2
     resume: Optional[str] = None         # 'latest' or a checkpoint dir
+    overwrite: bool = False              # a fresh run may replace the run dir's checkpoints and log
+    allow_config_change: bool = False    # resume may change RESUME_SETTINGS (applied from its step on)
     export_hf: Optional[str] = None      # write a Hugging Face format dir at the end
     progress: bool = True                # tqdm bar
     # ---- sample at the end -------------------------------------------------------------
@@ -74,7 +84,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         def bad(name, why):
-            raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
+            raise UsageError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
 
         for name in ("seq_len", "global_batch"):
             if getattr(self, name) < 1:
@@ -91,10 +101,24 @@ class TrainConfig:
             bad("optimizer", "expected 'adamw' or 'lion'")
         if self.precision not in ("auto", "fp32", "bf16"):
             bad("precision", "expected auto, fp32 or bf16")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            bad("device", "expected auto, cpu, cuda or cuda:N")
+        if self.overwrite and self.resume:
+            bad("overwrite", "overwrite starts a new run; it cannot be combined with resume")
         if self.strategy not in ("ddp", "fsdp"):
             bad("strategy", "expected ddp or fsdp")
         if not self.lr > 0:
             bad("lr", "must be > 0")
+        if self.weight_decay < 0:
+            bad("weight_decay", "must be >= 0")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            bad("betas", "expected two values in [0, 1)")
+        if not self.eps > 0:
+            bad("eps", "must be > 0")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            bad("warmup_steps", "must be >= 0")
+        if not 0.0 <= self.alpha_f <= 1.0:
+            bad("alpha_f", "must be in [0, 1]")
         if self.clip < 0:
             bad("clip", "must be >= 0 (0 disables clipping)")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -136,5 +160,13 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"TrainConfig: unknown fields {sorted(unknown)}")
+            raise UsageError(f"TrainConfig: unknown fields {sorted(unknown)}")
         return cls(**d)
+
+    def resume_settings(self) -> dict:
+        """RESUME_SETTINGS with derived values resolved (warmup follows max_steps when not
+        given), so a resume compares what the optimisation actually uses."""
+        out = {k: getattr(self, k) for k in RESUME_SETTINGS if k != "warmup"}
+        out["betas"] = list(self.betas)
+        out["warmup"] = self.warmup()
+        return out

@@ -7,12 +7,14 @@ by the global token count, so the gradient is the same however the batch is spli
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import math
 import os
 import random
 import signal
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from ..data import WindowSampler, build_shard, cu_seqlens, eval_batches, load_tokenizer, split_tokens
 from ..data.sampler import IGNORE_INDEX
 from ..data.tokenizer import tokenizer_info
+from ..errors import UsageError
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, unwrap, wrap_model
@@ -33,16 +36,51 @@ class TrainingDiverged(RuntimeError):
     """The loss (or gradient norm) became NaN or infinite."""
 
 
-def build_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
-    """The MPT model of cfg.preset with cfg.model overrides; the vocabulary follows the
-    tokenizer and max_seq_len covers seq_len unless overridden."""
-    from ..models import MPTConfig, MPTForCausalLM
+def model_config(cfg: TrainConfig, vocab_size: int):
+    """The MPTConfig of cfg.preset with cfg.model overrides; the vocabulary follows the
+    tokenizer and max_seq_len covers seq_len unless overridden. A bad preset, field or
+    value is a UsageError."""
+    from ..models import MPTConfig
+    from ..models.config import PRESETS, AttnConfig
+    if cfg.preset not in PRESETS:
+        raise UsageError(f"--preset {cfg.preset}: unknown; expected one of {', '.join(PRESETS)}")
+    known = ({f.name for f in dataclasses.fields(MPTConfig)} | {f.name for f in dataclasses.fields(AttnConfig)}
+             | {"attn_config"}) - {"extra"}
+    unknown = sorted(set(cfg.model) - known)
+    if unknown:
+        raise UsageError(f"--model {', '.join(unknown)}: not an MPTConfig field; the fields are "
+                         f"{', '.join(sorted(known))}")
     overrides = dict(cfg.model)
     overrides.setdefault("vocab_size", vocab_size)
-    config = MPTConfig.preset(cfg.preset, **overrides)
-    if config.max_seq_len < cfg.seq_len and "max_seq_len" not in cfg.model:
-        config = MPTConfig.preset(cfg.preset, **{**overrides, "max_seq_len": cfg.seq_len})
-    return MPTForCausalLM(config)
+    try:
+        config = MPTConfig.preset(cfg.preset, **overrides)
+        if config.max_seq_len < cfg.seq_len and "max_seq_len" not in cfg.model:
+            config = MPTConfig.preset(cfg.preset, **{**overrides, "max_seq_len": cfg.seq_len})
+    except (TypeError, ValueError) as e:   # MPTConfig's checks name the field and value
+        raise UsageError(f"--preset {cfg.preset} --model {' '.join(f'{k}={v}' for k, v in cfg.model.items())}: {e}") from e
+    return config
+
+
+def build_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
+    """The MPT model of model_config(cfg, vocab_size)."""
+    from ..models import MPTForCausalLM
+    return MPTForCausalLM(model_config(cfg, vocab_size))
+
+
+def check_device(spec: str) -> None:
+    """A CUDA device asked for but absent is the user's mistake, said before anything starts."""
+    if not spec.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {spec}: no CUDA device is available here (use --device cpu or auto)")
+    index = int(spec.split(":")[1]) if ":" in spec else None
+    if index is not None and index >= torch.cuda.device_count():
+        raise UsageError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+# What state.pt must hold to be resumed (written by Trainer.save).
+_STATE_KEYS = ("step", "tokens_seen", "config", "model_config", "tokenizer", "optim_format",
+               "model", "optimizer", "scheduler", "sampler", "rng")
 
 
 def cpu_threads() -> int:
@@ -85,6 +123,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model_factory: Optional[Callable] = None,
                  dist_info: Optional[DistInfo] = None, echo: Callable[[str], None] = print):
         self.cfg = cfg
+        if dist_info is None:
+            check_device(cfg.device)
         self.dist = dist_info or init_distributed(cfg.device)
         self.device = self.dist.device
         self.echo = echo if self.dist.is_main else (lambda *_: None)
@@ -93,9 +133,15 @@ class Trainer:
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.threads or cpu_threads())
         self._set_seeds(cfg.seed)
+        # ---- the run dir: a fresh run must not mix with an earlier one (checked first, cheap)
+        resume_path = ckpt.resolve_checkpoint(cfg.resume, cfg.out_dir) if cfg.resume else None
+        if resume_path is None:
+            self._check_run_dir()
 
         # ---- data: rank 0 tokenises (or finds the cached shard), the others then open it
         self.tokenizer = load_tokenizer(cfg.tokenizer)
+        if model_factory is None:   # a bad --preset / --model fails before tokenising
+            model_config(cfg, self.tokenizer.vocab_size)
         if self.dist.is_main:
             shard, hit = build_shard(cfg.data, self.tokenizer, cfg.shard_cache, cfg.stdlib_max_bytes)
             self.echo(f"data: {len(shard):,} tokens ({'cached' if hit else 'tokenised'}) in {shard.path}")
@@ -110,15 +156,15 @@ class Trainer:
         local = self.sampler.local_batch
         self.micro = cfg.micro_batch or local
         if local % self.micro:
-            raise ValueError(f"micro_batch {self.micro} must divide the per-rank batch {local} "
-                             f"(global_batch {cfg.global_batch} / {self.dist.world_size} ranks)")
+            raise UsageError(f"--micro-batch {self.micro} must divide the per-rank batch {local} "
+                             f"(--global-batch {cfg.global_batch} / {self.dist.world_size} ranks)")
 
         # ---- model
         factory = model_factory or build_model
         module = factory(cfg, self.tokenizer.vocab_size).to(self.device)
         mconf = module.config
         if mconf.vocab_size < self.tokenizer.vocab_size:
-            raise ValueError(f"model vocab_size {mconf.vocab_size} < tokenizer vocab_size "
+            raise UsageError(f"model vocab_size {mconf.vocab_size} < tokenizer vocab_size "
                              f"{self.tokenizer.vocab_size}")
         self.n_params = sum(p.numel() for p in module.parameters())
         self.forward_kwargs = self._packing_support(module)
@@ -140,10 +186,35 @@ class Trainer:
         self.log = MetricsLog(cfg.out_dir / "metrics.jsonl" if self.dist.is_main else None)
         self.step, self.tokens_seen, self.history = 0, 0, []
         self._stop_signal: Optional[str] = None
-        if cfg.resume:
-            self.load(ckpt.resolve_checkpoint(cfg.resume, cfg.out_dir))
+        self._saved_step: Optional[int] = None    # the step of the newest checkpoint in out_dir
+        self._resumed_step: Optional[int] = None
+        if resume_path is not None:
+            self.load(resume_path)
+        elif cfg.overwrite:   # after every check above: a mistyped option deletes nothing
+            self._clear_run_dir()
 
     # ---- setup helpers ---------------------------------------------------------------------
+    def _check_run_dir(self) -> None:
+        """A fresh run into a dir that holds another run's checkpoints or metrics.jsonl would
+        mix with it (and --resume latest would later pick either): refuse, unless
+        cfg.overwrite asks to delete them (_clear_run_dir, once every other check passed)."""
+        cfg = self.cfg
+        found = ckpt.run_dir_contents(cfg.out_dir)
+        if found and not cfg.overwrite:
+            names = ", ".join(p.name for p in found[-3:])
+            hint = "continue it with --resume latest, " if ckpt.list_checkpoints(cfg.out_dir) else ""
+            raise ckpt.CheckpointError(
+                f"{cfg.out_dir} already holds a run ({names}): {hint}start another with --name NAME "
+                f"or --run-dir DIR, or delete it and start over with --overwrite")
+
+    def _clear_run_dir(self) -> None:
+        if self.dist.is_main:
+            found = ckpt.clear_run_dir(self.cfg.out_dir)
+            if found:
+                self.echo(f"--overwrite: deleted the earlier run in {self.cfg.out_dir} "
+                          f"({', '.join(p.name for p in found)})")
+        barrier(self.dist)
+
     @staticmethod
     def _set_seeds(seed: int) -> None:
         random.seed(seed)
@@ -306,11 +377,15 @@ class Trainer:
         return out
 
     def finish(self) -> dict:
-        """End of run: final eval, checkpoint, optional HF export."""
-        out = self._eval_and_report()
-        if out:
-            self.log.write({"step": self.step, **out})
-        self.save()
+        """End of run: final eval and checkpoint (unless this process trained no step, or
+        the last step's checkpoint is already written), optional HF export."""
+        out = {}
+        if self.step != self._resumed_step:
+            out = self._eval_and_report()
+            if out:
+                self.log.write({"step": self.step, **out})
+        if self._saved_step != self.step:
+            self.save()
         if self.cfg.export_hf:
             self.export_hf(self.cfg.export_hf)
         return out
@@ -338,40 +413,109 @@ class Trainer:
             path = ckpt.save_checkpoint(self.cfg.out_dir, self.step, state, self.cfg.keep_last)
             self.echo(f"checkpoint: {path}")
         barrier(self.dist)
+        self._saved_step = self.step
         return path
 
     def load(self, path) -> None:
         """Restores everything a checkpoint holds. Every rank reads the file (a filesystem
-        all ranks see); under FSDP each then keeps only its shard of the full state."""
+        all ranks see); under FSDP each then keeps only its shard of the full state.
+        Settings that shape the optimisation (config.RESUME_SETTINGS) must match the
+        checkpoint's unless cfg.allow_config_change; then they apply from its step on."""
         state = ckpt.load_checkpoint(path)
+        missing = [k for k in _STATE_KEYS if k not in state]
+        if missing:
+            raise ckpt.CheckpointError(f"checkpoint {path}: state.pt has no {', '.join(missing)} "
+                                       "(not written by mpt-train?)")
         mine = self.module.config.to_dict()
         if state["model_config"] != mine:
-            diff = sorted(k for k in set(mine) | set(state["model_config"])
-                          if mine.get(k) != state["model_config"].get(k))
+            saved = state["model_config"] if isinstance(state["model_config"], dict) else {}
+            diff = sorted(k for k in set(mine) | set(saved) if mine.get(k) != saved.get(k))
             raise ckpt.CheckpointError(f"checkpoint {path} is for another model: {', '.join(diff)} differ")
-        if state["tokenizer"]["fingerprint"] != self.tokenizer.fingerprint:
+        saved_tok = state["tokenizer"] if isinstance(state["tokenizer"], dict) else {}
+        if saved_tok.get("fingerprint") != self.tokenizer.fingerprint:
             raise ckpt.CheckpointError(f"checkpoint {path} was trained with tokenizer "
-                                       f"{state['tokenizer']['name']!r}, this run uses {self.tokenizer.name!r}")
+                                       f"{saved_tok.get('name')!r}, this run uses {self.tokenizer.name!r}")
+        changes, old_optimizer = self._setting_changes(path, state["config"])
+        step = state["step"]
+        if step > self.total_steps:
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} is at step {step}, past this run's last step {self.total_steps} "
+                "(--max-steps / --max-tokens): give a larger one, or start a new run")
         optim_format = "fqn" if self.cfg.strategy == "fsdp" and self.dist.distributed else "index"
         if state["optim_format"] != optim_format:
             raise ckpt.CheckpointError(f"checkpoint {path} holds a {state['optim_format']} optimizer state, "
                                        f"this run needs {optim_format} (resume with the same --strategy)")
+        sampler_state = state["sampler"]
+        if changes and isinstance(sampler_state, dict):
+            # allowed: a changed batch shape continues the same random stream of windows
+            sampler_state = {**sampler_state, "seq_len": self.cfg.seq_len,
+                             "global_batch": self.cfg.global_batch}
         try:
-            self.sampler.load_state_dict(state["sampler"])
-        except ValueError as e:
-            raise ckpt.CheckpointError(f"checkpoint {path}: {e}") from e
+            self.sampler.load_state_dict(sampler_state)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ckpt.CheckpointError(f"checkpoint {path}: sampler state does not fit ({e})") from e
+        same_optimizer = old_optimizer == self.cfg.optimizer   # never feed AdamW state to Lion
         if optim_format == "fqn":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-            set_state_dict(self.module, self.optimizer, model_state_dict=state["model"],
-                           optim_state_dict=state["optimizer"],
-                           options=StateDictOptions(full_state_dict=True))
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_state_dict)
+            options = StateDictOptions(full_state_dict=True)
+            if same_optimizer:
+                set_state_dict(self.module, self.optimizer, model_state_dict=state["model"],
+                               optim_state_dict=state["optimizer"], options=options)
+            else:
+                set_model_state_dict(self.module, state["model"], options=options)
         else:
             self.module.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            if same_optimizer:
+                self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if changes:
+            self._apply_optimizer_settings()
         restore_rng(state["rng"])
-        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        self.echo(f"resumed from {path} at step {self.step}")
+        self.step, self.tokens_seen = step, state["tokens_seen"]
+        self._resumed_step = step
+        in_run_dir = Path(path).resolve().parent == self.cfg.out_dir.resolve()
+        self._saved_step = step if in_run_dir else None
+        msg = f"resumed from {path} at step {step} of {self.total_steps}"
+        if changes:
+            msg += f"; changed (--allow-config-change, from step {step} on): {', '.join(changes)}"
+        if not same_optimizer:
+            msg += f"; optimizer {old_optimizer} -> {self.cfg.optimizer}: its state starts fresh"
+        if step == self.total_steps:
+            msg += "; the run is complete: nothing to train"
+        self.echo(msg)
+
+    def _setting_changes(self, path, saved_config) -> tuple[list[str], str]:
+        """'name: old -> new' for each RESUME_SETTINGS value that differs from the
+        checkpoint's; raises unless cfg.allow_config_change. Also the saved optimizer."""
+        try:
+            names = {f.name for f in dataclasses.fields(TrainConfig)}
+            old = TrainConfig.from_dict({k: v for k, v in saved_config.items() if k in names})
+        except (AttributeError, TypeError, ValueError) as e:
+            raise ckpt.CheckpointError(f"checkpoint {path}: its saved config cannot be read ({e})") from e
+        before, now = old.resume_settings(), self.cfg.resume_settings()
+        changes = [f"{k}: {before[k]} -> {now[k]}" for k in now if before[k] != now[k]]
+        if changes and not self.cfg.allow_config_change:
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} was trained with other settings ({'; '.join(changes)}): resume with "
+                "the checkpoint's, or pass --allow-config-change to apply these from its step on")
+        return changes, old.optimizer
+
+    def _apply_optimizer_settings(self) -> None:
+        """Puts this run's lr, betas, eps, weight decay and schedule into the optimizer and
+        scheduler (load_state_dict restored the checkpoint's), at the current step."""
+        cfg, sched = self.cfg, self.scheduler
+        groups = self.optimizer.param_groups
+        sched.base_lrs = [cfg.lr] * len(groups)
+        for i, group in enumerate(groups):
+            group["initial_lr"] = cfg.lr
+            group["lr"] = cfg.lr * sched.lr_lambdas[i](sched.last_epoch)
+            group["betas"] = tuple(cfg.betas)
+            if "eps" in group:
+                group["eps"] = cfg.eps
+            if i == 0:   # param_groups(): matrices first (decayed), then norms and biases
+                group["weight_decay"] = cfg.weight_decay
+        sched._last_lr = [group["lr"] for group in groups]
 
     def export_hf(self, out_dir):
         model_sd, _ = self._full_state() if self.dist.distributed and self.cfg.strategy == "fsdp" else (None, None)
