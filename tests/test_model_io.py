@@ -123,3 +123,89 @@ def test_unsupported_config_in_checkpoint_raises(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(d))
     with pytest.raises(ValueError, match="alibi"):
         MPTForCausalLM.from_pretrained(tmp_path)
+
+
+# ---- a user's broken checkpoint: one clear error (UsageError) before any large allocation ----
+
+def _saved(tmp_path, **overrides):
+    model = make_model(tiny_config(**overrides))
+    model.save_pretrained(tmp_path)
+    return model
+
+
+def _edit_config(tmp_path, **changes):
+    d = json.loads((tmp_path / "config.json").read_text())
+    d.update(changes)
+    (tmp_path / "config.json").write_text(json.dumps(d))
+
+
+def test_config_layer_count_mismatch_fails_before_building_the_model(tmp_path, monkeypatch):
+    """config.json says 3000 layers, the weights hold 2: fail on the weights' header, not
+    after constructing 3000 blocks (or, at 10^6 layers, never finishing)."""
+    from mpt_ext.errors import UsageError
+    from mpt_ext.models import modeling
+
+    _saved(tmp_path)
+    _edit_config(tmp_path, n_layers=3000)
+    built = []
+    real_init = modeling.MPTBlock.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling.MPTBlock, "__init__", counting_init)
+    with pytest.raises(UsageError) as err:
+        MPTForCausalLM.from_pretrained(tmp_path)
+    msg = str(err.value)
+    assert "config.json" in msg and "n_layers=3000" in msg and "2 blocks" in msg
+    assert "missing keys (" in msg and "transformer.blocks.2." in msg
+    assert len(built) <= 1
+
+
+@pytest.mark.parametrize("field,value", [
+    ("n_layers", 1_000_000), ("n_layers", 1e6), ("n_layers", -2), ("n_layers", "4"),
+    ("d_model", 2**40), ("vocab_size", 0), ("expansion_ratio", "4"),
+    ("expansion_ratio", float("inf")), ("max_seq_len", 2**63),
+])
+def test_absurd_config_values_are_rejected_naming_the_field(tmp_path, field, value):
+    from mpt_ext.errors import UsageError
+
+    _saved(tmp_path)
+    _edit_config(tmp_path, **{field: value})
+    with pytest.raises(UsageError, match=rf"config.json.*{field}="):
+        MPTForCausalLM.from_pretrained(tmp_path)
+
+
+def test_huge_model_config_is_rejected():
+    from mpt_ext.models import MPTConfig
+    with pytest.raises(ValueError, match="parameters"):
+        MPTConfig(d_model=65536, n_heads=64, n_layers=4096, vocab_size=50000)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_corrupt_safetensors_is_a_usage_error_naming_the_file(tmp_path, damage):
+    from mpt_ext.errors import UsageError
+
+    _saved(tmp_path)
+    f = tmp_path / "model.safetensors"
+    raw = f.read_bytes()
+    f.write_bytes({"garbage": b"\xff" * 64 + raw[64:], "truncated": raw[:len(raw) // 2],
+                   "empty": b""}[damage])
+    with pytest.raises(UsageError, match="model.safetensors"):
+        MPTForCausalLM.from_pretrained(tmp_path)
+
+
+def test_corrupt_bin_and_config_json_are_usage_errors(tmp_path):
+    from mpt_ext.errors import UsageError
+
+    model = make_model(tiny_config())
+    model.save_pretrained(tmp_path, safe_serialization=False)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not a pickle")
+    with pytest.raises(UsageError, match="pytorch_model.bin"):
+        MPTForCausalLM.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"d_model": 64,')
+    with pytest.raises(UsageError, match=r"config.json.*line 1"):
+        MPTForCausalLM.from_pretrained(tmp_path)
+    with pytest.raises(UsageError, match="does not exist"):
+        MPTForCausalLM.from_pretrained(tmp_path / "nowhere")

@@ -3,7 +3,9 @@ form that Hugging Face's config.json reader accepts (model_type "mpt").
 
 Supported (everything else raises ValueError naming the field): ALiBi attention (no learned
 or rotary positions), causal LM without prefix-LM or sequence-id masking, no attention
-dropout (the kernels have none), fused Wqkv, the MPT MLP with exact GELU.
+dropout (the kernels have none), fused Wqkv, the MPT MLP with exact GELU. Sizes past
+MAX_SIZES or MAX_PARAMETERS are rejected as absurd (a typo, not a model) before anything
+is allocated. The error is mpt_ext.errors.UsageError (a ValueError): a config is user input.
 """
 from __future__ import annotations
 
@@ -15,7 +17,17 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-__all__ = ["MPTConfig", "AttnConfig", "PRESETS"]
+from ..errors import UsageError
+
+__all__ = ["MPTConfig", "AttnConfig", "PRESETS", "MAX_SIZES", "MAX_PARAMETERS"]
+
+#: upper bounds of the integer sizes: far past any trained model (MPT-30B: 48 layers,
+#: d_model 7168), low enough that a typo (n_layers: 1000000) fails here and not after
+#: minutes of allocation
+MAX_SIZES = {"d_model": 2**17, "n_heads": 2**12, "n_layers": 2**12, "max_seq_len": 2**31 - 1,
+             "vocab_size": 2**24}
+#: upper bound of the parameter count the sizes give (10 trillion)
+MAX_PARAMETERS = 10**13
 
 _ATTN_TYPES = ("multihead_attention", "multiquery_attention", "grouped_query_attention")
 _NORM_TYPES = ("low_precision_layernorm", "layernorm", "rmsnorm", "low_precision_rmsnorm")
@@ -156,16 +168,27 @@ class MPTConfig:
     # ---- checks --------------------------------------------------------------------------
     def validate(self) -> None:
         def bad(name, value, expected):
-            raise ValueError(f"MPTConfig.{name}={value!r} is not supported: {expected}")
+            raise UsageError(f"MPTConfig.{name}={value!r} is not supported: {expected}")
+
+        def number(name, value):
+            if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                    or not math.isfinite(value)):
+                bad(name, value, "expected a finite number")
 
         for name in ("d_model", "n_heads", "n_layers", "max_seq_len", "vocab_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 bad(name, v, "expected a positive int")
+            if v > MAX_SIZES[name]:
+                bad(name, v, f"expected at most {MAX_SIZES[name]} (is it a typo?)")
         if self.d_model % self.n_heads:
             bad("d_model", self.d_model, f"must be divisible by n_heads={self.n_heads}")
+        number("expansion_ratio", self.expansion_ratio)
         if not self.expansion_ratio > 0 or self.ffn_hidden_size < 1:
             bad("expansion_ratio", self.expansion_ratio, "expected > 0")
+        for name in ("resid_pdrop", "emb_pdrop", "embedding_fraction", "layer_norm_epsilon",
+                     "initializer_range"):
+            number(name, getattr(self, name))
         if self.norm_type not in _NORM_TYPES:
             bad("norm_type", self.norm_type, f"expected one of {_NORM_TYPES}")
         for name in ("resid_pdrop", "emb_pdrop"):
@@ -221,6 +244,19 @@ class MPTConfig:
         init = self.init_config
         if init.get("name") not in ("kaiming_normal_", "baseline_"):
             bad("init_config.name", init.get("name"), "expected 'kaiming_normal_' or 'baseline_'")
+        n = self.approx_parameters()
+        if n > MAX_PARAMETERS:
+            bad("n_layers", self.n_layers, f"with d_model={self.d_model}, expansion_ratio="
+                f"{self.expansion_ratio} and vocab_size={self.vocab_size} the model would have "
+                f"~{n:.3g} parameters, more than {MAX_PARAMETERS:.0e}")
+
+    def approx_parameters(self) -> int:
+        """The weight count these sizes give (biases and norms left out)."""
+        d, hd = self.d_model, self.head_dim
+        attn = d * (d + 2 * self.kv_n_heads * hd) + d * d
+        ffn = 2 * d * self.ffn_hidden_size
+        emb = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
+        return self.n_layers * (attn + ffn) + emb
 
     # ---- dict / json ---------------------------------------------------------------------
     def to_dict(self) -> dict:

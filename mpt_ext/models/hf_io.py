@@ -1,19 +1,33 @@
 """Hugging Face checkpoint directories: config.json plus model.safetensors, sharded
 safetensors with model.safetensors.index.json, or pytorch_model.bin (optionally sharded
-with its index), read with torch.load(weights_only=True)."""
+with its index), read with torch.load(weights_only=True).
+
+Loading checks the weights' names and shapes against config.json before the model is
+built (from the safetensors headers, which costs no tensor reads), so a config that does
+not fit its weights fails in one message instead of allocating the config's model first.
+Whatever is wrong with the directory (missing, unreadable or corrupt files, a config that
+does not fit) raises mpt_ext.errors.UsageError naming the file, in one line.
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
+from ..errors import UsageError
 from .config import MPTConfig
 
-__all__ = ["load_pretrained", "save_pretrained", "load_state_dict_checked"]
+__all__ = ["load_pretrained", "save_pretrained", "load_state_dict_checked", "CheckpointNotFound"]
+
+
+class CheckpointNotFound(UsageError, FileNotFoundError):
+    """A checkpoint dir, its config.json or its weight files do not exist."""
 
 CONFIG_NAME = "config.json"
 SAFE_NAME = "model.safetensors"
@@ -26,69 +40,162 @@ _WEIGHT_FILE = re.compile(r"^(model(-\d{5}-of-\d{5})?\.safetensors|pytorch_model
 _MAX_LISTED = 20
 
 
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split()) or e.__class__.__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _read_json(file: Path) -> object:
+    try:
+        with open(file, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{file}: not valid JSON ({e})") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{file}: cannot read it ({_one_line(e)})") from e
+
+
 def _weight_files(path: Path) -> tuple[list[Path], bool]:
     """The weight files of a checkpoint dir and whether they are safetensors."""
     for index, safe in ((SAFE_INDEX, True), (BIN_INDEX, False)):
         if (path / index).is_file():
-            with open(path / index) as f:
-                weight_map = json.load(f).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise ValueError(f"{path / index} has no 'weight_map'")
+            index_json = _read_json(path / index)
+            weight_map = index_json.get("weight_map") if isinstance(index_json, dict) else None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str)
+                                                           for v in weight_map.values()):
+                raise UsageError(f"{path / index} has no 'weight_map' of tensor name -> file")
             files = sorted(set(weight_map.values()))
             missing = [f for f in files if not (path / f).is_file()]
             if missing:
-                raise FileNotFoundError(f"{path / index} lists shard(s) that are missing: {missing}")
+                raise CheckpointNotFound(f"{path / index} lists shard(s) that are missing: {missing}")
             return [path / f for f in files], safe
     if (path / SAFE_NAME).is_file():
         return [path / SAFE_NAME], True
     if (path / BIN_NAME).is_file():
         return [path / BIN_NAME], False
-    raise FileNotFoundError(f"no weights in {path}: expected {SAFE_NAME}, {SAFE_INDEX}, "
-                            f"{BIN_NAME} or {BIN_INDEX}")
+    raise CheckpointNotFound(f"no weights in {path}: expected {SAFE_NAME}, {SAFE_INDEX}, "
+                             f"{BIN_NAME} or {BIN_INDEX}")
+
+
+def _safetensors_shapes(files: list[Path]) -> dict:
+    """name -> shape from the safetensors headers (no tensor data is read)."""
+    from safetensors import SafetensorError, safe_open  # noqa: PLC0415
+    shapes: dict = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                part = {k: tuple(h.get_slice(k).get_shape()) for k in h.keys()}
+        except (SafetensorError, OSError) as e:
+            raise UsageError(f"{f}: not a readable safetensors file ({_one_line(e)})") from e
+        _merge(shapes, part)
+    return shapes
+
+
+def _merge(state: dict, part: dict) -> None:
+    dup = set(part) & set(state)
+    if dup:
+        raise UsageError(f"tensor(s) stored twice in the checkpoint: {sorted(dup)[:_MAX_LISTED]}")
+    state.update(part)
 
 
 def _read_weights(files: list[Path], safe: bool, device: torch.device) -> dict:
     state: dict = {}
     for f in files:
         if safe:
+            from safetensors import SafetensorError  # noqa: PLC0415
             from safetensors.torch import load_file  # noqa: PLC0415
-            part = load_file(str(f), device=str(device))
+            try:
+                part = load_file(str(f), device=str(device))
+            except (SafetensorError, OSError) as e:
+                raise UsageError(f"{f}: not a readable safetensors file ({_one_line(e)})") from e
         else:
-            part = torch.load(f, map_location=device, weights_only=True)
-        dup = set(part) & set(state)
-        if dup:
-            raise ValueError(f"tensor(s) stored twice in the checkpoint: {sorted(dup)[:_MAX_LISTED]}")
-        state.update(part)
+            try:
+                part = torch.load(f, map_location=device, weights_only=True)
+            except (pickle.UnpicklingError, EOFError, RuntimeError, OSError) as e:
+                raise UsageError(f"{f}: not a readable PyTorch weights file ({_one_line(e)})") from e
+            if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor)
+                                                     for v in part.values()):
+                raise UsageError(f"{f}: expected a state dict (tensor name -> tensor), got "
+                                 f"{type(part).__name__}")
+        _merge(state, part)
     return state
 
 
-def _listing(names) -> str:
-    names = sorted(names)
-    more = f" ... and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
-    return ", ".join(names[:_MAX_LISTED]) + more
+def _listing(names, total: Optional[int] = None) -> str:
+    names = sorted(names)[:_MAX_LISTED]
+    total = len(names) if total is None else total
+    more = f" ... and {total - len(names)} more" if total > len(names) else ""
+    return ", ".join(names) + more
+
+
+_BLOCK_KEY = re.compile(r"^transformer\.blocks\.(0|[1-9]\d*)\.(.+)$")
+
+
+def _expected_shapes(cls, config: MPTConfig) -> tuple[dict, dict]:
+    """(name -> shape outside the blocks, block-relative name -> shape), from a one-block
+    model on the meta device: the config's own model is never built for the check."""
+    one = cls(dataclasses.replace(config, n_layers=1), device="meta")
+    top, block = {}, {}
+    for k, v in one.state_dict().items():
+        m = _BLOCK_KEY.match(k)
+        (block if m else top)[m.group(2) if m else k] = tuple(v.shape)
+    return top, block
+
+
+def check_shapes(cls, config: MPTConfig, shapes: dict, where: str = "checkpoint") -> None:
+    """Raises UsageError listing every missing key, unexpected key and shape mismatch of
+    shapes (name -> shape) against config's model, without building that model."""
+    shapes = dict(shapes)
+    if config.tie_word_embeddings:
+        shapes.pop("lm_head.weight", None)  # transformers' state_dict lists the tied head too
+    top, block = _expected_shapes(cls, config)
+    n_layers = config.n_layers
+    unexpected, mismatched, present_block_keys, blocks_seen = [], [], 0, set()
+    for k, shape in shapes.items():
+        m = _BLOCK_KEY.match(k)
+        if m:
+            blocks_seen.add(int(m.group(1)))
+        if m and int(m.group(1)) < n_layers and m.group(2) in block:
+            expected = block[m.group(2)]
+            present_block_keys += 1
+        elif k in top:
+            expected = top[k]
+        else:
+            unexpected.append(k)
+            continue
+        if tuple(shape) != expected:
+            mismatched.append(f"{k}: checkpoint {tuple(shape)} vs model {expected}")
+    missing = [k for k in top if k not in shapes]
+    n_missing = len(missing) + n_layers * len(block) - present_block_keys
+    for i in range(n_layers):  # the first few missing block keys (n_layers may be huge)
+        if len(missing) >= _MAX_LISTED or len(missing) == n_missing:
+            break
+        missing += [f"transformer.blocks.{i}.{b}" for b in block
+                    if f"transformer.blocks.{i}.{b}" not in shapes]
+    problems = []
+    if blocks_seen and len(blocks_seen) != n_layers:
+        problems.append(f"config.json has n_layers={n_layers}, the weights hold "
+                        f"{len(blocks_seen)} blocks")
+    if n_missing:
+        problems.append(f"missing keys ({n_missing}): {_listing(missing, n_missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches ({len(mismatched)}): "
+                        + ", ".join(sorted(mismatched)[:_MAX_LISTED])
+                        + (f" ... and {len(mismatched) - _MAX_LISTED} more"
+                           if len(mismatched) > _MAX_LISTED else ""))
+    if problems:
+        raise UsageError(f"{where} does not match the MPT config: " + "; ".join(problems))
 
 
 def load_state_dict_checked(model: torch.nn.Module, state: dict, assign: bool = False) -> None:
     """load_state_dict that first reports every missing key, unexpected key and shape
-    mismatch in one ValueError. A tied lm_head.weight stored beside wte is accepted."""
-    expected = model.state_dict()
+    mismatch in one UsageError. A tied lm_head.weight stored beside wte is accepted."""
     state = dict(state)
     if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" in state:
         del state["lm_head.weight"]  # transformers' state_dict lists the tied head too
-    missing = set(expected) - set(state)
-    unexpected = set(state) - set(expected)
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in sorted(set(state) & set(expected))
-              if tuple(state[k].shape) != tuple(expected[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
-    if shapes:
-        problems.append(f"shape mismatches ({len(shapes)}): " + "; ".join(shapes[:_MAX_LISTED]))
-    if problems:
-        raise ValueError("checkpoint does not match the MPT config:\n  " + "\n  ".join(problems))
+    check_shapes(type(model), model.config, {k: tuple(v.shape) for k, v in state.items()})
     model.load_state_dict(state, strict=True, assign=assign)
 
 
@@ -104,14 +211,25 @@ def load_pretrained(cls, path: Union[str, os.PathLike], dtype: Optional[torch.dt
     """A model (in eval mode, like transformers') from a Hugging Face MPT checkpoint dir.
     dtype: None keeps the checkpoint's floating dtype (its wte's)."""
     path = Path(path)
-    if not (path / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{path} has no {CONFIG_NAME}")
-    with open(path / CONFIG_NAME) as f:
-        config_dict = json.load(f)
-    config = MPTConfig.from_dict(config_dict)
+    config_file = path / CONFIG_NAME
+    if not path.is_dir():
+        raise CheckpointNotFound(f"checkpoint dir {path} " + ("is a file, not a directory"
+                                 if path.exists() else "does not exist"))
+    if not config_file.is_file():
+        raise CheckpointNotFound(f"{path} has no {CONFIG_NAME}: not a Hugging Face model dir")
+    config_dict = _read_json(config_file)
+    try:
+        config = MPTConfig.from_dict(config_dict)
+    except (ValueError, TypeError) as e:  # the file's values: the user's to fix
+        raise UsageError(f"{config_file}: {_one_line(e)}") from e
     device = torch.device(device if device is not None else "cpu")
     files, safe = _weight_files(path)
+    if safe:  # the headers first: a mismatch fails before any tensor is read
+        check_shapes(cls, config, _safetensors_shapes(files), f"checkpoint {path}")
     state = _read_weights(files, safe, device)
+    if not safe:
+        check_shapes(cls, config, {k: tuple(v.shape) for k, v in state.items()},
+                     f"checkpoint {path}")
     if dtype is None:
         wte = state.get("transformer.wte.weight")
         dtype = wte.dtype if wte is not None else _dtype_from_config(config_dict) or torch.float32
