@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import attention, decode, model, norms
+from . import threads as threads_mod
 from .ceilings import measure_ceilings
 from .core import Settings
 from .env import collect as collect_env
@@ -49,6 +50,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-repeats", type=int)
     g.add_argument("--warmup-ms", type=float)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=int,
+                   help="torch intra-op threads for every implementation (our CPU kernels' "
+                   "at::parallel_for and the baselines' OpenMP/MKL alike). Default: the cores "
+                   "that the 1-minute load average leaves free (at least 1), at most torch's "
+                   "own setting (OMP_NUM_THREADS)")
+    g.add_argument("--interleave", dest="interleave", action="store_true", default=None,
+                   help="time each problem's implementations in alternating rounds (the "
+                   "default on a CPU)")
+    g.add_argument("--no-interleave", dest="interleave", action="store_false",
+                   help="time each implementation on its own (the default on a GPU)")
     g.add_argument("--budget-s", type=float,
                    help="stop starting new cases after this many seconds; the rest are "
                    "reported as skipped (default: %d for all, none otherwise; 0: none)"
@@ -85,7 +96,7 @@ def _resolve_device(choice: str) -> torch.device:
 
 def _settings(device: torch.device, args) -> Settings:
     s = Settings.for_device(device)
-    for name in ("target_ms", "min_repeats", "max_repeats", "warmup_ms"):
+    for name in ("target_ms", "min_repeats", "max_repeats", "warmup_ms", "interleave"):
         if getattr(args, name) is not None:
             setattr(s, name, getattr(args, name))
     s.max_repeats = max(s.max_repeats, s.min_repeats)
@@ -103,7 +114,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv = ["all"] + argv  # the default suite
     parser, subparsers = build_parser()
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    # One thread count for the whole run, chosen before anything is measured.
+    plan = threads_mod.plan(args.threads)
+    plan.apply()
+    try:
+        return _run(args, subparsers, plan)
+    finally:
+        plan.restore()  # in-process callers (the tests) get their setting back
 
+
+def _run(args, subparsers, plan) -> int:
     device = _resolve_device(args.device)
     dtype = (_DTYPES[args.dtype] if args.dtype != "auto"
              else torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -112,8 +134,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     small = device.type != "cuda" or args.quick
     if device.type != "cuda":
         print(f"mpt-bench: no CUDA GPU{' requested' if args.device == 'cpu' else ' found'}: "
-              f"running the CPU paths at small sizes ({str(dtype)[6:]}). The numbers check the "
-              "harness and the CPU kernels; they are not a performance benchmark.", flush=True)
+              f"running the CPU paths at small sizes ({str(dtype)[6:]}). The numbers compare "
+              "the CPU kernels with the baselines under one thread setting; they say nothing "
+              "about GPU speed.", flush=True)
     else:
         print(f"mpt-bench: {torch.cuda.get_device_name(device)}, {str(dtype)[6:]}"
               f"{', --quick: small grids (checks the harness)' if args.quick else ''}; "
@@ -121,12 +144,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     started = time.time()
     settings = _settings(device, args)
+    settings.threads = plan.intra_op
+    threads = plan.record()
+    print(f"mpt-bench: {plan.intra_op} intra-op thread(s) for every implementation "
+          f"({plan.chosen_by}); {'interleaved rounds' if settings.interleave else 'one at a time'}"
+          , flush=True)
     env = collect_env(device)
     ceilings = measure_ceilings(settings)
     impl_filter = [s.strip() for s in args.impls.split(",") if s.strip()] if args.impls else None
     ctx = Context(device=device, dtype=dtype, settings=settings, env=env, ceilings=ceilings,
                   out_dir=out_dir, impl_filter=impl_filter, plot=not args.no_plot,
-                  progress=not args.no_progress, profile="small" if small else "full")
+                  progress=not args.no_progress, profile="small" if small else "full",
+                  threads=threads)
     if args.quick:
         ctx.notes.append("--quick: small grids")
 
@@ -158,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.makedirs(out_dir, exist_ok=True)
     index = {"schema": SCHEMA, "command": args.command, "elapsed_s": round(time.time() - started, 1),
              "cpu_fallback": device.type != "cuda", "env": env, "ceilings": ceilings,
-             "outputs": written}
+             "threads": threads, "outputs": written}
     with open(os.path.join(out_dir, "index.json"), "w") as fh:
         json.dump(index, fh, indent=1, default=str)
     print(f"mpt-bench: {', '.join(names)} done in {index['elapsed_s']:.0f} s; results in "

@@ -10,7 +10,9 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 
 from . import report
-from .core import Prepared, Problem, Result, Settings, is_fatal_cuda_error, run_case, skipped
+from . import threads as threads_mod
+from .core import (Prepared, Problem, Result, Settings, is_fatal_cuda_error, run_contenders,
+                   skipped)
 
 SCHEMA = "mpt-bench/1"
 
@@ -30,6 +32,7 @@ class Context:
     notes: list[str] = field(default_factory=list)
     deadline: Optional[float] = None         # time.time() after which cases are skipped
     fatal: Optional[str] = None              # a CUDA error that poisoned the context
+    threads: dict = field(default_factory=dict)  # the run's thread plan (threads.ThreadPlan)
 
     @property
     def cpu_fallback(self) -> bool:
@@ -78,28 +81,46 @@ def _progress(total: int, desc: str, enabled: bool):
 def run_grid(ctx: Context, suite: str, cases: Sequence[tuple[Problem, object, Optional[str]]],
              prepare: Callable[[Problem, object], Callable[[], Prepared]],
              repeats: Optional[int] = None, collect: bool = False) -> list[Result]:
-    """cases: (problem, impl, skip_reason or None). impl has .name and .kind."""
-    results = []
+    """cases: (problem, impl, skip_reason or None). impl has .name and .kind. With
+    ctx.settings.interleave the contenders of one problem are timed together in alternating
+    rounds; else each on its own. Results come back in the cases' order."""
+    groups: "dict[str, list[int]]" = {}
+    for i, (problem, _, _) in enumerate(cases):
+        groups.setdefault(problem.key, []).append(i)
+    if not ctx.settings.interleave:
+        groups = {str(i): [i] for i in range(len(cases))}
+    results: list[Optional[Result]] = [None] * len(cases)
     with _progress(len(cases), suite, ctx.progress) as bar:
-        for problem, impl, skip_reason in cases:
-            bar.set_postfix_str(f"{problem.key} | {impl.name}", refresh=False)
-            if not skip_reason and ctx.fatal:
-                skip_reason = f"CUDA context lost after: {ctx.fatal}"
-            if not skip_reason and ctx.deadline is not None and time.time() > ctx.deadline:
-                skip_reason = "time budget reached (--budget-s)"
-            if skip_reason:
-                res = skipped(suite, problem, impl.name, impl.kind, skip_reason)
-            else:
-                res = run_case(suite, problem, impl.name, impl.kind, prepare(problem, impl),
-                               ctx.settings, repeats=repeats, collect=collect)
-            if not res.ok and not res.status.startswith(("skipped", "unavailable")):
-                bar.write(f"  {suite}: {problem.key} | {impl.name}: {res.status}")
-            if ctx.device.type == "cuda" and is_fatal_cuda_error(res.status):
-                ctx.fatal = f"{problem.key} | {impl.name}: {res.status[:120]}"
-                ctx.notes.append(f"stopped: {ctx.fatal}; later cases were not run")
-            results.append(res)
-            bar.update(1)
-    return results
+        for idx in groups.values():
+            problem = cases[idx[0]][0]
+            bar.set_postfix_str(f"{problem.key} | "
+                                + ", ".join(cases[i][1].name for i in idx), refresh=False)
+            run = []
+            for i in idx:
+                _, impl, skip_reason = cases[i]
+                if not skip_reason and ctx.fatal:
+                    skip_reason = f"CUDA context lost after: {ctx.fatal}"
+                if not skip_reason and ctx.deadline is not None and time.time() > ctx.deadline:
+                    skip_reason = "time budget reached (--budget-s)"
+                if skip_reason:
+                    results[i] = skipped(suite, problem, impl.name, impl.kind, skip_reason)
+                else:
+                    run.append(i)
+            timed = run_contenders(
+                suite, problem,
+                [(cases[i][1].name, cases[i][1].kind, prepare(problem, cases[i][1]))
+                 for i in run], ctx.settings, repeats=repeats, collect=collect) if run else []
+            for i, res in zip(run, timed):
+                results[i] = res
+            for i in idx:
+                res = results[i]
+                if not res.ok and not res.status.startswith(("skipped", "unavailable")):
+                    bar.write(f"  {suite}: {problem.key} | {res.impl}: {res.status}")
+                if ctx.device.type == "cuda" and is_fatal_cuda_error(res.status) and not ctx.fatal:
+                    ctx.fatal = f"{problem.key} | {res.impl}: {res.status[:120]}"
+                    ctx.notes.append(f"stopped: {ctx.fatal}; later cases were not run")
+            bar.update(len(idx))
+    return results  # type: ignore[return-value]
 
 
 def make_report(ctx: Context, suite: str, results: Iterable[Result], config: dict,
@@ -115,6 +136,8 @@ def make_report(ctx: Context, suite: str, results: Iterable[Result], config: dic
         "ceilings": ctx.ceilings,
         "config": config,
         "notes": list(ctx.notes),
+        "threads": {**ctx.threads, "load_at_end": threads_mod.loadavg(),
+                    "interleaved": ctx.settings.interleave},
         "plot": plot_spec,
         "elapsed_s": round(time.time() - started, 1),
         "rows": rows,
