@@ -22,14 +22,50 @@ def annotate(rows: list[dict], ceilings: dict) -> None:
         if r["kind"] == "baseline" and r["status"] == "ok" and r.get("value"):
             if r["key"] not in best or r["value"] > best[r["key"]][1]:
                 best[r["key"]] = (r["impl"], r["value"])
+    reliable = {(r["key"], r["impl"]): _reliable(r) for r in rows}
     for r in rows:
         b = best.get(r["key"])
         r["best_baseline"] = b[0] if b else None
         r["vs_best_baseline"] = (round(r["value"] / b[1], 3)
                                  if b and r["status"] == "ok" and r.get("value") else None)
+        # A ratio is as reliable as the less reliable of its two timings.
+        r["vs_best_reliable"] = (reliable[(r["key"], r["impl"])]
+                                 and reliable[(r["key"], b[0])]
+                                 if r["vs_best_baseline"] is not None else None)
         ceiling = ceilings.get(_CEILING_FOR_METRIC.get(r["metric"], ""), None)
         r["of_ceiling"] = (round(r["value"] / ceiling, 3)
                            if ceiling and r["status"] == "ok" and r.get("value") else None)
+
+
+def _reliable(r: dict) -> bool:
+    """Rows from before the reliability flags count as reliable; the report says when a CPU
+    run recorded no thread setting."""
+    return r["status"] == "ok" and r.get("reliable", True) and not r.get("flags")
+
+
+UNRELIABLE_MARK = "?"
+UNRELIABLE_NOTE = ("?: unreliable (a wide spread, or a CPU that other processes took while it "
+                   "was timed); the row's flags say why")
+
+
+def threads_line(rep: dict) -> Optional[str]:
+    """How the run set its CPU threads, or None for reports from before it did."""
+    t = rep.get("threads")
+    if not t:
+        return None
+    loads = [f"{t[k]:.2f} at {k.split('_')[-1]}" for k in ("load_at_start", "load_at_end")
+             if t.get(k) is not None]
+    return (f"threads: {t.get('intra_op')} intra-op for every implementation "
+            f"({t.get('chosen_by')}); "
+            f"{'interleaved rounds' if t.get('interleaved') else 'timed one at a time'}; "
+            f"{t.get('cores')} cores, 1-min load {', '.join(loads) or 'unknown'}")
+
+
+def fmt_ratio(r: dict) -> str:
+    v = r.get("vs_best_baseline")
+    if not v:
+        return "-"
+    return f"{v:.2f}x" + (UNRELIABLE_MARK if r.get("vs_best_reliable") is False else "")
 
 
 def fmt_num(v: Optional[float]) -> str:
@@ -55,8 +91,15 @@ def _header(rep: dict) -> list[str]:
              f"CUDA {env.get('cuda')} | mpt_ext {commit} | {env.get('date_utc')} UTC",
              f"   ceilings: copy {fmt_num(c.get('copy_gbps'))} GB/s ({c.get('copy_what')}), "
              f"matmul {fmt_num(c.get('matmul_tflops'))} TFLOP/s ({c.get('matmul_what')})"]
+    tl = threads_line(rep)
+    if tl:
+        lines.append(f"   {tl}")
     if rep.get("cpu_fallback"):
-        lines.append("   NO CUDA GPU: CPU paths at small sizes; a smoke run, not a benchmark.")
+        lines.append("   NO CUDA GPU: CPU paths at small sizes; says nothing about GPU speed.")
+        if not tl:
+            lines.append("   NO THREAD SETTING RECORDED (older mpt-bench): CPU ratios unreliable.")
+    if any(r.get("vs_best_reliable") is False for r in rep.get("rows", [])):
+        lines.append(f"   {UNRELIABLE_NOTE}")
     lines += [f"   note: {n}" for n in rep.get("notes", [])]
     return lines
 
@@ -70,7 +113,8 @@ def format_table(rep: dict) -> str:
     """A long-form table: one line per (problem, impl), the problem named once per group;
     a failed case shows its status in place of the numbers."""
     metric = next((r["metric"] for r in rep["rows"]), "")
-    head = ["problem", "impl", "ms", "p10-p90 %", metric, "x best", "% ceil", "peak GiB"]
+    head = ["problem", "impl", "ms", "IQR %", "p10-p90 %", metric, "x best", "% ceil",
+            "peak GiB"]
     lines: list[tuple[list[str], Optional[str], str]] = []  # (cells, status, extra)
     last_key = None
     for r in rep["rows"]:
@@ -79,14 +123,18 @@ def format_table(rep: dict) -> str:
         if r["status"] != "ok":
             lines.append(([key, r["impl"]], r["status"][:100], ""))
             continue
+        extra = _extra_text(r.get("extra") or {})
+        if r.get("flags"):
+            extra = ("UNRELIABLE: " + "; ".join(r["flags"]) + (" | " + extra if extra else ""))
         lines.append(([
             key, r["impl"], fmt_num(r.get("median_ms")),
+            f"{100 * r['iqr']:.1f}" if r.get("iqr") is not None else "-",
             f"{100 * r['spread']:.1f}" if r.get("spread") is not None else "-",
-            fmt_num(r.get("value")),
-            f"{r['vs_best_baseline']:.2f}x" if r.get("vs_best_baseline") else "-",
+            fmt_num(r.get("value")) + (UNRELIABLE_MARK if not _reliable(r) else ""),
+            fmt_ratio(r),
             f"{100 * r['of_ceiling']:.0f}%" if r.get("of_ceiling") else "-",
             fmt_num(r.get("peak_gib")),
-        ], None, _extra_text(r.get("extra") or {})))
+        ], None, extra))
     widths = [len(h) for h in head]
     for cells, _, _ in lines:
         for i, c in enumerate(cells):
@@ -161,9 +209,14 @@ def plot(rep: dict, path: str) -> None:
     if not panels:
         axes.flat[0].text(0.5, 0.5, "no successful cases", ha="center", va="center")
     env = rep.get("env", {})
-    card = env.get("gpu") or "CPU (smoke run, small sizes)"
-    fig.suptitle(f"mpt-bench {rep['suite']} | {rep.get('dtype')} | {card} | {env.get('date_utc')}",
-                 fontsize=11)
+    t = rep.get("threads") or {}
+    card = env.get("gpu") or (f"CPU, {t['intra_op']} thread(s), small sizes" if t
+                              else "CPU (no thread setting recorded), small sizes")
+    title = f"mpt-bench {rep['suite']} | {rep.get('dtype')} | {card} | {env.get('date_utc')}"
+    if any(not _reliable(r) for rs in panels.values() for r in rs):
+        title += ("\nhollow grey points / hatched bars: unreliable (wide spread or a "
+                  "contended CPU; see the table's flags)")
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -191,6 +244,10 @@ def _lines(ax, prs: list[dict], spec: dict, ceiling: Optional[float], colors: di
         rs = sorted(rs, key=lambda r: r["params"][spec["x"]])
         ax.plot([r["params"][spec["x"]] for r in rs], [r["value"] for r in rs], label=impl,
                 color=colors.get(impl), **_style(rs[0]["kind"]))
+        bad = [r for r in rs if not _reliable(r)]
+        if bad:  # drawn over the line's own marker: hollow and grey
+            ax.scatter([r["params"][spec["x"]] for r in bad], [r["value"] for r in bad],
+                       s=60, facecolors="white", edgecolors="gray", linewidths=1.5, zorder=4)
     if ceiling:
         ax.axhline(ceiling, color="gray", linestyle=":", linewidth=1,
                    label=f"measured ceiling {fmt_num(ceiling)}")
@@ -210,13 +267,19 @@ def _bars(ax, prs: list[dict], colors: dict) -> None:
     impls = list(OrderedDict.fromkeys(r["impl"] for r in prs))
     width = 0.8 / max(1, len(impls))
     for j, impl in enumerate(impls):
-        xs, ys = [], []
+        xs, ys, bad = [], [], []
         for i, k in enumerate(keys):
             for r in prs:
                 if r["key"] == k and r["impl"] == impl:
                     xs.append(i + j * width)
                     ys.append(r["value"])
-        ax.bar(xs, ys, width=width, label=impl, color=colors.get(impl))
+                    bad.append(not _reliable(r))
+        bars = ax.bar(xs, ys, width=width, label=impl, color=colors.get(impl))
+        for b, unreliable in zip(bars, bad):
+            if unreliable:
+                b.set_alpha(0.35)
+                b.set_hatch("//")
+                b.set_edgecolor("gray")
     ax.set_xticks([i + width * (len(impls) - 1) / 2 for i in range(len(keys))])
     ax.set_xticklabels(keys, fontsize=7, rotation=15)
     ax.legend(fontsize=7)
@@ -230,7 +293,10 @@ def _cell(r: Optional[dict], field: str = "value") -> str:
         return ""
     s = r["status"]
     if s == "ok":
-        return fmt_num(r.get(field))
+        if r.get(field) is None:
+            return "-"
+        return fmt_num(r.get(field)) + (UNRELIABLE_MARK if field == "value"
+                                        and not _reliable(r) else "")
     if s == "OOM" or s == "not built":
         return s
     if s.startswith(("skipped", "unavailable")):
@@ -246,7 +312,7 @@ def _pivot(by_key: "OrderedDict[str, dict]", impls: list[str], field: str,
         line = f"| {key} | " + " | ".join(_cell(cells.get(i), field) for i in impls) + " |"
         if ratio:
             ours = next((r for r in cells.values() if r["kind"] == "ours"), None)
-            line += (f" {ours['vs_best_baseline']:.2f}x |"
+            line += (f" {fmt_ratio(ours)} |"
                      if ours is not None and ours.get("vs_best_baseline") else "  |")
         out.append(line)
     return out
@@ -264,6 +330,14 @@ def markdown(rep: dict, png_name: Optional[str] = None) -> str:
     for r in rows:
         by_key.setdefault(r["key"], {})[r["impl"]] = r
     out = [f"### {rep['suite']} ({metric}, higher is better)", ""]
+    tl = threads_line(rep)
+    if tl:
+        out.append(f"{tl[0].upper()}{tl[1:]}.  ")
+    elif rep.get("cpu_fallback"):
+        out.append("No thread setting recorded (a run from before mpt-bench set one): these "
+                   "CPU ratios are unreliable.  ")
+    if any(not _reliable(r) for r in rows if r["status"] == "ok"):
+        out.append(f"{UNRELIABLE_NOTE}.  ")
     out += [f"Note: {n}  " for n in rep.get("notes", [])]
     out += _pivot(by_key, impls, "value", ratio=True)
     if rep.get("plot", {}).get("memory_table"):
