@@ -1,5 +1,6 @@
-"""mpt-bench: the counting rules, the statistics, failure handling, and a CPU smoke run of
-every subcommand (tiny sizes, in-process so that torch is imported once)."""
+"""mpt-bench: the counting rules, the statistics, failure handling, one thread setting and
+interleaved rounds for every contender, the reliability flags, and a CPU smoke run of every
+subcommand (tiny sizes, in-process so that torch is imported once)."""
 import json
 import math
 import os
@@ -11,11 +12,13 @@ import pytest
 import torch
 
 from mpt_ext.bench import attention as attention_cmd
-from mpt_ext.bench import cli, counting, report
-from mpt_ext.bench.baselines import BASELINE, OURS, AttentionImpl
+from mpt_ext.bench import cli, core, counting, report
+from mpt_ext.bench import norms as norms_cmd
+from mpt_ext.bench import threads as threads_mod
+from mpt_ext.bench.baselines import BASELINE, OURS, AttentionImpl, NormImpl
 from mpt_ext.bench.core import (Prepared, Problem, Settings, Skip, Unavailable, classify_error,
                                 is_fatal_cuda_error, measure, percentile, rotation_count,
-                                run_case, summarize)
+                                run_case, run_contenders, summarize)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device("cpu")
@@ -251,6 +254,146 @@ def test_attention_baselines_compute_alibi(adapter, sq, sk, h, hk, monkeypatch):
     out = build[adapter](spec)(q, k, v)
     ref = _alibi_reference(q, k, v, slopes, causal=True)
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
+
+
+# ---- one thread setting, interleaved rounds, reliability flags -----------------------------
+
+def _recording_norm_impls(log):
+    """Two fake norm contenders that log (name, torch threads) on every call."""
+    def build(name):
+        def builder(spec):
+            def fn(x, w):
+                log.append((name, torch.get_num_threads()))
+                return x * w
+            return fn
+        return builder
+    return [NormImpl("fake ours", OURS, build("a")), NormImpl("fake baseline", BASELINE,
+                                                             build("b"))]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_every_contender_runs_with_the_one_thread_setting(threads, tmp_path, monkeypatch):
+    # The bug: baselines ran with torch's default threads on a loaded machine and stalled.
+    # Every contender of a run must be timed with the one chosen count, recorded in the JSON.
+    log = []
+    monkeypatch.setattr(norms_cmd, "norm_impls", lambda: _recording_norm_impls(log))
+    before = torch.get_num_threads()
+    assert cli.main(["norms", "--out", str(tmp_path), *FAST, "--no-plot", "--rows", "8",
+                     "--hidden", "16", "--ops", "layer_norm", "--passes", "fwd",
+                     "--threads", str(threads)]) == 0
+    assert torch.get_num_threads() == before  # the caller's setting comes back
+    assert {name for name, _ in log} == {"a", "b"}
+    assert {n for _, n in log} == {threads}
+    rep = json.loads((tmp_path / "norms.json").read_text())
+    assert rep["threads"]["intra_op"] == threads and rep["threads"]["chosen_by"] == "--threads"
+    assert rep["threads"]["interleaved"] is True
+    assert all(r["threads"] == threads for r in rep["rows"])
+    assert f"threads: {threads} intra-op for every implementation" in \
+        (tmp_path / "norms.txt").read_text()
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert index["threads"]["intra_op"] == threads
+
+
+def test_default_threads_are_the_free_cores(monkeypatch):
+    monkeypatch.setattr(threads_mod, "cores", lambda: 4)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    for load, want in [(0.0, 4), (1.6, 2), (2.4, 2), (3.9, 1), (9.0, 1)]:
+        monkeypatch.setattr(threads_mod.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+        n, why = threads_mod.default_threads()
+        assert n == want, (load, n)
+        assert "free cores" in why
+    # never more than torch's own setting (OMP_NUM_THREADS=1 gives 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(threads_mod.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert threads_mod.default_threads()[0] == 1
+    assert threads_mod.plan(3).intra_op == 3
+    with pytest.raises(ValueError):
+        threads_mod.plan(0)
+
+
+def test_contenders_are_timed_in_alternating_rounds(tmp_path, monkeypatch):
+    # All-A-then-all-B lets a burst of load from another process hit one contender only.
+    log = []
+    monkeypatch.setattr(norms_cmd, "norm_impls", lambda: _recording_norm_impls(log))
+    assert cli.main(["norms", "--out", str(tmp_path), *FAST, "--no-plot", "--rows", "8",
+                     "--hidden", "16", "--ops", "layer_norm", "--passes", "fwd",
+                     "--min-repeats", "6", "--max-repeats", "6"]) == 0
+    names = [name for name, _ in log]
+    switches = sum(1 for x, y in zip(names, names[1:]) if x != y)
+    assert switches >= 6, names  # sequential timing would switch once
+
+    # The rounds alternate the order (a b, b a, a b ...), each a burst per contender.
+    bursts = []
+    settings = Settings(device=CPU, warmup_ms=0.0, target_ms=0.0, min_repeats=1,
+                        interleave=True, threads=1)
+    prep = lambda: Prepared(call=lambda x: x + 1, inputs=torch.ones(2))  # noqa: E731
+    res = run_contenders("t", _problem(), [("a", OURS, prep), ("b", BASELINE, prep)],
+                         settings, repeats=4, log=bursts)
+    assert [b[0] for b in bursts] == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert all(r.ok and r.timing.repeats <= 4 and r.threads == 1 for r in res)
+
+
+def _fake_cpu_timings(times, waits):
+    """Stands in for the CPU timer: call i (counted across bursts) took times[i] ms and
+    waited waits[i] ms for a core."""
+    count = [0]
+
+    def fake(call, sets, n, probe):
+        idx = range(count[0], count[0] + n)
+        count[0] += n
+        for i in range(n):
+            call(sets[i % len(sets)])
+        return [times[i % len(times)] for i in idx], [waits[i % len(waits)] for i in idx]
+    return fake
+
+
+def test_calls_that_waited_for_a_core_are_left_out_and_flagged(monkeypatch):
+    settings = Settings(device=CPU, warmup_ms=0.0, target_ms=0.0, min_repeats=1,
+                        interleave=True, threads=1)
+    prep = lambda: Prepared(call=lambda x: x + 1, inputs=torch.ones(2))  # noqa: E731
+    # every other call was descheduled for 2 ms: those calls are not the kernel's time
+    monkeypatch.setattr(core, "_time_calls_cpu", _fake_cpu_timings([1.0, 3.0], [0.0, 2.0]))
+    r = run_contenders("t", _problem(), [("a", OURS, prep)], settings, repeats=8)[0]
+    assert r.ok and r.timing.median_ms == 1.0 and r.timing.repeats == 4
+    assert r.clean_share == 0.5
+    assert not r.reliable and any(f.startswith("contended") for f in r.flags)
+    # a few short waits: kept out, row reliable
+    monkeypatch.setattr(core, "_time_calls_cpu",
+                        _fake_cpu_timings([1.0] * 9 + [3.0], [0.0] * 9 + [2.0]))
+    r = run_contenders("t", _problem(), [("a", OURS, prep)], settings, repeats=20)[0]
+    assert r.timing.median_ms == 1.0 and r.clean_share == 0.9 and r.reliable, r.flags
+    # wide spread without any wait: noisy
+    monkeypatch.setattr(core, "_time_calls_cpu", _fake_cpu_timings([1.0, 2.0, 3.0, 4.0], [0.0]))
+    r = run_contenders("t", _problem(), [("a", OURS, prep)], settings, repeats=8)[0]
+    assert r.clean_share == 1.0 and any(f.startswith("noisy") for f in r.flags)
+    d = r.to_dict()
+    assert d["reliable"] is False and d["iqr"] > 0.25 and d["flags"]
+
+
+def test_unreliable_speedups_are_marked_in_tables_and_plots(tmp_path):
+    rows = [_row("p", "ours", OURS, 50.0), _row("p", "flex", BASELINE, 100.0),
+            _row("q", "ours", OURS, 300.0), _row("q", "flex", BASELINE, 200.0)]
+    rows[1]["flags"] = ["contended: 60% of its calls waited for a core"]
+    rows[1]["reliable"] = False
+    report.annotate(rows, {})
+    assert rows[0]["vs_best_baseline"] == 0.5 and rows[0]["vs_best_reliable"] is False
+    assert rows[2]["vs_best_reliable"] is True
+    rep = {"suite": "attention", "rows": rows, "plot": {"kind": "lines", "x": "N",
+                                                         "panels": []},
+           "env": {}, "ceilings": {}, "cpu_fallback": True,
+           "threads": {"intra_op": 1, "chosen_by": "--threads", "cores": 2,
+                       "interleaved": True, "load_at_start": 1.0}}
+    table = report.format_table(rep)
+    assert "0.50x?" in table and "1.50x" in table and "1.50x?" not in table
+    assert "UNRELIABLE: contended" in table and "threads: 1 intra-op" in table
+    md = report.markdown(rep)
+    assert "| p | 50.0 | 100? | 0.50x? |" in md and "| q | 300 | 200 | 1.50x |" in md
+    assert "unreliable" in md and "Threads: 1 intra-op" in md
+    pytest.importorskip("matplotlib")
+    report.plot(rep, str(tmp_path / "a.png"))
+    rep["plot"] = {"kind": "bars", "panels": []}
+    report.plot(rep, str(tmp_path / "b.png"))
+    assert (tmp_path / "b.png").stat().st_size > 1000
 
 
 def test_time_budget_skips_the_remaining_cases(tmp_path):
