@@ -4,6 +4,7 @@ with an optional fused residual add. Fake kernels and autograd for the norm ops 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional
 
 import torch
@@ -125,6 +126,35 @@ torch.library.register_autograd("mpt_ext::norm_fwd", _norm_backward,
 
 
 # ---- public API -----------------------------------------------------------------------------
+# Argument types are checked here, naming the argument: past this point the op's schema
+# would reject a list as "Expected a value of type 'Optional[Tensor]'", and float() a tensor
+# of hidden elements as "only one element tensors can be converted to Python scalars".
+_POSITIONAL_HINT = {
+    "layer_norm": "the positional order is (x, weight, bias, eps, residual); "
+                  "did you mean residual=...?",
+    "rms_norm": "RMSNorm has no bias: the positional order is (x, weight, eps, residual); "
+                "did you mean residual=...?",
+}
+
+
+def _check_tensor_arg(fn: str, name: str, t, optional: bool = True) -> None:
+    if t is None and optional:
+        return
+    if not isinstance(t, torch.Tensor):
+        expected = "a torch.Tensor or None" if optional else "a torch.Tensor"
+        raise TypeError(f"{fn}: {name} must be {expected}, got {type(t).__name__}")
+
+
+def _eps(fn: str, eps) -> float:
+    if isinstance(eps, torch.Tensor):
+        raise TypeError(f"{fn}: eps must be a float, got Tensor ({_POSITIONAL_HINT[fn]})")
+    if isinstance(eps, (torch.SymFloat, torch.SymInt)):
+        return float(eps)
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+        raise TypeError(f"{fn}: eps must be a float, got {type(eps).__name__}")
+    return float(eps)
+
+
 def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None,
                bias: Optional[torch.Tensor] = None, eps: float = 1e-5,
                residual: Optional[torch.Tensor] = None):
@@ -132,10 +162,14 @@ def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None,
 
     weight and bias have shape (hidden,) and may be float32 while x is bf16/fp16.
     With residual: returns (layer_norm(x + residual), x + residual), fused in one pass."""
+    _check_tensor_arg("layer_norm", "x", x, optional=False)
+    for name, t in (("weight", weight), ("bias", bias), ("residual", residual)):
+        _check_tensor_arg("layer_norm", name, t)
+    eps = _eps("layer_norm", eps)
     if weight is None and bias is not None:
         # F.layer_norm allows a bias alone; the kernel takes weight and bias together
         weight = torch.ones_like(bias)
-    y, residual_out, _, _ = ops.norm_fwd(x, weight, bias, residual, float(eps), False)
+    y, residual_out, _, _ = ops.norm_fwd(x, weight, bias, residual, eps, False)
     return (y, residual_out) if residual is not None else y
 
 
@@ -144,5 +178,9 @@ def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: float 
     """RMSNorm over the last dimension in x's dtype (fp32 statistics).
 
     With residual: returns (rms_norm(x + residual), x + residual), fused in one pass."""
-    y, residual_out, _, _ = ops.norm_fwd(x, weight, None, residual, float(eps), True)
+    _check_tensor_arg("rms_norm", "x", x, optional=False)
+    for name, t in (("weight", weight), ("residual", residual)):
+        _check_tensor_arg("rms_norm", name, t)
+    eps = _eps("rms_norm", eps)
+    y, residual_out, _, _ = ops.norm_fwd(x, weight, None, residual, eps, True)
     return (y, residual_out) if residual is not None else y

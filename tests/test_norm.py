@@ -193,6 +193,20 @@ def _bad_cases():
         (lambda: mpt_ext.rms_norm(x, residual=x.to("meta")), ValueError, "residual"),
         (lambda: mpt_ext.layer_norm(x.to("meta"), torch.randn(7, device="meta")), ValueError,
          "weight"),
+        # argument types, named (issue 13, item 11): rms_norm's third positional is eps
+        (lambda: mpt_ext.rms_norm(x, w, w), TypeError,
+         r"rms_norm: eps must be a float, got Tensor \(RMSNorm has no bias.*residual="),
+        # with hidden 1, float() of the "bias" used to succeed silently
+        (lambda: mpt_ext.rms_norm(x[:, :1], w[:1], w[:1].abs()), TypeError, "eps"),
+        (lambda: mpt_ext.layer_norm(x, w, w, w), TypeError,
+         r"layer_norm: eps must be a float, got Tensor.*residual="),
+        (lambda: mpt_ext.layer_norm(x, w, eps=None), TypeError, "eps must be a float"),
+        (lambda: mpt_ext.rms_norm(x, w, "1e-5"), TypeError, "eps must be a float, got str"),
+        (lambda: mpt_ext.layer_norm(x.tolist()), TypeError, "x must be a torch.Tensor"),
+        (lambda: mpt_ext.rms_norm(x, 1.0), TypeError, "weight must be a torch.Tensor or None"),
+        (lambda: mpt_ext.layer_norm(x, w, w.tolist()), TypeError, "bias must be a torch.Tensor"),
+        (lambda: mpt_ext.rms_norm(x, residual=x.tolist()), TypeError,
+         "residual must be a torch.Tensor"),
     ]
 
 
