@@ -7,6 +7,9 @@
 The generated text goes to stdout as it is produced; the prefill time and decode speed go
 to stderr. The tokenizer is --tokenizer (byte, or a local Hugging Face tokenizer dir); by
 default the checkpoint dir itself when it holds tokenizer files, else the byte tokenizer.
+
+A mistake in what it is given (a missing or corrupt checkpoint, prompt file or tokenizer,
+NaN weights) is one line, `mpt-generate: error: ...`, on stderr and exit status 2.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 import torch
+
+from .errors import UsageError
 
 __all__ = ["main", "build_parser", "StreamPrinter"]
 
@@ -93,7 +98,41 @@ class StreamPrinter:
 def _device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except RuntimeError as e:
+        raise UsageError(f"--device {spec!r}: not a device (expected auto, cpu, cuda or "
+                         "cuda:N)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {spec}: no CUDA device is available")
+    return device
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.checkpoint is None) == (args.preset is None):
+        parser.error("give a checkpoint dir or --preset (one of them)")
+    if args.max_new_tokens < 0:
+        parser.error(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.prompt_tokens is not None and args.prompt_tokens < 1:
+        parser.error(f"--prompt-tokens must be >= 1, got {args.prompt_tokens}")
+    if not args.temperature >= 0:
+        parser.error(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        parser.error(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
+
+
+def _read_prompt(path: str) -> str:
+    try:
+        return Path(path).read_bytes().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise UsageError(f"--prompt-file {path}: cannot read it ({e.strerror or e})") from e
+
+
+def _non_finite_weights(model) -> list[str]:
+    return [name for name, t in model.state_dict().items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def main(argv: Optional[list] = None, out: TextIO = None, err: TextIO = None) -> int:
@@ -101,10 +140,21 @@ def main(argv: Optional[list] = None, out: TextIO = None, err: TextIO = None) ->
     err = err or sys.stderr
     parser = build_parser()
     args = parser.parse_args(argv)
-    if (args.checkpoint is None) == (args.preset is None):
-        parser.error("give a checkpoint dir or --preset (one of them)")
-    from .models import MPTConfig, MPTForCausalLM  # noqa: PLC0415  (keeps --help fast)
+    _check_args(parser, args)
+    try:
+        return _generate(args, out, err)
+    except UsageError as e:
+        err.write(f"{parser.prog}: error: {' '.join(str(e).split())}\n")
+        err.flush()
+        return 2
 
+
+def _generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .models import PRESETS, MPTConfig, MPTForCausalLM  # noqa: PLC0415  (keeps --help fast)
+    from .models.generation import NonFiniteLogitsError  # noqa: PLC0415
+
+    if args.preset is not None and args.preset not in PRESETS:
+        raise UsageError(f"--preset {args.preset!r}: expected one of {', '.join(PRESETS)}")
     device = _device(args.device)
     dtype = _DTYPES.get(args.dtype)
     if dtype is None and device.type == "cuda":
@@ -116,15 +166,18 @@ def main(argv: Optional[list] = None, out: TextIO = None, err: TextIO = None) ->
         model = model.to(dtype or torch.float32).eval()
     else:
         checkpoint = Path(args.checkpoint)
+        if not checkpoint.is_dir():
+            raise UsageError(f"checkpoint dir {checkpoint} " + (
+                "is a file, not a directory" if checkpoint.exists() else "does not exist"))
         if not (checkpoint / "config.json").is_file():
             hint = (" (a trainer checkpoint: export one with mpt-train --export-hf DIR)"
                     if (checkpoint / "state.pt").exists() else "")
-            parser.error(f"{checkpoint} is not a model dir: no config.json{hint}")
+            raise UsageError(f"{checkpoint} is not a model dir: no config.json{hint}")
         tokenizer = _load_tokenizer(args.tokenizer, checkpoint)
         model = MPTForCausalLM.from_pretrained(checkpoint, dtype=dtype, device=device).eval()
     if tokenizer.vocab_size > model.config.vocab_size:
-        raise SystemExit(f"mpt-generate: tokenizer vocab_size {tokenizer.vocab_size} exceeds the "
-                         f"model's {model.config.vocab_size}")
+        raise UsageError(f"tokenizer {tokenizer.name} has vocab_size {tokenizer.vocab_size}, more "
+                         f"than the model's {model.config.vocab_size}: not this model's tokenizer")
 
     if args.prompt_tokens is not None:
         g = torch.Generator().manual_seed(0)
@@ -132,7 +185,7 @@ def main(argv: Optional[list] = None, out: TextIO = None, err: TextIO = None) ->
         prompt = "" if args.quiet else tokenizer.decode(ids)
     else:
         if args.prompt_file is not None:
-            prompt = Path(args.prompt_file).read_text()
+            prompt = _read_prompt(args.prompt_file)
         else:
             prompt = args.prompt if args.prompt is not None else ""
         ids = tokenizer.encode(prompt)
@@ -168,11 +221,27 @@ def main(argv: Optional[list] = None, out: TextIO = None, err: TextIO = None) ->
         return logits
 
     sampling["logits_processor"] = tokenizer_ids_only
-    if args.prompt_tokens is not None:  # a measurement: warm up kernels and allocator first
-        model.generate(input_ids[:, :16], 2, **sampling)
     start = time.perf_counter()
-    model.generate(input_ids, args.max_new_tokens, generator=generator, streamer=on_token,
-                   eos_token_id=None if args.ignore_eos else tokenizer.eos_token_id, **sampling)
+    try:
+        if args.prompt_tokens is not None:  # a measurement: warm up kernels and allocator first
+            model.generate(input_ids[:, :16], 2, **sampling)
+            start = time.perf_counter()
+        model.generate(input_ids, args.max_new_tokens, generator=generator, streamer=on_token,
+                       eos_token_id=None if args.ignore_eos else tokenizer.eos_token_id,
+                       **sampling)
+    except NonFiniteLogitsError as e:
+        if not args.no_stream:
+            printer.finish()  # what came before the bad step is valid text
+            out.write("\n")
+            out.flush()
+        bad = _non_finite_weights(model)
+        what = "NaN" if "NaN" in str(e) else "non-finite"
+        if bad:
+            raise UsageError(f"{what} logits at new token {e.step}: the weights hold NaN/inf in "
+                             f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} "
+                             f"({args.checkpoint or args.preset})") from e
+        raise UsageError(f"{what} logits at new token {e.step} with finite weights: an overflow "
+                         f"in {model.dtype}? (try --dtype float32)") from e
     if not args.quiet:
         if args.no_stream:
             out.write(prompt + tokenizer.decode(printer.ids))

@@ -13,7 +13,34 @@ import torch
 
 from .layout import TokenLayout, layout_from_mask
 
-__all__ = ["KVCache", "generate", "sample_next"]
+__all__ = ["KVCache", "generate", "sample_next", "NonFiniteLogitsError"]
+
+
+class NonFiniteLogitsError(FloatingPointError):
+    """A step's logits hold NaN or +inf, or ban every token: no token can be chosen (argmax
+    would pick id 0 and sampling fails). NaN weights or an overflow in a low-precision
+    dtype are the usual causes. step is the 0-based index of the new token; rows are the
+    affected sequences."""
+
+    def __init__(self, message: str, step: int, rows: list):
+        super().__init__(message)
+        self.step, self.rows = step, rows
+
+
+def _check_finite(logits: torch.Tensor, finished: torch.Tensor, step: int) -> None:
+    best = logits.amax(-1)  # NaN and +inf propagate; -inf when every token is banned
+    bad = ~torch.isfinite(best) & ~finished
+    if not bool(bad.any()):
+        return
+    rows = torch.nonzero(bad).flatten().tolist()
+    kinds = [k for k, hit in (("NaN", torch.isnan(best[bad]).any()),
+                              ("+inf", (best[bad] == float("inf")).any()),
+                              ("-inf everywhere (every token banned)",
+                               (best[bad] == float("-inf")).any())) if bool(hit)]
+    raise NonFiniteLogitsError(
+        f"generation step {step}: the logits of sequence(s) {rows[:8]}"
+        f"{' ...' if len(rows) > 8 else ''} are {' / '.join(kinds)}; no token can be chosen "
+        "(NaN or inf weights, or an overflow in the model's dtype)", step, rows)
 
 
 class KVCache:
@@ -110,7 +137,10 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     when every sequence has stopped. streamer, if given, is called with each step's new
     tokens (batch,); logits_processor, if given, maps each step's float32 logits (batch,
     vocab) before the choice (e.g. to ban ids). Contexts longer than max_seq_len run on ALiBi extrapolation, with a
-    warning. Dropout is not switched off: call model.eval() first."""
+    warning. Dropout is not switched off: call model.eval() first.
+
+    Logits with NaN or +inf (or every token banned) in a running sequence raise
+    NonFiniteLogitsError before that step's token is chosen or streamed."""
     _check_args(input_ids, max_new_tokens, temperature, top_k, top_p)
     if do_sample is None:
         do_sample = temperature != 1.0 or top_k is not None or top_p is not None
@@ -146,6 +176,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     for step in range(max_new_tokens):
         if logits_processor is not None:
             logits = logits_processor(logits.float())
+        _check_finite(logits, finished, step)
         sampled = sample_next(logits, do_sample, temperature, top_k, top_p, generator)
         token = sampled.masked_fill(finished, pad)
         new_tokens.append(token)
