@@ -150,3 +150,12 @@ def test_a_folder_that_is_not_a_tokenizer_is_a_usage_error(tmp_path):
     (tmp_path / "tok" / "notes.txt").write_text("not a tokenizer")
     with pytest.raises(UsageError, match="tok"):
         load_tokenizer(tmp_path / "tok")
+
+
+def test_too_little_data_for_seq_len_is_a_usage_error():
+    from mpt_ext.data import WindowSampler
+    with pytest.raises(UsageError, match="fewer than seq_len"):
+        WindowSampler(np.zeros(8, np.uint16), 8, 1, seed=0)
+    sampler = WindowSampler(np.zeros(100, np.uint16), 8, 1, seed=0)
+    with pytest.raises(UsageError, match="saved with seq_len=8"):
+        WindowSampler(np.zeros(100, np.uint16), 16, 1, seed=0).load_state_dict(sampler.state_dict())

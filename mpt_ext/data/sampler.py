@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import UsageError
+
 IGNORE_INDEX = -100
 
 
@@ -25,15 +27,15 @@ class WindowSampler:
                  rank: int = 0, world_size: int = 1, packed: bool = False,
                  eos_token_id: int | None = None):
         if seq_len < 1:
-            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+            raise UsageError(f"seq_len must be >= 1, got {seq_len}")
         if global_batch < 1:
-            raise ValueError(f"global_batch must be >= 1, got {global_batch}")
+            raise UsageError(f"global_batch must be >= 1, got {global_batch}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         if global_batch % world_size:
-            raise ValueError(f"global_batch {global_batch} must be divisible by the world size {world_size}")
+            raise UsageError(f"global_batch {global_batch} must be divisible by the world size {world_size}")
         if len(tokens) < seq_len + 1:
-            raise ValueError(f"the token stream has {len(tokens)} tokens, fewer than seq_len + 1 = "
+            raise UsageError(f"the token stream has {len(tokens)} tokens, fewer than seq_len + 1 = "
                              f"{seq_len + 1}: give more data or a shorter --seq-len")
         if packed and eos_token_id is None:
             raise ValueError("packed=True needs eos_token_id (documents are split at it)")
@@ -64,7 +66,7 @@ class WindowSampler:
         for key in ("seq_len", "global_batch", "n_tokens"):
             mine = len(self.tokens) if key == "n_tokens" else getattr(self, key)
             if state[key] != mine:
-                raise ValueError(f"sampler state was saved with {key}={state[key]}, this run has {mine}: "
+                raise UsageError(f"sampler state was saved with {key}={state[key]}, this run has {mine}: "
                                  "resuming would not continue the same data order")
         self.rng.bit_generator.state = state["bit_generator"]
         self.batches_drawn = state["batches_drawn"]
