@@ -11,7 +11,6 @@ import sys
 import torch
 
 from mpt_ext.train import TrainConfig, Trainer
-from mpt_ext.train.distributed import shutdown
 
 
 def main():
@@ -28,7 +27,7 @@ def main():
             json.dump({"history": hist, "stopped": trainer._stop_signal, "step": trainer.step,
                        "world_size": trainer.dist.world_size,
                        "params": {k: v.float().flatten().tolist() for k, v in model_sd.items()}}, f)
-    shutdown(trainer.dist)
+    trainer.close()
 
 
 if __name__ == "__main__":

@@ -139,9 +139,7 @@ def main(argv=None) -> int:
     except UsageError as e:
         _error(e)
         return 2
-    from .distributed import shutdown
     from .trainer import Trainer, TrainingDiverged
-    trainer = None
     try:
         trainer = Trainer(cfg)
         trainer.echo(f"model: {trainer.module.config.n_layers} layers, d_model {trainer.module.config.d_model}, "
@@ -149,12 +147,15 @@ def main(argv=None) -> int:
                      f"{trainer.dist.world_size} process(es) | {trainer.total_steps} steps of "
                      f"{cfg.global_batch} x {cfg.seq_len} tokens")
         trainer.train()
-        if trainer._stop_signal:
-            return 0
-        trainer.finish()
-        if cfg.sample_tokens:
-            text = trainer.sample()
-            trainer.echo("\n---- sample " + "-" * 60 + "\n" + text + "\n" + "-" * 72)
+        if not trainer._stop_signal:
+            trainer.finish()
+            if cfg.sample_tokens:
+                text = trainer.sample()
+                trainer.echo("\n---- sample " + "-" * 60 + "\n" + text + "\n" + "-" * 72)
+        # Only a run that ended well leaves the process group in step with its peers; after
+        # an error a rank may be alone (waiting for peers would hang), so it just exits and
+        # torchrun stops the others.
+        trainer.close()
         return 0
     except UsageError as e:   # a user's mistake (CheckpointError included): one line, no traceback
         _error(e)
@@ -162,9 +163,6 @@ def main(argv=None) -> int:
     except TrainingDiverged as e:
         _error(e)
         return 1
-    finally:
-        if trainer is not None:
-            shutdown(trainer.dist)
 
 
 if __name__ == "__main__":

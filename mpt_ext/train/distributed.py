@@ -7,8 +7,11 @@ takes global_batch / world_size rows of the same global batch (see data/sampler.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -58,8 +61,19 @@ def init_distributed(device_spec: str = "auto") -> DistInfo:
 
 
 def shutdown(info: DistInfo) -> None:
-    if info.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leaves the process group cleanly: every rank first reaches the same point (no
+    collective still in flight, e.g. an FSDP all-gather of another rank), then the FSDP /
+    DDP state that holds work handles and communication buffers is freed, and only then
+    is the group destroyed. Destroying it with work items still alive let a gloo thread
+    release one during interpreter shutdown: "terminate called without an active
+    exception" (SIGABRT) after a successful run."""
+    if not (info.distributed and dist.is_initialized()):
+        return
+    if info.device.type == "cuda":
+        torch.cuda.synchronize(info.device)
+    dist.barrier()
+    gc.collect()   # frees FSDP/DDP objects already dropped by the caller (reference cycles)
+    dist.destroy_process_group()
 
 
 def wrap_model(model: torch.nn.Module, strategy: str, info: DistInfo) -> torch.nn.Module:
@@ -87,6 +101,34 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
         if inner is None:
             return model
         model = inner
+
+
+@contextlib.contextmanager
+def generation_context(model: torch.nn.Module, info: DistInfo
+                       ) -> Iterator[Optional[Callable[[torch.Tensor], torch.Tensor]]]:
+    """Makes a (possibly FSDP2-sharded) model usable by its generate(), which calls
+    sub-modules directly and so bypasses the root's unshard hook. Yields the
+    logits_processor to pass to generate() (None outside FSDP).
+
+    Under FSDP every rank must run the same forwards (each block all-gathers its
+    parameters), so every rank generates, and every rank must pick the same tokens: the
+    processor broadcasts rank 0's logits, so equal seeds give equal tokens and equal stop
+    steps even when the ranks' floating point differs in the last bit."""
+    sharded = info.distributed and hasattr(model, "unshard") and hasattr(model, "reshard")
+    if not sharded:
+        yield None
+        return
+
+    def rank0_logits(logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.contiguous()
+        dist.broadcast(logits, src=0)
+        return logits
+
+    model.unshard()   # the root's own parameters (embedding, final norm); blocks unshard themselves
+    try:
+        yield rank0_logits
+    finally:
+        model.reshard()
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -27,7 +27,8 @@ from ..data.tokenizer import tokenizer_info
 from ..errors import UsageError
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, unwrap, wrap_model
+from .distributed import (DistInfo, all_reduce_sum, barrier, generation_context, init_distributed,
+                          shutdown, unwrap, wrap_model)
 from .optim import build_optimizer, build_scheduler
 from .telemetry import MetricsLog, Throughput, flops_per_token, format_metrics, memory_stats, peak_flops, progress_bar
 
@@ -528,6 +529,17 @@ class Trainer:
             self.echo(f"Hugging Face format model: {path}")
         barrier(self.dist)
 
+    # ---- the end -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Frees the model, optimizer and their DDP/FSDP state, then leaves the process
+        group (distributed.shutdown). Under FSDP the wrapped modules hold communication
+        state of the group; freed after the group they were released by a gloo thread
+        during interpreter shutdown, which aborted a finished run. Safe to call twice."""
+        for name in ("model", "module", "optimizer", "scheduler"):
+            if hasattr(self, name):
+                delattr(self, name)
+        shutdown(self.dist)
+
     # ---- sampling -------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, prompt: Optional[str] = None, max_new_tokens: Optional[int] = None) -> str:
@@ -537,10 +549,11 @@ class Trainer:
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
         torch.manual_seed(cfg.seed)
         self.model.eval()
-        with self.autocast():
+        with self.autocast(), generation_context(self.module, self.dist) as logits_processor:
             out = self.module.generate(x, max_new_tokens=max_new_tokens or cfg.sample_tokens,
                                        temperature=cfg.temperature, top_k=cfg.top_k,
-                                       eos_token_id=self.tokenizer.eos_token_id)
+                                       eos_token_id=self.tokenizer.eos_token_id,
+                                       logits_processor=logits_processor)
         self.model.train()
         out = out[0].tolist()
         new = out[len(ids):] if out[:len(ids)] == ids else out
