@@ -144,3 +144,17 @@ def test_no_progress_bar_without_a_tty(tmp_path, monkeypatch, capsys):
     assert main(args + ["--max-steps", "3", "--sample-tokens", "0", "--log-interval", "0"]) == 0
     err = capsys.readouterr().err
     assert "\r" not in err and "step/s" not in err and "it/s" not in err, err
+
+
+def test_cli_says_when_the_held_out_set_is_too_short_and_which_files_had_bad_bytes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "texts"
+    data.mkdir()
+    (data / "a.txt").write_text("def f(x):\n    return x + 1\n" * 200)
+    (data / "b.txt").write_bytes(b"caf\xe9 au lait\n" * 50)          # latin-1, not UTF-8
+    rc = main(TINY + ["--data", str(data), "--val-fraction", "0.002", "--max-steps", "1",
+                      "--sample-tokens", "0"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "held-out set has" in out.out and "evaluation is skipped" in out.out
+    assert "undecodable" in out.out and "b.txt" in out.out

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import WindowSampler, build_shard, cu_seqlens, eval_batches, load_tokenizer, split_tokens
+from ..data import (WindowSampler, build_shard, cu_seqlens, eval_batches, heldout_problem, load_tokenizer,
+                    split_tokens)
 from ..data.sampler import IGNORE_INDEX
 from ..data.tokenizer import tokenizer_info
 from ..errors import UsageError
@@ -144,13 +145,18 @@ class Trainer:
         if model_factory is None:   # a bad --preset / --model fails before tokenising
             model_config(cfg, self.tokenizer.vocab_size)
         if self.dist.is_main:
-            shard, hit = build_shard(cfg.data, self.tokenizer, cfg.shard_cache, cfg.stdlib_max_bytes)
+            shard, hit = build_shard(cfg.data, self.tokenizer, cfg.shard_cache, cfg.stdlib_max_bytes,
+                                     log=self.echo)
             self.echo(f"data: {len(shard):,} tokens ({'cached' if hit else 'tokenised'}) in {shard.path}")
         barrier(self.dist)
         if not self.dist.is_main:
-            shard, _ = build_shard(cfg.data, self.tokenizer, cfg.shard_cache, cfg.stdlib_max_bytes)
+            shard, _ = build_shard(cfg.data, self.tokenizer, cfg.shard_cache, cfg.stdlib_max_bytes,
+                                   log=self.echo)
         self.train_tokens, self.val_tokens = split_tokens(shard.tokens, cfg.val_fraction,
                                                           self.tokenizer.eos_token_id)
+        no_eval = heldout_problem(self.val_tokens, cfg.seq_len, cfg.val_fraction)
+        if no_eval and cfg.eval_batches:
+            self.echo(no_eval)
         eos = self.tokenizer.eos_token_id
         self.sampler = WindowSampler(self.train_tokens, cfg.seq_len, cfg.global_batch, cfg.seed,
                                      self.dist.rank, self.dist.world_size, cfg.packed, eos)
