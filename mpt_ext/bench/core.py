@@ -406,15 +406,20 @@ def _warm_up(lane: _Lane, settings: Settings) -> None:
 def _plan_rounds(lanes: Sequence[_Lane], settings: Settings, repeats: Optional[int]) -> int:
     """Rounds, and each lane's burst (calls per round): every lane gets about the calls
     that fill settings.target_ms (within [min_repeats, max_repeats]), spread over as many
-    rounds as the slowest lane has calls; `repeats` fixes both (bursts of one call)."""
+    rounds as the slowest lane has calls; `repeats` fixes the calls. One lane is one burst.
+    On a GPU, bursts stay long: each starts after a synchronisation, so its first call's
+    launch latency is timed, where later calls queue behind their predecessors."""
     if repeats is not None:
-        for lane in lanes:
-            lane.burst = 1
-        return repeats
-    want = [max(settings.min_repeats, min(settings.max_repeats,
-                                          round(settings.target_ms / lane.est_ms)))
-            for lane in lanes]
+        want = [repeats] * len(lanes)
+    else:
+        want = [max(settings.min_repeats, min(settings.max_repeats,
+                                              round(settings.target_ms / lane.est_ms)))
+                for lane in lanes]
     rounds = min(want)
+    if len(lanes) == 1:
+        rounds = 1
+    elif settings.is_cuda:
+        rounds = min(rounds, settings.min_repeats)
     for lane, n in zip(lanes, want):
         lane.burst = max(1, round(n / rounds))
     return rounds
