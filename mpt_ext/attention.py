@@ -145,6 +145,24 @@ def _window(window_size: Sequence[int]) -> tuple[int, int]:
     return left, right
 
 
+# cu_seqlens are int32, so no sequence is longer than this: a larger max_seqlen (legal, an
+# upper bound) is cut to it here, and the binding cuts it further to the longest sequence.
+_MAX_SEQLEN_CAP = 2**31 - 1
+
+
+def _max_seqlen(name: str, value) -> Union[int, torch.SymInt]:
+    if isinstance(value, torch.SymInt):  # traced (torch.compile with dynamic shapes)
+        return value
+    try:
+        value = operator.index(value)  # ints, numpy ints, 0-d integer tensors
+    except TypeError:
+        raise TypeError(f"{name} must be an int (an upper bound on the sequence lengths), got "
+                        f"{type(value).__name__}") from None
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return min(value, _MAX_SEQLEN_CAP)
+
+
 def _scale(softmax_scale: Optional[float], head_dim: int) -> float:
     if softmax_scale is not None:
         return float(softmax_scale)
@@ -209,9 +227,11 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     for name, t in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be an int32 torch.Tensor, got {type(t).__name__}")
-    out, lse = _call_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
-                         int(max_seqlen_k), alibi_slopes, _scale(softmax_scale, q.shape[-1]),
-                         causal, _window(window_size), softcap, deterministic)
+    max_q = _max_seqlen("max_seqlen_q", max_seqlen_q)
+    max_k = _max_seqlen("max_seqlen_k", max_seqlen_k)
+    out, lse = _call_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k, alibi_slopes,
+                         _scale(softmax_scale, q.shape[-1]), causal, _window(window_size),
+                         softcap, deterministic)
     return (out, lse, None) if return_attn_probs else out
 
 

@@ -98,9 +98,13 @@ void fill_alibi(AttentionMaskParams& mask, const std::optional<at::Tensor>& slop
 
 // cu_seqlens: int32 (batch + 1) on q's device, starting at 0, non-decreasing, each length
 // <= max_seqlen, last <= total. Checked on the host: a bad one would index out of bounds.
-// Returns the last entry (the number of rows the sequences cover).
-int64_t check_cu_seqlens(const at::Tensor& cu, const char* name, const at::Tensor& q, int64_t total,
-                      int64_t max_seqlen, const char* max_name) {
+struct CuSeqlensInfo {
+  int64_t last = 0;     // cu[-1]: the number of rows the sequences cover
+  int64_t max_len = 0;  // the longest sequence: the kernels' real max_seqlen
+};
+
+CuSeqlensInfo check_cu_seqlens(const at::Tensor& cu, const char* name, const at::Tensor& q,
+                               int64_t total, int64_t max_seqlen, const char* max_name) {
   TORCH_CHECK_TYPE(cu.scalar_type() == at::kInt, name, " must be int32, got ", cu.scalar_type());
   check_same_device(cu, name, q, "q");
   TORCH_CHECK_VALUE(cu.dim() == 1 && cu.size(0) >= 1, name,
@@ -108,16 +112,21 @@ int64_t check_cu_seqlens(const at::Tensor& cu, const char* name, const at::Tenso
   const at::Tensor host = cu.is_cpu() ? cu.contiguous() : cu.to(at::kCPU).contiguous();
   const int32_t* c = host.data_ptr<int32_t>();
   TORCH_CHECK_VALUE(c[0] == 0, name, "[0] must be 0, got ", c[0]);
+  CuSeqlensInfo info;
   for (int64_t b = 0; b + 1 < host.size(0); ++b) {
     const int64_t len = int64_t(c[b + 1]) - c[b];
     TORCH_CHECK_VALUE(len >= 0, name, " must be non-decreasing, but ", name, "[", b + 1, "] = ",
                       c[b + 1], " < ", name, "[", b, "] = ", c[b]);
-    TORCH_CHECK_VALUE(len <= max_seqlen, "sequence ", b, " has length ", len, " in ", name,
-                      ", more than ", max_name, " = ", max_seqlen);
+    // flash-attn sizes its grid by max_seqlen and silently skips rows past it; refuse instead
+    TORCH_CHECK_VALUE(len <= max_seqlen, max_name, " = ", max_seqlen,
+                      " is smaller than the longest sequence: sequence ", b, " has length ", len,
+                      " in ", name, " (", max_name, " must be >= every sequence length)");
+    info.max_len = std::max(info.max_len, len);
   }
-  TORCH_CHECK_VALUE(c[host.size(0) - 1] <= total, name, "[-1] = ", c[host.size(0) - 1],
+  info.last = c[host.size(0) - 1];
+  TORCH_CHECK_VALUE(info.last <= total, name, "[-1] = ", info.last,
                     " exceeds the number of tokens (", total, ")");
-  return c[host.size(0) - 1];
+  return info;
 }
 
 // The fields every attention op fills the same way: mask arguments and q/k/v pointers.
@@ -175,16 +184,21 @@ Prepared prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     TORCH_CHECK_VALUE(max_seqlen_q >= 0 && max_seqlen_k >= 0,
                       "max_seqlen_q and max_seqlen_k must be >= 0, got ", max_seqlen_q, " and ",
                       max_seqlen_k);
-    r.uncovered_q = check_cu_seqlens(*cu_seqlens_q, "cu_seqlens_q", q, q.size(0), max_seqlen_q,
-                                     "max_seqlen_q") < q.size(0);
-    r.uncovered_k = check_cu_seqlens(*cu_seqlens_k, "cu_seqlens_k", q, k.size(0), max_seqlen_k,
-                                     "max_seqlen_k") < k.size(0);
+    const CuSeqlensInfo info_q = check_cu_seqlens(*cu_seqlens_q, "cu_seqlens_q", q, q.size(0),
+                                                  max_seqlen_q, "max_seqlen_q");
+    const CuSeqlensInfo info_k = check_cu_seqlens(*cu_seqlens_k, "cu_seqlens_k", q, k.size(0),
+                                                  max_seqlen_k, "max_seqlen_k");
+    r.uncovered_q = info_q.last < q.size(0);
+    r.uncovered_k = info_k.last < k.size(0);
     TORCH_CHECK_VALUE(cu_seqlens_q->size(0) == cu_seqlens_k->size(0),
                       "cu_seqlens_q and cu_seqlens_k must have the same size (batch + 1), got ",
                       cu_seqlens_q->size(0), " and ", cu_seqlens_k->size(0));
     s.batch = cu_seqlens_q->size(0) - 1;
-    s.seqlen_q = max_seqlen_q;
-    s.seqlen_k = max_seqlen_k;
+    // max_seqlen is only an upper bound (callers pass the padded length, or anything larger):
+    // the kernels get the real longest sequence, so their work (a task per block of
+    // max_seqlen_q rows, per batch and head) is bounded by the tokens, not by the hint.
+    s.seqlen_q = info_q.max_len;
+    s.seqlen_k = info_k.max_len;
     r.cu_q = cu_seqlens_q->contiguous();
     r.cu_k = cu_seqlens_k->contiguous();
     s.cu_seqlens_q = r.cu_q.data_ptr<int32_t>();

@@ -103,11 +103,11 @@ class _TinyAttention(torch.nn.Module):
         return out.flatten(-2)
 
 
-def _compile_matches_eager(backend, varlen):
+def _compile_matches_eager(backend, varlen, max_len=7):
     model = _TinyAttention(varlen=varlen)
     if varlen:
         x = torch.randn(12, 32)
-        args = (x, cu_seqlens([5, 0, 7]), 7)
+        args = (x, cu_seqlens([5, 0, 7]), max_len)
     else:
         x = torch.randn(2, 9, 32)
         args = (x,)
@@ -128,6 +128,11 @@ def _compile_matches_eager(backend, varlen):
 @pytest.mark.parametrize("varlen", [False, True])
 def test_compile_fullgraph_aot_eager(varlen):
     _compile_matches_eager("aot_eager", varlen)
+
+
+def test_compile_varlen_huge_max_seqlen():
+    # max_seqlen is an upper bound: a huge one traces (fake kernels) and runs bounded
+    _compile_matches_eager("aot_eager", True, max_len=2**40)
 
 
 @pytest.mark.slow
@@ -242,7 +247,11 @@ def test_not_a_tensor():
     ("size_mismatch", "same size"),
     ("rank", "cu_seqlens_q must be 1-D"),
     ("last_over_total", "exceeds the number of tokens"),
-    ("len_over_max", "max_seqlen_q"),
+    ("len_over_max", "max_seqlen_q = 5 is smaller than the longest sequence"),
+    ("len_over_max_k", "max_seqlen_k = 6 is smaller than the longest sequence"),
+    ("max_negative", "max_seqlen_q must be >= 0"),
+    ("max_float", "max_seqlen_q must be an int"),
+    ("max_none", "max_seqlen_k must be an int"),
     ("not_tensor", "cu_seqlens_q must be an int32"),
     ("q_rank", "q must have 3 dimensions"),
     ("slopes_shape", "alibi_slopes must have shape"),
@@ -266,6 +275,14 @@ def test_bad_input_varlen(case, match):
         max_q = 7
     elif case == "len_over_max":
         max_q = 5
+    elif case == "len_over_max_k":
+        max_k = 6
+    elif case == "max_negative":
+        max_q = -1
+    elif case == "max_float":
+        max_q = 6.0
+    elif case == "max_none":
+        max_k = None
     elif case == "not_tensor":
         cu_q = [0, 4, 10]
     elif case == "q_rank":
@@ -274,6 +291,13 @@ def test_bad_input_varlen(case, match):
         kw["alibi_slopes"] = torch.rand(3, 4)  # batch is 2
     with pytest.raises((ValueError, TypeError), match=match):
         mpt_ext.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, **kw)
+
+
+def test_op_rejects_negative_max_seqlen():
+    q, k, v = torch.randn(10, 4, 16), torch.randn(12, 2, 16), torch.randn(12, 2, 16)
+    cu_q, cu_k = cu_seqlens([4, 6]), cu_seqlens([5, 7])
+    with pytest.raises(ValueError, match="max_seqlen_q and max_seqlen_k must be >= 0"):
+        ops.attn_fwd(q, k, v, cu_q, cu_k, 6, -1, None, 0.25, False, -1, -1, 0.0, False)
 
 
 def test_varlen_cu_seqlens_device():

@@ -1,8 +1,11 @@
 """flash_attn_varlen_func (packed sequences) on CPU against the per-sequence reference."""
+import threading
+
 import pytest
 import torch
 
 import mpt_ext
+from mpt_ext._library import ops
 from mpt_ext.reference import attention_varlen_ref
 
 from attention_helpers import (DTYPE_IDS, MASK_IDS, MASKS, assert_close_to_ref, cu_seqlens,
@@ -204,3 +207,50 @@ def test_varlen_max_seqlen_larger_than_needed():
     ref_out, _ = attention_varlen_ref(q, k, v, cu_q, cu_k, causal=True)
     out = mpt_ext.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 64, 64, causal=True)
     torch.testing.assert_close(out, ref_out.float(), atol=1e-5, rtol=1e-5)
+
+
+def _finishes_within(seconds, fn):
+    """Runs fn on a daemon thread (the ops release the GIL): a kernel whose work grows with
+    max_seqlen would run for minutes and fail this instead of hanging the suite."""
+    result = {}
+
+    def target():
+        try:
+            result["value"] = fn()
+        except BaseException as e:  # re-raised below
+            result["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+@pytest.mark.parametrize("alibi", [None, "batch"])
+def test_varlen_huge_max_seqlen_work_is_bounded(alibi):
+    # max_seqlen is only an upper bound: 2**40 on 30 tokens must cost what the tokens cost
+    # (the CPU kernel used to walk max_seqlen_q / 64 blocks per head: ~10 minutes here)
+    lq, lk = [10, 0, 20], [12, 5, 13]
+    q, k, v, cu_q, cu_k = packed_inputs(lq, lk, 4, 2, 16, torch.float32, requires_grad=True)
+    slopes = make_slopes(alibi, len(lq), 4, requires_grad=True)
+    inputs = [q, k, v] + ([slopes] if slopes is not None else [])
+    kw = dict(causal=True, alibi_slopes=slopes)
+    dout = torch.randn_like(q)
+
+    def run():
+        out = mpt_ext.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 2**40, 2**40, **kw)
+        return (out.detach(),) + torch.autograd.grad(out, inputs, dout)
+
+    ours = _finishes_within(60, run)
+    # the op itself too (the Python function caps max_seqlen at 2**31 - 1 on its own)
+    out_op, _ = _finishes_within(60, lambda: ops.attn_fwd(
+        q.detach(), k.detach(), v.detach(), cu_q, cu_k, 2**40, 2**40, slopes, 0.25, True, -1,
+        -1, 0.0, False))
+    torch.testing.assert_close(out_op, ours[0])
+    ref_out, _ = attention_varlen_ref(q, k, v, cu_q, cu_k, **kw)
+    ref = (ref_out.detach(),) + torch.autograd.grad(ref_out, inputs, dout.double())
+    for name, got, want in zip(("out", "dq", "dk", "dv", "dslopes"), ours, ref):
+        torch.testing.assert_close(got, want.float(), atol=1e-5, rtol=1e-5, msg=name)
