@@ -7,6 +7,7 @@ signatures and semantics follow flash-attn's.
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from typing import Optional, Sequence, Union
 
@@ -119,6 +120,7 @@ def alibi_slopes(n_heads: int, alibi_bias_max: float = 8.0,
         raise TypeError(f"n_heads must be an int, got {type(n_heads).__name__}") from None
     if n_heads < 1:
         raise ValueError(f"n_heads must be >= 1, got {n_heads}")
+    alibi_bias_max = _float("alibi_bias_max", alibi_bias_max)
     if not alibi_bias_max > 0:
         raise ValueError(f"alibi_bias_max must be > 0, got {alibi_bias_max!r}")
     n_pow2 = 2 ** math.ceil(math.log2(n_heads))
@@ -145,6 +147,35 @@ def _window(window_size: Sequence[int]) -> tuple[int, int]:
     return left, right
 
 
+# ---- argument types: checked here and named (the op schemas would say "Expected a value of
+# type 'Optional[Tensor]' for argument ...", float() "could not convert string to float") --
+def _float(name: str, value) -> float:
+    if isinstance(value, (torch.SymFloat, torch.SymInt)) or (
+            isinstance(value, torch.Tensor) and value.numel() == 1):
+        return float(value)
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    return float(value)
+
+
+def _flag(name: str, value) -> bool:
+    try:
+        return bool(value)
+    except (RuntimeError, TypeError, ValueError):  # e.g. a tensor of several elements
+        got = type(value).__name__
+        if isinstance(value, torch.Tensor):
+            got += f" of shape {tuple(value.shape)}"
+        raise TypeError(f"{name} must be a bool, got {got}") from None
+
+
+def _optional_tensor(name: str, t, what: str) -> None:
+    if t is not None and not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be {what} or None, got {type(t).__name__}")
+
+
+_SLOPES = "a float32 torch.Tensor of shape (nheads,) or (batch, nheads)"
+
+
 # cu_seqlens are int32, so no sequence is longer than this: a larger max_seqlen (legal, an
 # upper bound) is cut to it here, and the binding cuts it further to the longest sequence.
 _MAX_SEQLEN_CAP = 2**31 - 1
@@ -165,7 +196,7 @@ def _max_seqlen(name: str, value) -> Union[int, torch.SymInt]:
 
 def _scale(softmax_scale: Optional[float], head_dim: int) -> float:
     if softmax_scale is not None:
-        return float(softmax_scale)
+        return _float("softmax_scale", softmax_scale)
     # head_dim 0 is rejected by the op with a clear message; don't divide by zero first
     return head_dim ** -0.5 if head_dim > 0 else 1.0
 
@@ -186,9 +217,10 @@ def _check_tensor(name: str, t, dims: int, layout: str) -> None:
 
 def _call_fwd(q, k, v, cu_q, cu_k, max_q, max_k, slopes, scale, causal, window, softcap,
               deterministic):
+    _optional_tensor("alibi_slopes", slopes, _SLOPES)
     wl, wr = window
-    return ops.attn_fwd(q, k, v, cu_q, cu_k, max_q, max_k, slopes, scale, bool(causal), wl, wr,
-                        float(softcap), bool(deterministic))
+    return ops.attn_fwd(q, k, v, cu_q, cu_k, max_q, max_k, slopes, scale, _flag("causal", causal),
+                        wl, wr, _float("softcap", softcap), _flag("deterministic", deterministic))
 
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
@@ -209,7 +241,7 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
     out, lse = _call_fwd(q, k, v, None, None, 0, 0, alibi_slopes,
                          _scale(softmax_scale, q.shape[-1]), causal, _window(window_size),
                          softcap, deterministic)
-    return (out, lse, None) if return_attn_probs else out
+    return (out, lse, None) if _flag("return_attn_probs", return_attn_probs) else out
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
@@ -232,7 +264,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     out, lse = _call_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k, alibi_slopes,
                          _scale(softmax_scale, q.shape[-1]), causal, _window(window_size),
                          softcap, deterministic)
-    return (out, lse, None) if return_attn_probs else out
+    return (out, lse, None) if _flag("return_attn_probs", return_attn_probs) else out
 
 
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None,
@@ -247,6 +279,21 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None,
     _check_tensor("q", q, 4, "(batch, seqlen_q, nheads, headdim)")
     _check_tensor("k_cache", k_cache, 4, "(batch_cache, seqlen_cache, nheads_k, headdim)")
     _check_tensor("v_cache", v_cache, 4, "(batch_cache, seqlen_cache, nheads_k, headdim)")
+    for name, t in (("k", k), ("v", v)):
+        _optional_tensor(name, t, "a torch.Tensor (batch, seqlen_new, nheads_k, headdim)")
+    _optional_tensor("alibi_slopes", alibi_slopes, _SLOPES)
+    if cache_seqlens is not None and not isinstance(cache_seqlens, torch.Tensor):
+        try:
+            if isinstance(cache_seqlens, bool):
+                raise TypeError
+            cache_seqlens = operator.index(cache_seqlens)  # ints, numpy ints
+        except TypeError:
+            raise TypeError(f"cache_seqlens must be an int, an int32 torch.Tensor (batch,) or "
+                            f"None, got {type(cache_seqlens).__name__}") from None
+    try:
+        num_splits = operator.index(num_splits)
+    except TypeError:
+        raise TypeError(f"num_splits must be an int, got {type(num_splits).__name__}") from None
     if isinstance(cache_seqlens, int):
         if not 0 <= cache_seqlens < 2**31:
             raise ValueError(f"cache_seqlens must be in [0, 2**31), got {cache_seqlens}")
@@ -257,6 +304,6 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None,
     # mutates the caches, so it has no autograd formula).
     with torch.no_grad():
         out, lse = ops.attn_kvcache(q, k_cache, v_cache, k, v, cache_seqlens, alibi_slopes,
-                                    _scale(softmax_scale, q.shape[-1]), bool(causal), wl, wr,
-                                    float(softcap), int(num_splits))
-    return (out, lse) if return_softmax_lse else out
+                                    _scale(softmax_scale, q.shape[-1]), _flag("causal", causal),
+                                    wl, wr, _float("softcap", softcap), num_splits)
+    return (out, lse) if _flag("return_softmax_lse", return_softmax_lse) else out

@@ -252,6 +252,7 @@ def test_not_a_tensor():
     ("max_negative", "max_seqlen_q must be >= 0"),
     ("max_float", "max_seqlen_q must be an int"),
     ("max_none", "max_seqlen_k must be an int"),
+    ("slopes_list", "alibi_slopes must be a float32 torch.Tensor"),
     ("not_tensor", "cu_seqlens_q must be an int32"),
     ("q_rank", "q must have 3 dimensions"),
     ("slopes_shape", "alibi_slopes must have shape"),
@@ -283,6 +284,8 @@ def test_bad_input_varlen(case, match):
         max_q = 6.0
     elif case == "max_none":
         max_k = None
+    elif case == "slopes_list":
+        kw["alibi_slopes"] = [0.5] * 4
     elif case == "not_tensor":
         cu_q = [0, 4, 10]
     elif case == "q_rank":
@@ -298,6 +301,41 @@ def test_op_rejects_negative_max_seqlen():
     cu_q, cu_k = cu_seqlens([4, 6]), cu_seqlens([5, 7])
     with pytest.raises(ValueError, match="max_seqlen_q and max_seqlen_k must be >= 0"):
         ops.attn_fwd(q, k, v, cu_q, cu_k, 6, -1, None, 0.25, False, -1, -1, 0.0, False)
+
+
+def _argument_type_cases():
+    q, k, v = _qkv()
+    cu = cu_seqlens([5])
+    kc, vc = torch.randn(2, 9, 2, 16), torch.randn(2, 9, 2, 16)
+    fa, va, kv = mpt_ext.flash_attn_func, mpt_ext.flash_attn_varlen_func, \
+        mpt_ext.flash_attn_with_kvcache
+    return {
+        "slopes_list": (lambda: fa(q, k, v, alibi_slopes=[0.5] * 4), "alibi_slopes must be"),
+        "scale_str": (lambda: fa(q, k, v, softmax_scale="0.25"), "softmax_scale must be a float"),
+        "scale_list": (lambda: fa(q, k, v, softmax_scale=[0.25]), "softmax_scale must be a float"),
+        "softcap_none": (lambda: fa(q, k, v, softcap=None), "softcap must be a float"),
+        "causal_tensor": (lambda: fa(q, k, v, causal=torch.ones(2)), "causal must be a bool"),
+        "deterministic_tensor": (lambda: fa(q, k, v, deterministic=torch.ones(3)),
+                                 "deterministic must be a bool"),
+        "varlen_softcap": (lambda: va(q[0], k[0, :5], v[0, :5], cu, cu, 5, 5, softcap="1"),
+                           "softcap must be a float"),
+        "kv_k_list": (lambda: kv(q, kc, vc, k=[0.0], v=[0.0], cache_seqlens=1),
+                      "k must be a torch.Tensor"),
+        "kv_slopes_list": (lambda: kv(q, kc, vc, alibi_slopes=[0.5] * 4), "alibi_slopes must be"),
+        "kv_seqlens_float": (lambda: kv(q, kc, vc, cache_seqlens=1.5), "cache_seqlens must be"),
+        "kv_seqlens_bool": (lambda: kv(q, kc, vc, cache_seqlens=True), "cache_seqlens must be"),
+        "kv_num_splits": (lambda: kv(q, kc, vc, num_splits="2"), "num_splits must be an int"),
+        "kv_softcap": (lambda: kv(q, kc, vc, softcap=[1.0]), "softcap must be a float"),
+        "slopes_bias_max": (lambda: mpt_ext.alibi_slopes(4, alibi_bias_max="8"),
+                            "alibi_bias_max must be a float"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_argument_type_cases()))
+def test_argument_types_are_named(case):
+    call, match = _argument_type_cases()[case]
+    with pytest.raises(TypeError, match=match):
+        call()
 
 
 def test_varlen_cu_seqlens_device():
