@@ -294,18 +294,14 @@ def test_every_contender_runs_with_the_one_thread_setting(threads, tmp_path, mon
     assert index["threads"]["intra_op"] == threads
 
 
-def test_default_threads_are_the_free_cores(monkeypatch):
-    monkeypatch.setattr(threads_mod, "cores", lambda: 4)
+def test_default_threads_is_one_whatever_the_load(monkeypatch):
+    # A default that follows the free cores measured scaling on an idle machine and stalls on
+    # a busy one: reruns disagreed by more than 20% (issue 13).
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
-    for load, want in [(0.0, 4), (1.6, 2), (2.4, 2), (3.9, 1), (9.0, 1)]:
+    for load in (0.0, 1.6, 9.0):
         monkeypatch.setattr(threads_mod.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
-        n, why = threads_mod.default_threads()
-        assert n == want, (load, n)
-        assert "free cores" in why
-    # never more than torch's own setting (OMP_NUM_THREADS=1 gives 1)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    monkeypatch.setattr(threads_mod.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert threads_mod.default_threads()[0] == 1
+        assert threads_mod.default_threads()[0] == 1
+        assert threads_mod.plan(None).intra_op == 1
     assert threads_mod.plan(3).intra_op == 3
     with pytest.raises(ValueError):
         threads_mod.plan(0)

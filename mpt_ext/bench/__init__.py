@@ -10,7 +10,7 @@ attention / decode / norms / model (the subcommands), runner (the grid loop and 
 report (tables, JSON, plots, Markdown), cli (argument parsing).
 
 Every implementation of a run is timed with one torch intra-op thread count (--threads,
-else the cores the load average leaves free: threads.py), and on a CPU the implementations
+else 1: threads.py), and on a CPU the implementations
 of a problem are timed in alternating rounds, leaving out calls that waited for a core
 (core.py). Each suite writes <suite>.json: env, ceilings, config, the thread setting, notes
 and one row per (problem, implementation) with its status ("ok", "OOM", "not built",

@@ -52,9 +52,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int,
                    help="torch intra-op threads for every implementation (our CPU kernels' "
-                   "at::parallel_for and the baselines' OpenMP/MKL alike). Default: the cores "
-                   "that the 1-minute load average leaves free (at least 1), at most torch's "
-                   "own setting (OMP_NUM_THREADS)")
+                   "at::parallel_for and the baselines' OpenMP/MKL alike). Default: 1, which a "
+                   "rerun on a busy machine reproduces")
     g.add_argument("--interleave", dest="interleave", action="store_true", default=None,
                    help="time each problem's implementations in alternating rounds (the "
                    "default on a CPU)")

@@ -4,8 +4,7 @@ and the measurements that say whether a row was timed on a CPU that other proces
 Why: on a shared machine, more intra-op threads than free cores makes every parallel region
 wait on a descheduled worker, and ops with many parallel regions (a baseline's eager chain
 of kernels) stall far more than one fused kernel: that made CPU speedups of 1000x out of
-stalls. So a run picks its thread count once (--threads, else the cores that the load
-average leaves free, at most torch's own setting), applies it with torch.set_num_threads
+stalls. So a run picks its thread count once (--threads, else 1), applies it with torch.set_num_threads
 (which sets torch's intra-op pool, used by at::parallel_for in our CPU kernels, and the
 OpenMP and MKL thread counts that the baselines' MKL/oneDNN calls use), and records it.
 
@@ -43,18 +42,11 @@ def loadavg() -> Optional[float]:
 
 
 def default_threads() -> tuple[int, str]:
-    """The cores the 1-minute load average leaves free (at least 1), at most torch's own
-    setting (OMP_NUM_THREADS, or the cores); and why."""
-    cap = torch.get_num_threads()
-    n, load = cores(), loadavg()
-    if load is None:
-        return cap, f"torch's default ({cap}); no load average here"
-    free = max(1, int(n - load + 0.5))
-    chosen = max(1, min(cap, free))
-    why = f"free cores: {n} cores - load {load:.2f} = {max(0.0, n - load):.1f}"
-    if chosen == cap and cap < free:
-        why += f"; capped at torch's setting {cap}"
-    return chosen, why
+    """One thread, and why. Two threads on an idle 2-core machine measure real scaling (torch's
+    eager ops scale, our CPU kernels barely do at the bench's small sizes), but the same run on
+    a busy machine measures stalls; one thread per contender gives numbers that a rerun
+    anywhere reproduces. --threads N measures N."""
+    return 1, "one thread, the default (reproducible on a shared machine; --threads N for N)"
 
 
 @dataclass
