@@ -9,14 +9,28 @@ import torch
 __all__ = ["layer_norm_ref", "rms_norm_ref", "attention_ref", "attention_varlen_ref", "kvcache_ref"]
 
 
+def _fused_sum(x, residual, compute_dtype, sum_dtype):
+    """x + residual as the fused norms define it: the exact sum rounded once to sum_dtype
+    (the dtype residual_out is returned in), so that the forward normalises, and the
+    backward differentiates, the same tensor the caller gets back. The rounding is a value
+    change only: gradients pass through it unrounded (straight through)."""
+    s = x.to(compute_dtype)
+    if residual is None:
+        return s
+    s = s + residual.to(compute_dtype)
+    if sum_dtype is not None:
+        s = s + (s.to(sum_dtype).to(compute_dtype) - s).detach()
+    return s
+
+
 def layer_norm_ref(x: torch.Tensor, weight: Optional[torch.Tensor] = None,
                    bias: Optional[torch.Tensor] = None, eps: float = 1e-5,
-                   residual: Optional[torch.Tensor] = None, compute_dtype=torch.float64):
+                   residual: Optional[torch.Tensor] = None, compute_dtype=torch.float64,
+                   sum_dtype: Optional[torch.dtype] = None):
     """LayerNorm over the last dim, computed in compute_dtype, returned in that dtype.
-    With residual: (norm(x + residual), x + residual)."""
-    s = x.to(compute_dtype)
-    if residual is not None:
-        s = s + residual.to(compute_dtype)
+    With residual: (norm(x + residual), x + residual). sum_dtype: the dtype the op returns
+    x + residual in (the input dtype); the op normalises that rounded sum (see _fused_sum)."""
+    s = _fused_sum(x, residual, compute_dtype, sum_dtype)
     mean = s.mean(-1, keepdim=True)
     var = (s - mean).pow(2).mean(-1, keepdim=True)
     y = (s - mean) * torch.rsqrt(var + eps)
@@ -28,12 +42,11 @@ def layer_norm_ref(x: torch.Tensor, weight: Optional[torch.Tensor] = None,
 
 
 def rms_norm_ref(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: float = 1e-5,
-                 residual: Optional[torch.Tensor] = None, compute_dtype=torch.float64):
+                 residual: Optional[torch.Tensor] = None, compute_dtype=torch.float64,
+                 sum_dtype: Optional[torch.dtype] = None):
     """RMSNorm over the last dim, computed in compute_dtype, returned in that dtype.
-    With residual: (norm(x + residual), x + residual)."""
-    s = x.to(compute_dtype)
-    if residual is not None:
-        s = s + residual.to(compute_dtype)
+    With residual: (norm(x + residual), x + residual); sum_dtype as in layer_norm_ref."""
+    s = _fused_sum(x, residual, compute_dtype, sum_dtype)
     y = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps)
     if weight is not None:
         y = y * weight.to(compute_dtype)

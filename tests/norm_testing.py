@@ -49,11 +49,12 @@ def run_op(x, weight, bias, residual, is_rms, eps=1e-5):
     return out if residual is not None else (out, x)
 
 
-def run_ref(x, weight, bias, residual, is_rms, eps=1e-5):
+def run_ref(x, weight, bias, residual, is_rms, eps=1e-5, sum_dtype=None):
+    """The float64 oracle; sum_dtype: the input dtype, which the op rounds x + residual to."""
     if is_rms:
-        out = rms_norm_ref(x, weight, eps, residual=residual)
+        out = rms_norm_ref(x, weight, eps, residual=residual, sum_dtype=sum_dtype)
     else:
-        out = layer_norm_ref(x, weight, bias, eps, residual=residual)
+        out = layer_norm_ref(x, weight, bias, eps, residual=residual, sum_dtype=sum_dtype)
     return out if residual is not None else (out, x)
 
 
@@ -97,7 +98,20 @@ def tolerance(ours_dtype, torch_err, scale):
     return 2 * torch_err + floor * max(1.0, scale)
 
 
-def assert_close_rule(name, ours, ref, torch_val):
+def dx_scale(inputs, dy, is_rms, eps=1e-5):
+    """The size of the terms that dx is the difference of: rstd * |dy * weight|. When one
+    element dominates its row (hidden 1, or a near-constant row) those terms nearly cancel
+    and dx is hundreds of times smaller than they are, so fp32 rounding of them, by torch's
+    formula as by ours, is hundreds of ulps of dx: the floor scales with them, not with dx."""
+    x, weight, _, residual = (None if t is None else t.double() for t in inputs)
+    s = x + residual if residual is not None else x
+    centred = s if is_rms else s - s.mean(-1, keepdim=True)
+    rstd = torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps)
+    g = dy.double() * (weight if weight is not None else 1.0)
+    return (rstd * g.abs()).max().item() if g.numel() else 0.0
+
+
+def assert_close_rule(name, ours, ref, torch_val, scale=None):
     assert ours.shape == ref.shape, f"{name}: shape {tuple(ours.shape)} != {tuple(ref.shape)}"
     assert ours.dtype == torch_val.dtype or ours.dtype in (torch.float32, torch.float64), \
         f"{name}: dtype {ours.dtype}"
@@ -107,7 +121,7 @@ def assert_close_rule(name, ours, ref, torch_val):
     assert torch.isfinite(ours64).all(), f"{name}: non-finite values"
     err = (ours64 - ref64).abs().max().item()
     torch_err = (torch_val.double().cpu() - ref64).abs().max().item()
-    tol = tolerance(ours.dtype, torch_err, ref64.abs().max().item())
+    tol = tolerance(ours.dtype, torch_err, max(ref64.abs().max().item(), scale or 0.0))
     assert err <= tol, f"{name}: max error {err:.3g} > tol {tol:.3g} (PyTorch's error {torch_err:.3g})"
 
 
@@ -121,7 +135,7 @@ def check_against_reference(shape, x_dtype, w_dtype, affine, is_rms, with_residu
         return run_op(x, w, b, r, is_rms)
 
     def ref(x, w, b, r):
-        return run_ref(x, w, b, r, is_rms)
+        return run_ref(x, w, b, r, is_rms, sum_dtype=x_dtype)
 
     def base(x, w, b, r):
         return run_torch(x, w, b, r, is_rms)
@@ -141,4 +155,5 @@ def check_against_reference(shape, x_dtype, w_dtype, affine, is_rms, with_residu
         if leaf is None:
             continue
         assert ours.dtype == leaf.dtype, f"{name}: dtype {ours.dtype} != {leaf.dtype}"
-        assert_close_rule(name, ours, ref_g, pt_g)
+        scale = dx_scale(inputs, dy.to(x_dtype), is_rms) if name in ("dx", "dresidual") else None
+        assert_close_rule(name, ours, ref_g, pt_g, scale)
