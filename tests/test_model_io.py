@@ -78,6 +78,19 @@ def test_sharded_round_trip(tmp_path, safe):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
 
 
+@pytest.mark.parametrize("max_shard_size", [None, "30KB"], ids=["one", "sharded"])
+def test_saved_files_get_the_modes_a_plain_open_gives(tmp_path, max_shard_size):
+    # safetensors writes through a 0600 temporary file (issue 13: exports were 0600)
+    import os
+    make_model(tiny_config()).save_pretrained(tmp_path, max_shard_size=max_shard_size)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    files = list(tmp_path.iterdir())
+    assert any(f.suffix == ".safetensors" for f in files)
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
+
+
 def test_load_with_dtype_and_device(tmp_path):
     model = make_model(tiny_config())
     model.save_pretrained(tmp_path)

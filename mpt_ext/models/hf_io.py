@@ -287,12 +287,16 @@ def save_pretrained(model, path: Union[str, os.PathLike], safe_serialization: bo
     stem, ext = ("model", "safetensors") if safe_serialization else ("pytorch_model", "bin")
     names = ([f"{stem}.{ext}"] if len(shards) == 1 else
              [f"{stem}-{i + 1:05d}-of-{len(shards):05d}.{ext}" for i in range(len(shards))])
+    # safetensors writes through a 0600 temporary file: give the weights the mode that
+    # config.json got from a plain open() (0666 less the umask), as a shared model dir needs.
+    mode = (path / CONFIG_NAME).stat().st_mode & 0o777
     for name, shard in zip(names, shards):
         if safe_serialization:
             from safetensors.torch import save_file  # noqa: PLC0415
             save_file(shard, str(path / name), metadata={"format": "pt"})
         else:
             torch.save(shard, path / name)
+        os.chmod(path / name, mode)
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size()
                                                 for t in state.values())},

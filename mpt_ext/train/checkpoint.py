@@ -165,36 +165,10 @@ def export_hf(model: torch.nn.Module, out_dir: str | os.PathLike, tokenizer=None
         (tmp / "mpt_ext_tokenizer.json").write_text(json.dumps(
             {"name": tokenizer.name, "fingerprint": tokenizer.fingerprint,
              "vocab_size": tokenizer.vocab_size}, indent=1))
-    _normal_permissions(tmp)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.rename(tmp, out_dir)
     return out_dir
-
-
-def _umask() -> int:
-    try:  # Linux: read it without changing it (os.umask is process-wide, racy with threads)
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _normal_permissions(root: Path) -> None:
-    """The modes a plain open()/mkdir() would give (0666 / 0777 less the umask): some writers
-    (e.g. safetensors) create files 0600, which a shared model dir should not be."""
-    mask = _umask()
-    os.chmod(root, 0o777 & ~mask)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            os.chmod(os.path.join(dirpath, d), 0o777 & ~mask)
-        for name in filenames:
-            os.chmod(os.path.join(dirpath, name), 0o666 & ~mask)
 
 
 def run_dir_contents(run_dir: str | os.PathLike) -> list[Path]:
