@@ -462,6 +462,9 @@ class Trainer:
         except (ValueError, KeyError, TypeError) as e:
             raise ckpt.CheckpointError(f"checkpoint {path}: sampler state does not fit ({e})") from e
         same_optimizer = old_optimizer == self.cfg.optimizer   # never feed AdamW state to Lion
+        # this run's hyperparameters, as built from cfg, before the checkpoint's replace them
+        fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        fresh_base_lrs = list(self.scheduler.base_lrs)
         if optim_format == "fqn":
             from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                                  set_state_dict)
@@ -477,7 +480,7 @@ class Trainer:
                 self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if changes:
-            self._apply_optimizer_settings()
+            self._apply_optimizer_settings(fresh_groups, fresh_base_lrs)
         restore_rng(state["rng"])
         self.step, self.tokens_seen = step, state["tokens_seen"]
         self._resumed_step = step
@@ -508,21 +511,16 @@ class Trainer:
                 "the checkpoint's, or pass --allow-config-change to apply these from its step on")
         return changes, old.optimizer
 
-    def _apply_optimizer_settings(self) -> None:
-        """Puts this run's lr, betas, eps, weight decay and schedule into the optimizer and
-        scheduler (load_state_dict restored the checkpoint's), at the current step."""
-        cfg, sched = self.cfg, self.scheduler
-        groups = self.optimizer.param_groups
-        sched.base_lrs = [cfg.lr] * len(groups)
-        for i, group in enumerate(groups):
-            group["initial_lr"] = cfg.lr
-            group["lr"] = cfg.lr * sched.lr_lambdas[i](sched.last_epoch)
-            group["betas"] = tuple(cfg.betas)
-            if "eps" in group:
-                group["eps"] = cfg.eps
-            if i == 0:   # param_groups(): matrices first (decayed), then norms and biases
-                group["weight_decay"] = cfg.weight_decay
-        sched._last_lr = [group["lr"] for group in groups]
+    def _apply_optimizer_settings(self, fresh_groups: list[dict], fresh_base_lrs: list[float]) -> None:
+        """Puts back this run's hyperparameters (lr, betas, eps, weight decay, as built from
+        cfg; load_state_dict restored the checkpoint's) and its schedule's base lrs, with
+        each group's lr set for the current step."""
+        sched = self.scheduler
+        sched.base_lrs = fresh_base_lrs
+        for i, (group, fresh) in enumerate(zip(self.optimizer.param_groups, fresh_groups)):
+            group.update(fresh)
+            group["lr"] = fresh_base_lrs[i] * sched.lr_lambdas[i](sched.last_epoch)
+        sched._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def export_hf(self, out_dir):
         model_sd, _ = self._full_state() if self.dist.distributed and self.cfg.strategy == "fsdp" else (None, None)
