@@ -194,21 +194,15 @@ def _time_calls(call: Callable[[Any], Any], sets: Sequence[Any], n: int,
             ends[i].record()
         synchronize(device)
         return [s.elapsed_time(e) for s, e in zip(starts, ends)]
-    times = []
-    for i in range(n):
-        x = sets[i % len(sets)]
-        t0 = time.perf_counter()
-        call(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
+    return _time_calls_cpu(call, sets, n, None)[0]
 
 
 def _time_calls_cpu(call: Callable[[Any], Any], sets: Sequence[Any], n: int,
-                    probe: threads_mod.WaitProbe) -> tuple[list[float], list[float]]:
+                    probe: Optional[threads_mod.WaitProbe]) -> tuple[list[float], list[float]]:
     """Wall ms of each call, and the run-queue wait (ms, summed over this process's
-    threads) around each; the waits are empty where the probe cannot read them."""
+    threads) around each; the waits are empty without a probe or where it cannot read them."""
     times, waits = [], []
-    read = probe.read if probe.available else None
+    read = probe.read if probe is not None and probe.available else None
     for i in range(n):
         x = sets[i % len(sets)]
         w0 = read() if read else 0
