@@ -7,12 +7,12 @@ signatures and semantics follow flash-attn's.
 from __future__ import annotations
 
 import math
-import numbers
 import operator
 from typing import Optional, Sequence, Union
 
 import torch
 
+from ._args import real, tensor_arg
 from ._library import ops
 
 __all__ = [
@@ -147,15 +147,11 @@ def _window(window_size: Sequence[int]) -> tuple[int, int]:
     return left, right
 
 
-# ---- argument types: checked here and named (the op schemas would say "Expected a value of
-# type 'Optional[Tensor]' for argument ...", float() "could not convert string to float") --
+# ---- argument types: checked here and named (see _args.py) ----------------------------------
 def _float(name: str, value) -> float:
-    if isinstance(value, (torch.SymFloat, torch.SymInt)) or (
-            isinstance(value, torch.Tensor) and value.numel() == 1):
+    if isinstance(value, torch.Tensor) and value.numel() == 1:   # as flash-attn accepts
         return float(value)
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    return float(value)
+    return real(name, value)
 
 
 def _flag(name: str, value) -> bool:
@@ -166,11 +162,6 @@ def _flag(name: str, value) -> bool:
         if isinstance(value, torch.Tensor):
             got += f" of shape {tuple(value.shape)}"
         raise TypeError(f"{name} must be a bool, got {got}") from None
-
-
-def _optional_tensor(name: str, t, what: str) -> None:
-    if t is not None and not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be {what} or None, got {type(t).__name__}")
 
 
 _SLOPES = "a float32 torch.Tensor of shape (nheads,) or (batch, nheads)"
@@ -217,7 +208,7 @@ def _check_tensor(name: str, t, dims: int, layout: str) -> None:
 
 def _call_fwd(q, k, v, cu_q, cu_k, max_q, max_k, slopes, scale, causal, window, softcap,
               deterministic):
-    _optional_tensor("alibi_slopes", slopes, _SLOPES)
+    tensor_arg("alibi_slopes", slopes, _SLOPES)
     wl, wr = window
     return ops.attn_fwd(q, k, v, cu_q, cu_k, max_q, max_k, slopes, scale, _flag("causal", causal),
                         wl, wr, _float("softcap", softcap), _flag("deterministic", deterministic))
@@ -280,8 +271,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None,
     _check_tensor("k_cache", k_cache, 4, "(batch_cache, seqlen_cache, nheads_k, headdim)")
     _check_tensor("v_cache", v_cache, 4, "(batch_cache, seqlen_cache, nheads_k, headdim)")
     for name, t in (("k", k), ("v", v)):
-        _optional_tensor(name, t, "a torch.Tensor (batch, seqlen_new, nheads_k, headdim)")
-    _optional_tensor("alibi_slopes", alibi_slopes, _SLOPES)
+        tensor_arg(name, t, "a torch.Tensor (batch, seqlen_new, nheads_k, headdim)")
+    tensor_arg("alibi_slopes", alibi_slopes, _SLOPES)
     if cache_seqlens is not None and not isinstance(cache_seqlens, torch.Tensor):
         try:
             if isinstance(cache_seqlens, bool):

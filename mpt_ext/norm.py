@@ -4,11 +4,11 @@ with an optional fused residual add. Fake kernels and autograd for the norm ops 
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Optional
 
 import torch
 
+from ._args import real, tensor_arg
 from ._library import ops
 
 __all__ = ["layer_norm", "rms_norm"]
@@ -126,9 +126,8 @@ torch.library.register_autograd("mpt_ext::norm_fwd", _norm_backward,
 
 
 # ---- public API -----------------------------------------------------------------------------
-# Argument types are checked here, naming the argument: past this point the op's schema
-# would reject a list as "Expected a value of type 'Optional[Tensor]'", and float() a tensor
-# of hidden elements as "only one element tensors can be converted to Python scalars".
+# Argument types are checked here, naming the argument (_args.py); a tensor in eps's place
+# is most often a bias or residual passed positionally, so that error says so.
 _POSITIONAL_HINT = {
     "layer_norm": "the positional order is (x, weight, bias, eps, residual); "
                   "did you mean residual=...?",
@@ -137,22 +136,10 @@ _POSITIONAL_HINT = {
 }
 
 
-def _check_tensor_arg(fn: str, name: str, t, optional: bool = True) -> None:
-    if t is None and optional:
-        return
-    if not isinstance(t, torch.Tensor):
-        expected = "a torch.Tensor or None" if optional else "a torch.Tensor"
-        raise TypeError(f"{fn}: {name} must be {expected}, got {type(t).__name__}")
-
-
 def _eps(fn: str, eps) -> float:
     if isinstance(eps, torch.Tensor):
         raise TypeError(f"{fn}: eps must be a float, got Tensor ({_POSITIONAL_HINT[fn]})")
-    if isinstance(eps, (torch.SymFloat, torch.SymInt)):
-        return float(eps)
-    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
-        raise TypeError(f"{fn}: eps must be a float, got {type(eps).__name__}")
-    return float(eps)
+    return real(f"{fn}: eps", eps)
 
 
 def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None,
@@ -162,9 +149,9 @@ def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None,
 
     weight and bias have shape (hidden,) and may be float32 while x is bf16/fp16.
     With residual: returns (layer_norm(x + residual), x + residual), fused in one pass."""
-    _check_tensor_arg("layer_norm", "x", x, optional=False)
+    tensor_arg("layer_norm: x", x, optional=False)
     for name, t in (("weight", weight), ("bias", bias), ("residual", residual)):
-        _check_tensor_arg("layer_norm", name, t)
+        tensor_arg(f"layer_norm: {name}", t)
     eps = _eps("layer_norm", eps)
     if weight is None and bias is not None:
         # F.layer_norm allows a bias alone; the kernel takes weight and bias together
@@ -178,9 +165,9 @@ def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: float 
     """RMSNorm over the last dimension in x's dtype (fp32 statistics).
 
     With residual: returns (rms_norm(x + residual), x + residual), fused in one pass."""
-    _check_tensor_arg("rms_norm", "x", x, optional=False)
+    tensor_arg("rms_norm: x", x, optional=False)
     for name, t in (("weight", weight), ("residual", residual)):
-        _check_tensor_arg("rms_norm", name, t)
+        tensor_arg(f"rms_norm: {name}", t)
     eps = _eps("rms_norm", eps)
     y, residual_out, _, _ = ops.norm_fwd(x, weight, None, residual, eps, True)
     return (y, residual_out) if residual is not None else y
