@@ -4,7 +4,7 @@
     import mpt_ext.nn                            # LayerNorm, LPLayerNorm, RMSNorm
     mpt_ext.patch(model)                         # swap a model's norms/attention in place
 """
-from ._library import CUDA_ATTENTION, CUDA_DECODE, WITH_CUDA
+from ._library import CUDA_ATTN, CUDA_ATTN_KVCACHE, CUDA_FAMILIES, CUDA_NORM, WITH_CUDA
 from .attention import (
     alibi_slopes,
     flash_attn_func,
@@ -27,6 +27,8 @@ __all__ = [
     "nn",
     "patch",
     "WITH_CUDA",
-    "CUDA_ATTENTION",
-    "CUDA_DECODE",
+    "CUDA_FAMILIES",
+    "CUDA_NORM",
+    "CUDA_ATTN",
+    "CUDA_ATTN_KVCACHE",
 ]

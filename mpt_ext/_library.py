@@ -13,9 +13,12 @@ ops = torch.ops.mpt_ext
 
 #: the extension was compiled with nvcc (CUDA kernels present)
 WITH_CUDA = bool(_C.with_cuda)
-#: the CUDA LayerNorm / RMSNorm kernels are dispatched to
-CUDA_NORM = bool(_C.cuda_norm)
-#: the CUDA attention (forward/backward/varlen) kernels are built
-CUDA_ATTENTION = bool(_C.cuda_attention)
-#: the CUDA decode (flash_attn_with_kvcache) kernel is built
-CUDA_DECODE = bool(_C.cuda_decode)
+#: the CUDA kernel families dispatched to (CMake's MPT_EXT_CUDA_OPS): a subset of
+#: {"norm", "attn", "attn_kvcache"}; a CUDA tensor reaching any other raises NotImplementedError
+CUDA_FAMILIES = frozenset(_C.cuda_families.split())
+#: the CUDA LayerNorm / RMSNorm kernels (norm_fwd, norm_bwd) are dispatched to
+CUDA_NORM = "norm" in CUDA_FAMILIES
+#: the CUDA attention kernels (attn_fwd, attn_bwd: flash_attn_func, flash_attn_varlen_func)
+CUDA_ATTN = "attn" in CUDA_FAMILIES
+#: the CUDA decode kernels (attn_kvcache: flash_attn_with_kvcache)
+CUDA_ATTN_KVCACHE = "attn_kvcache" in CUDA_FAMILIES

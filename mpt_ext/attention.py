@@ -73,33 +73,49 @@ def _attn_kvcache_fake(q, k_cache, v_cache, k, v, cache_seqlens, alibi_slopes, s
 
 
 # ---- autograd ----------------------------------------------------------------------------
-# Position of alibi_slopes among attn_fwd's inputs (for needs_input_grad).
-_SLOPES_INDEX = 7
+# attn_fwd's and attn_bwd's arguments by name, read from the schemas (python/torch_bindings.cpp
+# is their one definition): adding an argument there needs no index changed here.
+def _schema_args(op):
+    return op.default._schema.arguments
+
+
+def _is_tensor(arg) -> bool:
+    t = arg.type
+    if isinstance(t, torch.OptionalType):
+        t = t.getElementType()
+    return isinstance(t, torch.TensorType)
+
+
+_FWD_ARGS = tuple(a.name for a in _schema_args(ops.attn_fwd))
+_FWD_DEFAULTS = {a.name: a.default_value for a in _schema_args(ops.attn_fwd)
+                 if a.has_default_value()}
+_FWD_TENSORS = tuple(a.name for a in _schema_args(ops.attn_fwd) if _is_tensor(a))
+_BWD_ARGS = tuple(a.name for a in _schema_args(ops.attn_bwd))
 
 
 def _attn_setup_context(ctx, inputs, output):
-    # deterministic (last, with a schema default) may be missing from inputs
-    (q, k, v, cu_q, cu_k, max_q, max_k, slopes, scale, causal, wl, wr, softcap) = inputs[:13]
-    deterministic = inputs[13] if len(inputs) > 13 else False
+    # arguments equal to their schema default (deterministic) may be missing from inputs
+    args = {**_FWD_DEFAULTS, **dict(zip(_FWD_ARGS, inputs))}
     out, lse = output
     # The backward kernels take no d(lse) (as in flash-attn): say so rather than return a
     # silently wrong zero gradient through lse.
     ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, slopes)
-    ctx.args = (max_q, max_k, scale, causal, wl, wr, softcap, deterministic)
+    ctx.save_for_backward(out, lse, *(args.pop(name) for name in _FWD_TENSORS))
+    ctx.args = args  # the non-tensor arguments
 
 
 def _attn_backward(ctx, dout, dlse):
-    q, k, v, out, lse, cu_q, cu_k, slopes = ctx.saved_tensors
-    max_q, max_k, scale, causal, wl, wr, softcap, deterministic = ctx.args
-    want_dslopes = slopes is not None and ctx.needs_input_grad[_SLOPES_INDEX]
+    out, lse, *tensors = ctx.saved_tensors
+    args = {**dict(zip(_FWD_TENSORS, tensors)), **ctx.args}
+    want_dslopes = (args["alibi_slopes"] is not None
+                    and ctx.needs_input_grad[_FWD_ARGS.index("alibi_slopes")])
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv, dslopes = ops.attn_bwd(
-        dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, max_q, max_k, slopes, scale, causal,
-        wl, wr, softcap, deterministic, want_dslopes)
-    return (dq, dk, dv, None, None, None, None, dslopes if want_dslopes else None,
-            None, None, None, None, None, None)
+        dout=dout.contiguous(), out=out, lse=lse, compute_dslopes=want_dslopes,
+        **{name: args[name] for name in _BWD_ARGS if name in args})
+    grads = {"q": dq, "k": dk, "v": dv, "alibi_slopes": dslopes if want_dslopes else None}
+    return tuple(grads.get(name) for name in _FWD_ARGS)
 
 
 torch.library.register_autograd("mpt_ext::attn_fwd", _attn_backward,

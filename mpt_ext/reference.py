@@ -54,7 +54,7 @@ def rms_norm_ref(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: fl
 
 
 # ---- attention ---------------------------------------------------------------------------
-# Written from DESIGN.md's semantics (flash-attn 2.x), independently of the kernels' masking
+# Written from docs/DESIGN.md's semantics (flash-attn 2.x), independently of the kernels' masking
 # code: the full score matrix is materialised, so keep shapes small.
 
 def _visible(seqlen_q: int, seqlen_k: int, causal: bool, window_size, device) -> torch.Tensor:

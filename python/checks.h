@@ -50,4 +50,12 @@ inline void check_same_dtype(const at::Tensor& t, const char* name, const at::Te
                    ref_name, " (", ref.scalar_type(), "), got ", t.scalar_type());
 }
 
+// t must have ref's dtype and device and a contiguous last dimension (the kernels' rows).
+inline void check_like(const at::Tensor& t, const char* name, const at::Tensor& ref,
+                       const char* ref_name) {
+  check_same_dtype(t, name, ref, ref_name);
+  check_same_device(t, name, ref, ref_name);
+  check_last_dim_contiguous(t, name);
+}
+
 }  // namespace mpt_ext

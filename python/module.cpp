@@ -1,6 +1,24 @@
 // Makes the shared library importable as mpt_ext._C. Importing it runs the static
-// TORCH_LIBRARY registrations; the module itself carries only build facts.
+// TORCH_LIBRARY registrations; the module itself carries only build facts: whether nvcc
+// built the CUDA kernels, and which CUDA kernel families are dispatched to.
 #include <Python.h>
+
+// The families CMake's MPT_EXT_CUDA_OPS enabled (MPT_EXT_CUDA_<FAMILY>), space separated.
+#ifdef MPT_EXT_CUDA_NORM
+#define MPT_EXT_FAMILY_NORM "norm "
+#else
+#define MPT_EXT_FAMILY_NORM ""
+#endif
+#ifdef MPT_EXT_CUDA_ATTN
+#define MPT_EXT_FAMILY_ATTN "attn "
+#else
+#define MPT_EXT_FAMILY_ATTN ""
+#endif
+#ifdef MPT_EXT_CUDA_ATTN_KVCACHE
+#define MPT_EXT_FAMILY_ATTN_KVCACHE "attn_kvcache "
+#else
+#define MPT_EXT_FAMILY_ATTN_KVCACHE ""
+#endif
 
 static struct PyModuleDef mpt_ext_module = {PyModuleDef_HEAD_INIT, "_C",
                                             "mpt_ext kernels (ops live in torch.ops.mpt_ext)", -1,
@@ -10,24 +28,15 @@ PyMODINIT_FUNC PyInit__C(void) {
   PyObject* m = PyModule_Create(&mpt_ext_module);
   if (m == nullptr) return nullptr;
 #ifdef MPT_EXT_WITH_CUDA
-  PyModule_AddIntConstant(m, "with_cuda", 1);
+  const long with_cuda = 1;
 #else
-  PyModule_AddIntConstant(m, "with_cuda", 0);
+  const long with_cuda = 0;
 #endif
-#ifdef MPT_EXT_HAS_CUDA_NORM
-  PyModule_AddIntConstant(m, "cuda_norm", 1);
-#else
-  PyModule_AddIntConstant(m, "cuda_norm", 0);
-#endif
-#ifdef MPT_EXT_HAS_CUDA_ATTENTION
-  PyModule_AddIntConstant(m, "cuda_attention", 1);
-#else
-  PyModule_AddIntConstant(m, "cuda_attention", 0);
-#endif
-#ifdef MPT_EXT_HAS_CUDA_DECODE
-  PyModule_AddIntConstant(m, "cuda_decode", 1);
-#else
-  PyModule_AddIntConstant(m, "cuda_decode", 0);
-#endif
+  const char* families = MPT_EXT_FAMILY_NORM MPT_EXT_FAMILY_ATTN MPT_EXT_FAMILY_ATTN_KVCACHE;
+  if (PyModule_AddIntConstant(m, "with_cuda", with_cuda) != 0 ||
+      PyModule_AddStringConstant(m, "cuda_families", families) != 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
   return m;
 }

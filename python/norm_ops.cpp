@@ -1,17 +1,18 @@
-// Tensor -> params glue for LayerNorm / RMSNorm over the last dimension, with every input
-// check. Inputs are viewed as (rows, hidden); a non-contiguous x is copied once.
+// norm_fwd and norm_bwd (layer_norm / rms_norm over the last dimension, fused residual): every
+// input check, Tensor -> params, and the per-device registration (csrc/norm/norm.h). Inputs
+// are viewed as (rows, hidden); a non-contiguous x is copied once.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/core/DeviceGuard.h>
+#include <torch/library.h>
 
 #include <cmath>
 #include <tuple>
 
-#include "../csrc/norm/norm_params.h"
-#include "backend.h"
+#include "../csrc/norm/norm.h"
 #include "checks.h"
-#include "ops.h"
+#include "device_impl.h"
 
 namespace mpt_ext {
 namespace {
@@ -25,8 +26,8 @@ void check_param(const std::optional<at::Tensor>& t, const char* name, const at:
                     " must have shape (hidden,) = (", hidden, ",), got ", t->sizes());
 }
 
-}  // namespace
-
+// One body per op; Kernels (NormCpu, NormCuda below) says which device's kernels it calls.
+template <typename Kernels>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_fwd(
     const at::Tensor& x_in, const std::optional<at::Tensor>& weight_in,
     const std::optional<at::Tensor>& bias_in, const std::optional<at::Tensor>& residual_in,
@@ -80,10 +81,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_fwd(
   p.mean = is_rms ? nullptr : mean.data_ptr<float>();
   p.rstd = rstd.data_ptr<float>();
   p.x_row_stride = p.residual_row_stride = p.y_row_stride = p.residual_out_row_stride = hidden;
-  if (rows > 0) backend::norm_fwd(x.device(), p);
+  p.stream = stream_for(x);
+  if (rows > 0) value_errors([&] { Kernels::fwd(p); });
   return {y, residual_out, mean, rstd};
 }
 
+template <typename Kernels>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_bwd(
     const at::Tensor& dy_in, const std::optional<at::Tensor>& dresidual_out_in,
     const at::Tensor& x_in, const std::optional<at::Tensor>& weight_in,
@@ -143,16 +146,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_bwd(
   p.dbias = dbias32.defined() ? dbias32.data_ptr<float>() : nullptr;
   p.dy_row_stride = p.x_row_stride = p.dresidual_out_row_stride = p.dx_row_stride = hidden;
 
-  // Two-stage dweight/dbias reduction: the backend sizes its partial-sum scratch.
+  p.stream = stream_for(x);
+
+  // Two-stage dweight/dbias reduction: the device's kernels size their partial-sum scratch.
   at::Tensor workspace;
-  const int64_t ws_bytes = backend::norm_bwd_workspace_bytes(x.device(), p);
+  const int64_t ws_bytes = value_errors([&] { return Kernels::bwd_workspace_bytes(p); });
   if (ws_bytes > 0) {
     workspace = at::empty({ws_bytes}, x.options().dtype(at::kByte));
     p.workspace = workspace.data_ptr();
     p.workspace_bytes = ws_bytes;
   }
   if (rows > 0) {
-    backend::norm_bwd(x.device(), p);
+    value_errors([&] { Kernels::bwd(p); });
   } else {
     if (dweight32.defined()) dweight32.zero_();
     if (dbias32.defined()) dbias32.zero_();
@@ -162,6 +167,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_bwd(
   at::Tensor dbias = dbias32.defined() ? dbias32.to(bias_in->scalar_type())
                                        : at::empty({0}, x.options());
   return {dx, dweight, dbias};
+}
+
+// The kernels each device runs.
+struct NormCpu {
+  static void fwd(const NormFwdParams& p) { norm_fwd_cpu(p); }
+  static void bwd(const NormBwdParams& p) { norm_bwd_cpu(p); }
+  static int64_t bwd_workspace_bytes(const NormBwdParams&) { return 0; }
+};
+
+#ifdef MPT_EXT_CUDA_NORM
+struct NormCuda {
+  static void fwd(const NormFwdParams& p) { norm_fwd_cuda(p); }
+  static void bwd(const NormBwdParams& p) { norm_bwd_cuda(p); }
+  static int64_t bwd_workspace_bytes(const NormBwdParams& p) {
+    return norm_bwd_workspace_bytes_cuda(p);
+  }
+};
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mpt_ext, CPU, m) {
+  m.impl("norm_fwd", &norm_fwd<NormCpu>);
+  m.impl("norm_bwd", &norm_bwd<NormCpu>);
+}
+
+TORCH_LIBRARY_IMPL(mpt_ext, CUDA, m) {
+#ifdef MPT_EXT_CUDA_NORM
+  m.impl("norm_fwd", &norm_fwd<NormCuda>);
+  m.impl("norm_bwd", &norm_bwd<NormCuda>);
+#else
+  register_cuda_not_enabled(m, "norm_fwd", "layer_norm / rms_norm");
+  register_cuda_not_enabled(m, "norm_bwd", "layer_norm / rms_norm backward");
+#endif
 }
 
 }  // namespace mpt_ext

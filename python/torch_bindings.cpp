@@ -1,8 +1,9 @@
-// Op schemas and their registration: the whole surface torch sees. Fake kernels and
-// autograd are registered from Python (mpt_ext/_ops.py).
+// The op schemas: the whole surface torch sees, on one page. Each op has one name from Python
+// to the kernel: attn_fwd is registered per device in attn_ops.cpp, runs attn_fwd_cpu /
+// attn_fwd_cuda (csrc/attn/attn.h) and launches attn_fwd_kernel. Fake (meta) kernels and
+// autograd are registered from Python: mpt_ext/attention.py and mpt_ext/norm.py.
+// docs/ARCHITECTURE.md traces one call through every layer.
 #include <torch/library.h>
-
-#include "ops.h"
 
 TORCH_LIBRARY(mpt_ext, m) {
   m.def(
@@ -28,14 +29,3 @@ TORCH_LIBRARY(mpt_ext, m) {
       "norm_bwd(Tensor dy, Tensor? dresidual_out, Tensor x, Tensor? weight, Tensor? bias, "
       "Tensor mean, Tensor rstd, bool is_rms) -> (Tensor dx, Tensor dweight, Tensor dbias)");
 }
-
-// One implementation per op serves both devices; backend.cpp picks the kernel.
-#define MPT_EXT_REGISTER_IMPLS(m)         \
-  m.impl("attn_fwd", &mpt_ext::attn_fwd);  \
-  m.impl("attn_bwd", &mpt_ext::attn_bwd);  \
-  m.impl("attn_kvcache", &mpt_ext::attn_kvcache); \
-  m.impl("norm_fwd", &mpt_ext::norm_fwd);  \
-  m.impl("norm_bwd", &mpt_ext::norm_bwd);
-
-TORCH_LIBRARY_IMPL(mpt_ext, CPU, m) { MPT_EXT_REGISTER_IMPLS(m) }
-TORCH_LIBRARY_IMPL(mpt_ext, CUDA, m) { MPT_EXT_REGISTER_IMPLS(m) }

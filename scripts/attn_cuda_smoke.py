@@ -139,8 +139,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="only the first few cases")
     ap.add_argument("--no-bench", action="store_true")
     args = ap.parse_args()
-    if not torch.cuda.is_available() or not getattr(mpt_ext, "CUDA_ATTENTION", False):
-        print("needs a GPU and a build with -DMPT_EXT_CUDA_OPS=attention")
+    if not torch.cuda.is_available() or not getattr(mpt_ext, "CUDA_ATTN", False):
+        print("needs a GPU and a build with -DMPT_EXT_CUDA_OPS=attn")
         return 2
     torch.manual_seed(0)
     bf, fp = torch.bfloat16, torch.float16

@@ -402,16 +402,16 @@ def test_bad_input_kvcache(case, match):
 def test_cuda_without_kernels_not_implemented():
     # never a silent slow path: a build without a CUDA kernel says so
     q, k, v = (t.cuda() for t in _qkv())
-    if mpt_ext.CUDA_ATTENTION and mpt_ext.CUDA_DECODE:
+    if mpt_ext.CUDA_ATTN and mpt_ext.CUDA_ATTN_KVCACHE:
         pytest.skip("this build has the CUDA attention and decode kernels")
-    if not mpt_ext.CUDA_ATTENTION:
+    if not mpt_ext.CUDA_ATTN:
         with pytest.raises(NotImplementedError):
             mpt_ext.flash_attn_func(q, k, v)
         cu = cu_seqlens([5, 5], device="cuda")
         with pytest.raises(NotImplementedError):
             mpt_ext.flash_attn_varlen_func(q.flatten(0, 1), k[:, :5].flatten(0, 1),
                                            v[:, :5].flatten(0, 1), cu, cu, 5, 5)
-    if not mpt_ext.CUDA_DECODE:
+    if not mpt_ext.CUDA_ATTN_KVCACHE:
         with pytest.raises(NotImplementedError):
             mpt_ext.flash_attn_with_kvcache(q, k, v, cache_seqlens=6)
 

@@ -1,4 +1,4 @@
-"""CPU model checks of the CUDA attention kernels (csrc/attention/cuda/), for machines without
+"""CPU model checks of the CUDA attention kernels (csrc/attn/cuda/), for machines without
 a GPU. Two layers are modelled in numpy:
 
 1. Fragments: the swizzled shared-memory tiles and the ldmatrix / mma.m16n8k16 operand
@@ -14,11 +14,80 @@ They cannot catch what only hardware shows (races, pipeline waits, alignment), b
 the index arithmetic, which is where a first GPU run would otherwise fail.
 """
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 LOG2E = 1.4426950408889634
+KERNELS = Path(__file__).resolve().parent.parent / "csrc" / "attn" / "cuda"
+
+
+# ---- the tile sizes, read from the kernels' source (not copied) ----------------------------
+
+def _source(name):
+    return (KERNELS / name).read_text()
+
+
+def _eval_cpp(expr, d):
+    """Value of a constant C++ expression in kD made of ints, comparisons, parentheses and
+    ?: (the config aliases' template arguments)."""
+    expr = re.sub(r"\bkD\b", str(d), expr)
+    while "(" in expr:  # innermost parenthesis first
+        expr = re.sub(r"\(([^()]*)\)", lambda m: str(_eval_flat(m.group(1))), expr, count=1)
+    return _eval_flat(expr)
+
+
+def _eval_flat(expr):
+    cond, sep, rest = expr.partition("?")
+    if not sep:
+        return int(eval(expr, {}))  # a literal or a comparison of literals
+    yes, _, no = rest.partition(":")
+    return _eval_flat(yes) if eval(cond, {}) else _eval_flat(no)
+
+
+def _alias_args(name, header):
+    """The template arguments after kD of `using <name> = Config<kD, a, b, ...>;`."""
+    m = re.search(rf"using {name} = \w+<kD, (.*)>;", _source(header))
+    assert m, f"{name} not found in {header}"
+    args, depth, cur = [], 0, ""
+    for ch in m.group(1):
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            args.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return args + [cur]
+
+
+def _constant(pattern, header):
+    m = re.search(pattern, _source(header))
+    assert m, f"{pattern} not found in {header}"
+    return int(m.group(1))
+
+
+HEAD_DIMS = (64, 128, 256)
+# keys per forward tile (FwdConfigFor<kD>::kBlockN)
+FWD_BLOCK_N = {d: _eval_cpp(_alias_args("FwdConfigFor", "attn_fwd_launch.cuh")[0], d)
+               for d in HEAD_DIMS}
+# query rows per dK/dV step (BwdKVConfigFor<kD>::kBlockM)
+BWD_KV_ROWS = {d: _eval_cpp(_alias_args("BwdKVConfigFor", "attn_bwd_launch.cuh")[0], d)
+               for d in HEAD_DIMS}
+BWD_KV_KEYS = _constant(r"constexpr int kBwdBlockN = (\d+);", "attn_bwd_workspace.h")
+BWD_Q_ROWS = _constant(r"struct BwdQConfig \{[^}]*?static constexpr int kBlockM = (\d+);",
+                       "attn_bwd_kernels.cuh")
+
+
+def test_tile_sizes_read_from_the_source():
+    # the reader itself (a parse gone wrong fails here, not inside a model) ...
+    nested = "(kD <= 64 ? 64 : (kD <= 128 ? 32 : 16))"
+    assert [_eval_cpp(nested, d) for d in HEAD_DIMS] == [64, 32, 16]
+    # ... and what it read: whole mma tiles (m16 rows, k16 / n8 pairs of keys)
+    for size in [*FWD_BLOCK_N.values(), *BWD_KV_ROWS.values(), BWD_KV_KEYS, BWD_Q_ROWS]:
+        assert size > 0 and size % 16 == 0
 
 
 # ---- 1. fragments -----------------------------------------------------------------------
@@ -130,8 +199,11 @@ def warp_matmul_kn(acc_a, sb, cols):
     return out
 
 
-@pytest.mark.parametrize("d,rows,keys,warp", [(64, 64, 64, 3), (128, 32, 64, 1), (256, 16, 32, 0)])
-def test_fragment_layouts(fresh_seed, d, rows, keys, warp):
+@pytest.mark.parametrize("d", HEAD_DIMS)
+def test_fragment_layouts(fresh_seed, d):
+    # a dK/dV step's query rows, a forward key tile; the last warp of the step
+    rows, keys = BWD_KV_ROWS[d], FWD_BLOCK_N[d]
+    warp = rows // 16 - 1
     rng = np.random.default_rng(fresh_seed)
     q = rng.standard_normal((max(rows, 16 * (warp + 1)), d))
     k = rng.standard_normal((keys, d))
@@ -264,8 +336,8 @@ def model_bwd(q, k, v, o, do, lse, slope, scale, cap, mask, bm, bn):
         return p, ds, ds * factor
 
     dk, dv, dslope = np.full((sk, d), np.nan), np.full((sk, d), np.nan), 0.0
-    for n0 in range(0, sk, 64):  # dK/dV kernel, 64 keys per CTA
-        n1 = min(n0 + 64, sk)
+    for n0 in range(0, sk, BWD_KV_KEYS):  # dK/dV kernel, kBwdBlockN keys per CTA
+        n1 = min(n0 + BWD_KV_KEYS, sk)
         right = 0 if causal else wr
         i_lo = max(n0 - shift - right if right >= 0 else 0, 0)
         i_hi = min(n1 - shift + wl if wl >= 0 else sq, sq)
@@ -276,7 +348,7 @@ def model_bwd(q, k, v, o, do, lse, slope, scale, cap, mask, bm, bn):
             m0 = mb * bm
             m_last = min(m0 + bm, sq) - 1
             _, _, first, last = key_tiles(m0, m_last, sq, sk, mask, bn)
-            masked = not (n0 >= last[0] and n0 + 64 <= first[1])
+            masked = not (n0 >= last[0] and n0 + BWD_KV_KEYS <= first[1])
             for j in range(n0, n1):
                 for i in range(m0, m0 + bm):
                     p, ds, dsr = p_ds(i, j, masked)
@@ -285,8 +357,8 @@ def model_bwd(q, k, v, o, do, lse, slope, scale, cap, mask, bm, bn):
                         dk[j] += dsr * q[i] * scale
                         dslope -= ds * abs(i + shift - j)
     dq = np.full((sq, d), np.nan)
-    for m0 in range(0, sq, 64):  # dQ kernel, 64 rows per CTA
-        m_last = min(m0 + 64, sq) - 1
+    for m0 in range(0, sq, BWD_Q_ROWS):  # dQ kernel, BwdQConfig::kBlockM rows per CTA
+        m_last = min(m0 + BWD_Q_ROWS, sq) - 1
         n_min, n_max, first, last = key_tiles(m0, m_last, sq, sk, mask, bn)
         dq[m0:m_last + 1] = 0
         for nb in range(n_min, n_max):

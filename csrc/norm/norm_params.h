@@ -48,12 +48,9 @@ struct NormBwdParams {
   float* dbias = nullptr;    // (hidden) fp32, null when no bias
   int64_t dy_row_stride = 0, x_row_stride = 0, dresidual_out_row_stride = 0, dx_row_stride = 0;
 
-  void* workspace = nullptr;  // partial dweight/dbias sums (backend-defined size)
+  void* workspace = nullptr;  // partial dweight/dbias sums (size from norm_bwd_workspace_bytes_<device>)
   int64_t workspace_bytes = 0;
   void* stream = nullptr;
 };
-
-void norm_fwd_cpu(const NormFwdParams& p);
-void norm_bwd_cpu(const NormBwdParams& p);
 
 }  // namespace mpt_ext

@@ -4,7 +4,7 @@
     mpt-bench attention --seqlens 2048,8192    # one suite, chosen sizes
     mpt-bench --out $OUT/bench && scripts/make-benchmarks-md $OUT/bench   # BENCHMARKS.md
 
-Layout: core (timing, statistics, one case), counting (FLOPs and bytes per DESIGN.md),
+Layout: core (timing, statistics, one case), counting (FLOPs and bytes per docs/DESIGN.md),
 ceilings and env (in every report), baselines/ (one adapter per implementation),
 attention / decode / norms / model (the subcommands), runner (the grid loop and outputs),
 report (tables, JSON, plots, Markdown), cli (argument parsing).

@@ -1,5 +1,5 @@
 """`mpt-bench attention`: ALiBi attention forward and forward+backward, ours against what a
-PyTorch user has (DESIGN.md's protocol: causal, 16384 tokens per batch, hd128 x 16 heads
+PyTorch user has (docs/DESIGN.md's protocol: causal, 16384 tokens per batch, hd128 x 16 heads
 and hd64 x 12 heads, TFLOP/s counted 4*B*H*N*N*D/2, fwd+bwd 3.5x)."""
 from __future__ import annotations
 

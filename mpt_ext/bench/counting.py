@@ -1,4 +1,4 @@
-"""Work per call, counted exactly as DESIGN.md's performance protocol counts it, so that
+"""Work per call, counted exactly as docs/DESIGN.md's performance protocol counts it, so that
 our numbers and the anchors' can be compared line by line."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _check_pass(pass_: str) -> None:
 def attention_flops(batch: int, heads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
                     causal: bool, pass_: str = FWD) -> float:
     """Two matmuls (QK^T and PV) of 2*N*N*D FLOPs each per head; causal counts half
-    (DESIGN.md: forward 4*B*H*N*N*D/2; forward+backward 3.5x that)."""
+    (docs/DESIGN.md: forward 4*B*H*N*N*D/2; forward+backward 3.5x that)."""
     _check_pass(pass_)
     flops = 4.0 * batch * heads * seqlen_q * seqlen_k * head_dim
     if causal:

@@ -1,5 +1,5 @@
 """`mpt-bench decode`: one new token per sequence against a long KV cache, the step that
-generation repeats. Memory-bound: reported as GB/s of K and V read (DESIGN.md), against
+generation repeats. Memory-bound: reported as GB/s of K and V read (docs/DESIGN.md), against
 the measured copy ceiling."""
 from __future__ import annotations
 

@@ -51,8 +51,7 @@ def build_flags() -> dict:
         from .. import _library
     except Exception as exc:  # the extension failed to load: say so in the report
         return {"error": f"{type(exc).__name__}: {exc}"}
-    return {"with_cuda": _library.WITH_CUDA, "cuda_norm": _library.CUDA_NORM,
-            "cuda_attention": _library.CUDA_ATTENTION, "cuda_decode": _library.CUDA_DECODE}
+    return {"with_cuda": _library.WITH_CUDA, "cuda_families": sorted(_library.CUDA_FAMILIES)}
 
 
 def gpu_info(device: torch.device) -> dict:

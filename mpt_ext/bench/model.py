@@ -46,7 +46,7 @@ def add_arguments(p) -> None:
                    help="activation checkpointing in training (long contexts)")
     p.add_argument("--no-train", action="store_true")
     p.add_argument("--no-generate", action="store_true")
-    p.epilog = ("Long context (DESIGN.md targets): model --no-train --gen-preset 7b "
+    p.epilog = ("Long context (docs/DESIGN.md targets): model --no-train --gen-preset 7b "
                 "--prompt-len 68000 --new-tokens 32;  model --no-generate --presets 1b "
                 "--seq 65536 --batch 1 --checkpointing")
 

@@ -1,5 +1,5 @@
 """`mpt-bench norms`: LayerNorm and RMSNorm forward and forward+backward, reported as GB/s
-with DESIGN.md's count (2 passes of x forward, 5 forward+backward) against the measured
+with docs/DESIGN.md's count (2 passes of x forward, 5 forward+backward) against the measured
 copy ceiling."""
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import json
 from collections import OrderedDict
 from typing import Optional
 
-# The measured ceiling each throughput metric is compared with (DESIGN.md's two floors).
+# The measured ceiling each throughput metric is compared with (docs/DESIGN.md's two floors).
 _CEILING_FOR_METRIC = {"TFLOP/s": "matmul_tflops", "GB/s": "copy_gbps"}
 
 

@@ -1,4 +1,4 @@
-// The CUDA norm kernels (csrc/norm/*_kernel.cuh) run on the CPU through cuda_emulation.h,
+// The CUDA norm kernels (csrc/norm/cuda/*_kernel.cuh) run on the CPU through cuda_emulation.h,
 // against a float64 reference computed here. Built and run by tests/test_norm_cuda_emulated.py
 // on machines without a GPU; exit status = number of failed cases.
 #include "cuda_emulation.h"
@@ -8,11 +8,11 @@
 #include <random>
 #include <vector>
 
-#include "../../csrc/norm/norm_bwd_kernel.cuh"
-#include "../../csrc/norm/norm_fwd_kernel.cuh"
+#include "../../csrc/norm/cuda/norm_bwd_kernel.cuh"
+#include "../../csrc/norm/cuda/norm_fwd_kernel.cuh"
 
 using namespace mpt_ext;
-using namespace mpt_ext::norm_cuda;
+using namespace mpt_ext::norm::cuda;
 
 namespace {
 

@@ -17,7 +17,7 @@ def _require_cuda_kernel(device: torch.device, built: bool, what: str) -> None:
 
 
 def build_attention(spec: AttnSpec) -> AttnFn:
-    _require_cuda_kernel(spec.device, _library.CUDA_ATTENTION, "attention")
+    _require_cuda_kernel(spec.device, _library.CUDA_ATTN, "attn")
 
     def fn(q, k, v):  # bshd
         return mpt_ext.flash_attn_func(q, k, v, softmax_scale=spec.scale, causal=spec.causal,
@@ -26,7 +26,7 @@ def build_attention(spec: AttnSpec) -> AttnFn:
 
 
 def build_kvcache(spec: AttnSpec) -> AttnFn:
-    _require_cuda_kernel(spec.device, _library.CUDA_DECODE, "decode")
+    _require_cuda_kernel(spec.device, _library.CUDA_ATTN_KVCACHE, "attn_kvcache")
     # A generation loop keeps cache_seqlens as a tensor; an int would add a fill per call.
     seqlens = torch.full((spec.batch,), spec.seqlen_k, dtype=torch.int32, device=spec.device)
 

@@ -1,9 +1,0 @@
-// Backward attention, head-dim bucket 64, fp16 (one instantiation per file: parallel builds).
-#include "hdims.cuh"
-#if MPT_ATTN_HDIM_64
-#include "bwd_launch.cuh"
-
-namespace mpt_ext::attn_cuda {
-template void run_attention_bwd<__half, 64>(const AttentionBwdParams& p);
-}  // namespace mpt_ext::attn_cuda
-#endif

@@ -1,0 +1,463 @@
+// Flash attention backward (FA2 recomputation scheme), deterministic by construction: no
+// floating-point atomics anywhere.
+//
+//   1. preprocess : D_i = dot(dO_i, O_i) and lse in log2 units, into the workspace.
+//   2. dK/dV      : one CTA per (batch, kv head, 64-key block); warp w owns keys
+//                   [16w, 16w+16). It walks every q head of its GQA group and every query
+//                   block that can see its keys, recomputing S^T = K Q^T and dP^T = V dO^T
+//                   (keys as mma rows, so P^T and dS^T are already A operands), and
+//                   accumulates dV += P^T dO and dK += dS^T Q in registers: the GQA sum is in
+//                   registers too. Per (head, key block) partial d(slope) sums go to the
+//                   workspace.
+//   3. dQ         : one CTA per (batch, head, 64-query block), the forward's shape:
+//                   recompute S = Q K^T and dP = dO V^T, dQ += dS K.
+//   4. d(slopes)  : the partial sums reduced in a fixed order.
+// Costs two extra matmuls per tile against the atomic-dQ FA2 variant; buys bitwise
+// reproducibility in every mode and no dQ fp32 accumulator.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "seq_score.cuh"
+#include "tile.cuh"
+
+namespace mpt_ext::attn::cuda {
+
+// ---- shared bits -----------------------------------------------------------------------
+
+struct BwdExtra {
+  bool q_vec_ok, k_vec_ok, v_vec_ok, do_vec_ok;
+  bool dq_pair_ok, dk_pair_ok, dv_pair_ok;
+  float* lse2;    // [H][rows]
+  float* dsum;    // [H][rows]
+  float* dslope;  // [B][H][n_key_blocks] or null
+  int64_t rows;
+  int n_key_blocks;
+};
+
+__device__ __forceinline__ int64_t ws_row(const SeqInfo& si, int b, int i) {
+  return si.varlen ? si.q_row0 + i : static_cast<int64_t>(b) * si.sq + i;
+}
+
+// Writes a warp's 16 x kD fp32 accumulator (rows row0 + g, row0 + g + 8) times `scale` as T,
+// rows < rows_valid, cols < d.
+template <typename T, int kD>
+__device__ __forceinline__ void store_rows(uint16_t* g, int64_t row_stride, const float (&acc)[kD / 8][4],
+                                           int row0, int rows_valid, int d, float scale,
+                                           bool pair_ok, int lane) {
+  using Ops = ElemOps<T>;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + (lane >> 2) + 8 * r;
+    if (row >= rows_valid) continue;
+    uint16_t* grow = g + row * row_stride;
+#pragma unroll
+    for (int dt = 0; dt < kD / 8; ++dt) {
+      const int col = dt * 8 + (lane & 3) * 2;
+      const float v0 = acc[dt][2 * r] * scale, v1 = acc[dt][2 * r + 1] * scale;
+      if (pair_ok && col + 1 < d) {
+        *reinterpret_cast<uint32_t*>(grow + col) = Ops::pack(v0, v1);
+      } else {
+        if (col < d) grow[col] = Ops::from_float(v0);
+        if (col + 1 < d) grow[col + 1] = Ops::from_float(v1);
+      }
+    }
+  }
+}
+
+// ---- 2. dK / dV ------------------------------------------------------------------------
+
+template <int kD_, int kBlockM_>
+struct BwdKVConfig {
+  static constexpr int kD = kD_;
+  static constexpr int kBlockN = 64;  // keys per CTA (== kBwdBlockN)
+  static constexpr int kBlockM = kBlockM_;  // queries per step
+  static constexpr int kStages = 2;
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kSmemBytes =
+      (2 * kBlockN * kD + 2 * kStages * kBlockM * kD) * 2 + 4 * kStages * kBlockM * 4 + 16 * 4;
+  static_assert(kBlockN == 16 * kWarps && kBlockM % 16 == 0 && kD % 64 == 0, "tile shapes");
+};
+
+template <typename T, typename Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads)
+    attn_bwd_dkdv_kernel(const AttnBwdParams p, const BwdExtra x) {
+  constexpr int kD = Cfg::kD, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN;
+  constexpr int kStages = Cfg::kStages, kThreads = Cfg::kThreads;
+  constexpr int kQT = kBlockM / 8;  // n8 tiles (queries) of S^T per warp
+  constexpr int kDT = kD / 8;
+  using Ops = ElemOps<T>;
+  const AttnFwdParams& f = p.fwd;
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  uint16_t* sK = reinterpret_cast<uint16_t*>(smem_raw);
+  uint16_t* sV = sK + kBlockN * kD;
+  uint16_t* sQ = sV + kBlockN * kD;
+  uint16_t* sdO = sQ + kStages * kBlockM * kD;
+  float* sL = reinterpret_cast<float*>(sdO + kStages * kBlockM * kD);
+  float* sDs = sL + kStages * kBlockM;
+  int* sLo = reinterpret_cast<int*>(sDs + kStages * kBlockM);  // visible keys [lo, hi) per query
+  int* sHi = sLo + kStages * kBlockM;
+  float* sRed = reinterpret_cast<float*>(sHi + kStages * kBlockM);
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  const SeqInfo si = seq_info(f.shape, b);
+  const int n0 = n_block * kBlockN;
+  if (n0 >= si.sk) return;
+  const int group = static_cast<int>(f.shape.num_heads / f.shape.num_heads_k);
+  const int d = static_cast<int>(f.shape.head_dim);
+  const int shift = si.sk - si.sq;
+  const int keys_here = min(kBlockN, si.sk - n0);
+
+  const uint16_t* q_base = static_cast<const uint16_t*>(f.q);
+  const uint16_t* k_base = static_cast<const uint16_t*>(f.k);
+  const uint16_t* v_base = static_cast<const uint16_t*>(f.v);
+  const uint16_t* do_base = static_cast<const uint16_t*>(p.dout);
+  const uint16_t* gk = k_base + seq_offset(f.k_strides, b, si.k_row0, si.varlen) +
+                       hk * f.k_strides.head + n0 * f.k_strides.row;
+  const uint16_t* gv = v_base + seq_offset(f.v_strides, b, si.k_row0, si.varlen) +
+                       hk * f.v_strides.head + n0 * f.v_strides.row;
+  const int64_t q_seq = seq_offset(f.q_strides, b, si.q_row0, si.varlen);
+  const int64_t do_seq = seq_offset(p.dout_strides, b, si.q_row0, si.varlen);
+
+  // Query rows that can see any key of [n0, n1): i >= n0 - shift - right (if bounded) and
+  // i < n1 - shift + left (if bounded). A superset is fine: masking is exact per element.
+  const int n1 = n0 + keys_here;
+  const int64_t right = f.mask.causal ? 0 : f.mask.window_right;
+  int64_t i_lo = right >= 0 ? static_cast<int64_t>(n0) - shift - right : 0;
+  int64_t i_hi = f.mask.window_left >= 0 ? static_cast<int64_t>(n1) - shift + f.mask.window_left
+                                         : static_cast<int64_t>(si.sq);
+  i_lo = i_lo < 0 ? 0 : i_lo;
+  i_hi = i_hi > si.sq ? si.sq : i_hi;
+  const int m_lo = static_cast<int>(i_lo / kBlockM);
+  const int m_count = i_hi > i_lo ? static_cast<int>((i_hi + kBlockM - 1) / kBlockM) - m_lo : 0;
+  const int n_iters = group * m_count;
+
+  auto load_q_do = [&](int it) {
+    const int h = hk * group + it / m_count;
+    const int m0 = (m_lo + it % m_count) * kBlockM;
+    const int stage = it % kStages;
+    const int rows_valid = si.sq - m0;
+    load_tile<kBlockM, kD, kThreads>(sQ + stage * kBlockM * kD,
+                                     q_base + q_seq + h * f.q_strides.head + m0 * f.q_strides.row,
+                                     f.q_strides.row, rows_valid, d, x.q_vec_ok, q_base, tid);
+    load_tile<kBlockM, kD, kThreads>(
+        sdO + stage * kBlockM * kD,
+        do_base + do_seq + h * p.dout_strides.head + m0 * p.dout_strides.row,
+        p.dout_strides.row, rows_valid, d, x.do_vec_ok, do_base, tid);
+    for (int r = tid; r < kBlockM; r += kThreads) {
+      const bool ok = r < rows_valid;
+      const int64_t w = h * x.rows + ws_row(si, b, m0 + r);
+      sL[stage * kBlockM + r] = ok ? x.lse2[w] : INFINITY;  // padding rows: P = 0
+      sDs[stage * kBlockM + r] = ok ? x.dsum[w] : 0.f;
+      const KeyRange kr = visible_keys(m0 + r, si.sq, si.sk, f.mask.causal, f.mask.window_left,
+                                       f.mask.window_right);
+      sLo[stage * kBlockM + r] = static_cast<int>(kr.lo);
+      sHi[stage * kBlockM + r] = static_cast<int>(kr.hi);
+    }
+  };
+
+  load_tile<kBlockN, kD, kThreads>(sK, gk, f.k_strides.row, keys_here, d, x.k_vec_ok, k_base, tid);
+  load_tile<kBlockN, kD, kThreads>(sV, gv, f.v_strides.row, keys_here, d, x.v_vec_ok, v_base, tid);
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < n_iters) load_q_do(s);
+    cp_async_commit();  // K and V ride in the first group
+  }
+
+  float dk[kDT][4], dv[kDT][4];
+#pragma unroll
+  for (int i = 0; i < kDT; ++i) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[i][e] = dv[i][e] = 0.f;
+  }
+  float dslope_acc = 0.f;  // sum of dS * |distance| over this thread's elements, one head
+  const int key_local[2] = {warp * 16 + (lane >> 2), warp * 16 + (lane >> 2) + 8};
+
+  for (int it = 0; it < n_iters; ++it) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();
+    if (it + kStages - 1 < n_iters) load_q_do(it + kStages - 1);
+    cp_async_commit();
+
+    const int stage = it % kStages;
+    const uint16_t* tQ = sQ + stage * kBlockM * kD;
+    const uint16_t* tdO = sdO + stage * kBlockM * kD;
+    const float* tL = sL + stage * kBlockM;
+    const float* tDs = sDs + stage * kBlockM;
+    const int* tLo = sLo + stage * kBlockM;
+    const int* tHi = sHi + stage * kBlockM;
+    const int g_idx = it / m_count;
+    const int h = hk * group + g_idx;
+    const int m0 = (m_lo + it % m_count) * kBlockM;
+    const int m_last = min(m0 + kBlockM, si.sq) - 1;
+    const bool masked = !tile_keys(m0, m_last, si, f.mask).fully_visible(n0, kBlockN);
+    const ScoreMod mod = ScoreMod::make(f.mask, b, h);
+
+    // S^T = K Q^T and dP^T = V dO^T (this warp's 16 keys x kBlockM queries)
+    float st[kQT][4], dpt[kQT][4];
+#pragma unroll
+    for (int i = 0; i < kQT; ++i) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) st[i][e] = dpt[i][e] = 0.f;
+    }
+#pragma unroll 4  // full unrolling makes ptxas prefetch every fragment: spills
+    for (int ks = 0; ks < kD / 16; ++ks) {
+      uint32_t ak[4], av[4];
+      load_a<kD>(ak, sK, warp * 16, ks * 16, lane);
+      load_a<kD>(av, sV, warp * 16, ks * 16, lane);
+#pragma unroll
+      for (int qp = 0; qp < kQT / 2; ++qp) {
+        uint32_t bq[4], bo[4];
+        load_b_nk<kD>(bq, tQ, qp * 16, ks * 16, lane);
+        Ops::mma(st[2 * qp], ak, bq[0], bq[1]);
+        Ops::mma(st[2 * qp + 1], ak, bq[2], bq[3]);
+        load_b_nk<kD>(bo, tdO, qp * 16, ks * 16, lane);
+        Ops::mma(dpt[2 * qp], av, bo[0], bo[1]);
+        Ops::mma(dpt[2 * qp + 1], av, bo[2], bo[3]);
+      }
+    }
+
+    // P^T = exp2(score2 - lse2), dS^T = P^T (dP^T - D) (times the softcap derivative)
+#pragma unroll
+    for (int qt = 0; qt < kQT; ++qt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = n0 + key_local[e >> 1];
+        const int il = qt * 8 + (lane & 3) * 2 + (e & 1);
+        const int i = m0 + il;
+        const int dist = abs_dist(i, j, shift);
+        float th = 0.f;
+        float s2 = mod(st[qt][e], dist, &th);
+        if (masked && (j < tLo[il] || j >= tHi[il])) s2 = -INFINITY;
+        const float pr = exp2f(s2 - tL[il]);
+        float ds = pr * (dpt[qt][e] - tDs[il]);
+        dslope_acc += ds * static_cast<float>(dist);
+        if (mod.softcap) ds *= 1.f - th * th;
+        st[qt][e] = pr;
+        dpt[qt][e] = ds;
+      }
+    }
+
+    // dV += P^T dO, dK += dS^T Q
+#pragma unroll
+    for (int kk = 0; kk < kBlockM / 16; ++kk) {
+      uint32_t ap[4], ads[4];
+      c_to_a<T>(ap, st[2 * kk], st[2 * kk + 1]);
+      c_to_a<T>(ads, dpt[2 * kk], dpt[2 * kk + 1]);
+#pragma unroll
+      for (int dp = 0; dp < kD / 16; ++dp) {
+        uint32_t bo[4], bq[4];
+        load_b_kn<kD>(bo, tdO, kk * 16, dp * 16, lane);
+        Ops::mma(dv[2 * dp], ap, bo[0], bo[1]);
+        Ops::mma(dv[2 * dp + 1], ap, bo[2], bo[3]);
+        load_b_kn<kD>(bq, tQ, kk * 16, dp * 16, lane);
+        Ops::mma(dk[2 * dp], ads, bq[0], bq[1]);
+        Ops::mma(dk[2 * dp + 1], ads, bq[2], bq[3]);
+      }
+    }
+
+    // Last query block of this head: its d(slope) partial, reduced over the CTA in a fixed
+    // order. d score / d slope = -|distance|.
+    if (x.dslope != nullptr && it % m_count == m_count - 1) {
+      const float w = warp_sum(dslope_acc);
+      if (lane == 0) sRed[warp] = w;
+      __syncthreads();
+      if (tid == 0) {
+        float t = 0.f;
+        for (int k = 0; k < Cfg::kWarps; ++k) t += sRed[k];
+        x.dslope[(static_cast<int64_t>(b) * f.shape.num_heads + h) * x.n_key_blocks + n_block] = -t;
+      }
+      __syncthreads();
+      dslope_acc = 0.f;
+    }
+  }
+  cp_async_wait<0>();
+
+  uint16_t* gdk = static_cast<uint16_t*>(p.dk) + seq_offset(p.dk_strides, b, si.k_row0, si.varlen) +
+                  hk * p.dk_strides.head + n0 * p.dk_strides.row;
+  uint16_t* gdv = static_cast<uint16_t*>(p.dv) + seq_offset(p.dv_strides, b, si.k_row0, si.varlen) +
+                  hk * p.dv_strides.head + n0 * p.dv_strides.row;
+  store_rows<T, kD>(gdk, p.dk_strides.row, dk, warp * 16, keys_here, d, f.mask.softmax_scale,
+                    x.dk_pair_ok, lane);
+  store_rows<T, kD>(gdv, p.dv_strides.row, dv, warp * 16, keys_here, d, 1.f, x.dv_pair_ok, lane);
+}
+
+// ---- 3. dQ -----------------------------------------------------------------------------
+
+template <int kD_, int kBlockN_>
+struct BwdQConfig {
+  static constexpr int kD = kD_;
+  static constexpr int kBlockM = 64;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kStages = 2;
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kSmemBytes = (2 * kBlockM * kD + 2 * kStages * kBlockN * kD) * 2;
+  static_assert(kBlockM == 16 * kWarps && kBlockN % 16 == 0 && kD % 64 == 0, "tile shapes");
+};
+
+template <typename T, typename Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads)
+    attn_bwd_dq_kernel(const AttnBwdParams p, const BwdExtra x) {
+  constexpr int kD = Cfg::kD, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN;
+  constexpr int kStages = Cfg::kStages, kThreads = Cfg::kThreads;
+  constexpr int kNT = kBlockN / 8;
+  constexpr int kDT = kD / 8;
+  using Ops = ElemOps<T>;
+  const AttnFwdParams& f = p.fwd;
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  uint16_t* sQ = reinterpret_cast<uint16_t*>(smem_raw);
+  uint16_t* sdO = sQ + kBlockM * kD;
+  uint16_t* sK = sdO + kBlockM * kD;
+  uint16_t* sV = sK + kStages * kBlockN * kD;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int m_block = gridDim.x - 1 - blockIdx.x;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const SeqInfo si = seq_info(f.shape, b);
+  const int m0 = m_block * kBlockM;
+  if (m0 >= si.sq) return;
+  const int hk = h / static_cast<int>(f.shape.num_heads / f.shape.num_heads_k);
+  const int d = static_cast<int>(f.shape.head_dim);
+  const int shift = si.sk - si.sq;
+  const int m_last = min(m0 + kBlockM, si.sq) - 1;
+  const int rows_here = m_last - m0 + 1;
+
+  const uint16_t* q_base = static_cast<const uint16_t*>(f.q);
+  const uint16_t* k_base = static_cast<const uint16_t*>(f.k);
+  const uint16_t* v_base = static_cast<const uint16_t*>(f.v);
+  const uint16_t* do_base = static_cast<const uint16_t*>(p.dout);
+  const uint16_t* gq = q_base + seq_offset(f.q_strides, b, si.q_row0, si.varlen) +
+                       h * f.q_strides.head + m0 * f.q_strides.row;
+  const uint16_t* gdo = do_base + seq_offset(p.dout_strides, b, si.q_row0, si.varlen) +
+                        h * p.dout_strides.head + m0 * p.dout_strides.row;
+  const uint16_t* gk = k_base + seq_offset(f.k_strides, b, si.k_row0, si.varlen) +
+                       hk * f.k_strides.head;
+  const uint16_t* gv = v_base + seq_offset(f.v_strides, b, si.k_row0, si.varlen) +
+                       hk * f.v_strides.head;
+  uint16_t* gdq = static_cast<uint16_t*>(p.dq) + seq_offset(p.dq_strides, b, si.q_row0, si.varlen) +
+                  h * p.dq_strides.head + m0 * p.dq_strides.row;
+
+  const TileKeys tk = tile_keys(m0, m_last, si, f.mask);
+  const int n_min = static_cast<int>(tk.first.lo / kBlockN);
+  const int n_max = tk.last.hi > tk.first.lo
+                        ? static_cast<int>((tk.last.hi + kBlockN - 1) / kBlockN)
+                        : n_min;
+  const int n_tiles = n_max - n_min;
+
+  const int row_local[2] = {warp * 16 + (lane >> 2), warp * 16 + (lane >> 2) + 8};
+  KeyRange row_keys[2];
+  float row_lse2[2], row_dsum[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = m0 + row_local[r];
+    row_keys[r] = visible_keys(i, si.sq, si.sk, f.mask.causal, f.mask.window_left,
+                               f.mask.window_right);
+    const bool ok = row_local[r] < rows_here;
+    const int64_t w = h * x.rows + ws_row(si, b, i);
+    row_lse2[r] = ok ? x.lse2[w] : INFINITY;
+    row_dsum[r] = ok ? x.dsum[w] : 0.f;
+  }
+  const ScoreMod mod = ScoreMod::make(f.mask, b, h);
+
+  auto load_kv = [&](int tile) {
+    const int n0 = (n_min + tile) * kBlockN;
+    const int stage = tile % kStages;
+    load_tile<kBlockN, kD, kThreads>(sK + stage * kBlockN * kD, gk + n0 * f.k_strides.row,
+                                     f.k_strides.row, si.sk - n0, d, x.k_vec_ok, k_base, tid);
+    load_tile<kBlockN, kD, kThreads>(sV + stage * kBlockN * kD, gv + n0 * f.v_strides.row,
+                                     f.v_strides.row, si.sk - n0, d, x.v_vec_ok, v_base, tid);
+  };
+
+  float dq[kDT][4];
+#pragma unroll
+  for (int i = 0; i < kDT; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
+
+  if (n_tiles > 0) {
+    load_tile<kBlockM, kD, kThreads>(sQ, gq, f.q_strides.row, rows_here, d, x.q_vec_ok, q_base, tid);
+    load_tile<kBlockM, kD, kThreads>(sdO, gdo, p.dout_strides.row, rows_here, d, x.do_vec_ok,
+                                     do_base, tid);
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (s < n_tiles) load_kv(s);
+      cp_async_commit();
+    }
+  }
+
+  for (int t = 0; t < n_tiles; ++t) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();
+    if (t + kStages - 1 < n_tiles) load_kv(t + kStages - 1);
+    cp_async_commit();
+
+    const uint16_t* tK = sK + (t % kStages) * kBlockN * kD;
+    const uint16_t* tV = sV + (t % kStages) * kBlockN * kD;
+    const int n0 = (n_min + t) * kBlockN;
+
+    // S = Q K^T, dP = dO V^T
+    float s[kNT][4], dp[kNT][4];
+#pragma unroll
+    for (int i = 0; i < kNT; ++i) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[i][e] = dp[i][e] = 0.f;
+    }
+#pragma unroll
+    for (int ks = 0; ks < kD / 16; ++ks) {
+      uint32_t aq[4], ao[4];
+      load_a<kD>(aq, sQ, warp * 16, ks * 16, lane);
+      load_a<kD>(ao, sdO, warp * 16, ks * 16, lane);
+#pragma unroll
+      for (int np = 0; np < kNT / 2; ++np) {
+        uint32_t bk[4], bv[4];
+        load_b_nk<kD>(bk, tK, np * 16, ks * 16, lane);
+        Ops::mma(s[2 * np], aq, bk[0], bk[1]);
+        Ops::mma(s[2 * np + 1], aq, bk[2], bk[3]);
+        load_b_nk<kD>(bv, tV, np * 16, ks * 16, lane);
+        Ops::mma(dp[2 * np], ao, bv[0], bv[1]);
+        Ops::mma(dp[2 * np + 1], ao, bv[2], bv[3]);
+      }
+    }
+
+    const bool masked = !tk.fully_visible(n0, kBlockN);
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1;
+        const int i = m0 + row_local[r];
+        const int j = n0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+        float th = 0.f;
+        float s2 = mod(s[nt][e], abs_dist(i, j, shift), &th);
+        if (masked && (j < row_keys[r].lo || j >= row_keys[r].hi)) s2 = -INFINITY;
+        const float pr = exp2f(s2 - row_lse2[r]);
+        float ds = pr * (dp[nt][e] - row_dsum[r]);
+        if (mod.softcap) ds *= 1.f - th * th;
+        s[nt][e] = ds;
+      }
+    }
+
+    // dQ += dS K
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      uint32_t a[4];
+      c_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int dt = 0; dt < kD / 16; ++dt) {
+        uint32_t bk[4];
+        load_b_kn<kD>(bk, tK, kk * 16, dt * 16, lane);
+        Ops::mma(dq[2 * dt], a, bk[0], bk[1]);
+        Ops::mma(dq[2 * dt + 1], a, bk[2], bk[3]);
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  store_rows<T, kD>(gdq, p.dq_strides.row, dq, warp * 16, rows_here, d, f.mask.softmax_scale,
+                    x.dq_pair_ok, lane);
+}
+
+}  // namespace mpt_ext::attn::cuda

@@ -1,0 +1,77 @@
+// Launches the backward for one (element type, head-dim bucket): preprocess, dK/dV, dQ and
+// the d(slopes) reduction, all on p.fwd.stream. Instantiated in bwd_hdim*_*.cu.
+#pragma once
+
+#include "attn_bwd_kernels.cuh"
+#include "attn_bwd_prep.h"
+#include "attn_bwd_workspace.h"
+#include "launch.cuh"
+
+namespace mpt_ext::attn::cuda {
+
+// Query rows per dK/dV step shrink with the head dim: the dK and dV accumulators (kD fp32
+// registers per thread together) leave less room for the S^T / dP^T tiles.
+template <int kD>
+using BwdKVConfigFor = BwdKVConfig<kD, (kD <= 64 ? 64 : (kD <= 128 ? 32 : 16))>;
+template <int kD>
+using BwdQConfigFor = BwdQConfig<kD, (kD <= 64 ? 64 : 32)>;
+
+template <typename T, int kD>
+void run_attn_bwd(const AttnBwdParams& p) {
+  using KV = BwdKVConfigFor<kD>;
+  using Q = BwdQConfigFor<kD>;
+  static_assert(KV::kBlockN == kBwdBlockN, "workspace sizing assumes kBwdBlockN keys per CTA");
+  const AttnFwdParams& f = p.fwd;
+  const AttnShape& s = f.shape;
+  if (s.batch == 0 || s.num_heads == 0) return;
+  check_grid_yz(s.num_heads, s.batch, "attention backward");
+  const bool varlen = s.cu_seqlens_q != nullptr;
+  const auto stream = static_cast<cudaStream_t>(f.stream);
+
+  const BwdWorkspaceLayout w = bwd_workspace_layout(p);
+  float* ws = static_cast<float*>(p.workspace);
+  if (w.total_bytes > 0 && ws == nullptr) {
+    throw std::invalid_argument("mpt_ext attention (CUDA): backward workspace is null");
+  }
+  BwdExtra x;
+  x.q_vec_ok = rows_16b_aligned(f.q, f.q_strides, varlen);
+  x.k_vec_ok = rows_16b_aligned(f.k, f.k_strides, varlen);
+  x.v_vec_ok = rows_16b_aligned(f.v, f.v_strides, varlen);
+  x.do_vec_ok = rows_16b_aligned(p.dout, p.dout_strides, varlen);
+  x.dq_pair_ok = pairs_4b_aligned(p.dq, p.dq_strides, varlen);
+  x.dk_pair_ok = pairs_4b_aligned(p.dk, p.dk_strides, varlen);
+  x.dv_pair_ok = pairs_4b_aligned(p.dv, p.dv_strides, varlen);
+  x.lse2 = ws + w.lse2_offset;
+  x.dsum = ws + w.dsum_offset;
+  x.dslope = p.dslopes != nullptr ? ws + w.dslope_offset : nullptr;
+  x.rows = w.rows;
+  x.n_key_blocks = static_cast<int>(w.n_key_blocks);
+
+  if (x.dslope != nullptr) {
+    // Key blocks with no visible query write no partial: start from zeros.
+    check_cuda(cudaMemsetAsync(x.dslope, 0,
+                               s.batch * s.num_heads * w.n_key_blocks * sizeof(float), stream),
+               "cudaMemsetAsync(dslope partials)");
+  }
+  launch_bwd_preprocess(p, x.lse2, x.dsum, w.rows);
+
+  if (s.seqlen_k > 0) {
+    auto kernel = attn_bwd_dkdv_kernel<T, KV>;
+    set_smem(reinterpret_cast<const void*>(kernel), KV::kSmemBytes, "attn_bwd_dkdv_kernel");
+    const dim3 grid(static_cast<unsigned>(w.n_key_blocks), static_cast<unsigned>(s.num_heads_k),
+                    static_cast<unsigned>(s.batch));
+    kernel<<<grid, KV::kThreads, KV::kSmemBytes, stream>>>(p, x);
+    check_launch("attn_bwd_dkdv_kernel", stream);
+  }
+  if (s.seqlen_q > 0) {
+    auto kernel = attn_bwd_dq_kernel<T, Q>;
+    set_smem(reinterpret_cast<const void*>(kernel), Q::kSmemBytes, "attn_bwd_dq_kernel");
+    const dim3 grid(static_cast<unsigned>(ceil_div(s.seqlen_q, Q::kBlockM)),
+                    static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.batch));
+    kernel<<<grid, Q::kThreads, Q::kSmemBytes, stream>>>(p, x);
+    check_launch("attn_bwd_dq_kernel", stream);
+  }
+  if (p.dslopes != nullptr) launch_bwd_dslope_reduce(p, x.dslope, w.n_key_blocks);
+}
+
+}  // namespace mpt_ext::attn::cuda

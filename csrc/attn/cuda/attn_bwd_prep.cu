@@ -1,0 +1,98 @@
+// Backward steps 1 and 4 (see attn_bwd_kernels.cuh): the D = dot(dO, O) / lse2 preprocess and
+// the fixed-order d(slopes) reduction. Small and head-dim independent, so compiled once
+// here rather than in every bucket's file.
+#include <cuda_runtime.h>
+
+#include "attn_bwd_prep.h"
+#include "launch.cuh"
+#include "seq_score.cuh"
+#include "tile.cuh"
+
+namespace mpt_ext::attn::cuda {
+namespace {
+
+// ---- 1. preprocess --------------------------------------------------------------------
+
+constexpr int kPreRowsPerCta = 8;  // one warp per row
+
+template <typename T>
+__global__ void __launch_bounds__(256)
+    attn_bwd_preprocess_kernel(const AttnBwdParams p, float* lse2, float* dsum,
+                               int64_t rows) {
+  using Ops = ElemOps<T>;
+  const int lane = threadIdx.x & 31;
+  const int i = blockIdx.x * kPreRowsPerCta + (threadIdx.x >> 5);
+  const int h = blockIdx.y, b = blockIdx.z;
+  const AttnFwdParams& f = p.fwd;
+  const SeqInfo si = seq_info(f.shape, b);
+  if (i >= si.sq) return;
+  const uint16_t* o = static_cast<const uint16_t*>(f.out) +
+                      seq_offset(f.out_strides, b, si.q_row0, si.varlen) +
+                      h * f.out_strides.head + i * f.out_strides.row;
+  const uint16_t* g = static_cast<const uint16_t*>(p.dout) +
+                      seq_offset(p.dout_strides, b, si.q_row0, si.varlen) +
+                      h * p.dout_strides.head + i * p.dout_strides.row;
+  float acc = 0.f;
+  for (int c = lane; c < f.shape.head_dim; c += 32) acc += Ops::to_float(o[c]) * Ops::to_float(g[c]);
+  acc = warp_sum(acc);
+  if (lane == 0) {
+    const int64_t row = si.varlen ? si.q_row0 + i : static_cast<int64_t>(b) * si.sq + i;
+    const float lse = f.lse[lse_offset(f, si, b, h) + i];
+    // A row that saw no key (lse -inf) gets +inf: exp2(score - inf) = 0 for every key.
+    lse2[h * rows + row] = lse == -INFINITY ? INFINITY : lse * kLog2e;
+    dsum[h * rows + row] = acc;
+  }
+}
+
+// ---- 4. d(slopes) ----------------------------------------------------------------------
+
+// dslopes has the slopes' shape, contiguous (the binding allocates it): (H,) sums over the
+// batch and key blocks, (B, H) over key blocks; always in the same order.
+__global__ void attn_bwd_dslope_reduce_kernel(const float* part, float* dslopes, int batch,
+                                              int heads, int n_key_blocks, bool per_batch) {
+  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+  const int entries = per_batch ? batch * heads : heads;
+  if (idx >= entries) return;
+  const int b_begin = per_batch ? idx / heads : 0;
+  const int b_end = per_batch ? b_begin + 1 : batch;
+  const int h = idx % heads;
+  float sum = 0.f;
+  for (int b = b_begin; b < b_end; ++b) {
+    const float* row = part + (static_cast<int64_t>(b) * heads + h) * n_key_blocks;
+    for (int n = 0; n < n_key_blocks; ++n) sum += row[n];
+  }
+  dslopes[idx] = sum;
+}
+
+}  // namespace
+
+void launch_bwd_preprocess(const AttnBwdParams& p, float* lse2, float* dsum, int64_t rows) {
+  const AttnShape& s = p.fwd.shape;
+  if (s.batch == 0 || s.num_heads == 0 || s.seqlen_q == 0) return;
+  check_grid_yz(s.num_heads, s.batch, "attention backward");
+  const dim3 grid(static_cast<unsigned>(ceil_div(s.seqlen_q, kPreRowsPerCta)),
+                  static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.batch));
+  const auto stream = static_cast<cudaStream_t>(p.fwd.stream);
+  if (p.fwd.dtype == DType::kBFloat16) {
+    attn_bwd_preprocess_kernel<__nv_bfloat16><<<grid, 32 * kPreRowsPerCta, 0, stream>>>(p, lse2, dsum, rows);
+  } else {
+    attn_bwd_preprocess_kernel<__half><<<grid, 32 * kPreRowsPerCta, 0, stream>>>(p, lse2, dsum, rows);
+  }
+  check_launch("attn_bwd_preprocess_kernel", stream);
+}
+
+void launch_bwd_dslope_reduce(const AttnBwdParams& p, const float* part,
+                              int64_t n_key_blocks) {
+  const AttnShape& s = p.fwd.shape;
+  const bool per_batch = p.fwd.mask.alibi_batch_stride != 0;
+  const int64_t entries = per_batch ? s.batch * s.num_heads : s.num_heads;
+  if (entries == 0) return;
+  const int threads = 128;
+  attn_bwd_dslope_reduce_kernel<<<static_cast<unsigned>(ceil_div(entries, threads)), threads, 0,
+                                  static_cast<cudaStream_t>(p.fwd.stream)>>>(
+      part, p.dslopes, static_cast<int>(s.batch), static_cast<int>(s.num_heads),
+      static_cast<int>(n_key_blocks), per_batch);
+  check_launch("attn_bwd_dslope_reduce_kernel", static_cast<cudaStream_t>(p.fwd.stream));
+}
+
+}  // namespace mpt_ext::attn::cuda

@@ -1,0 +1,99 @@
+// CUDA attention entry points: validate what the kernels assume, pick the head-dim bucket
+// and element type, and call the instantiated launcher. Backward workspace sizing lives
+// here too so that query and use can never disagree.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "../attn.h"
+#include "attn_bwd_workspace.h"
+#include "hdims.cuh"
+#include "instantiations.h"
+
+namespace mpt_ext {
+namespace {
+
+// Smallest compiled bucket holding head_dim (smaller head dims run zero-padded).
+int head_dim_bucket(int64_t d) {
+  if (d < 1 || d > 256) {
+    throw std::invalid_argument("mpt_ext attention (CUDA): head_dim must be in [1, 256], got " +
+                                std::to_string(d));
+  }
+  if (MPT_ATTN_HDIM_64 && d <= 64) return 64;
+  if (MPT_ATTN_HDIM_128 && d <= 128) return 128;
+  if (MPT_ATTN_HDIM_256) return 256;
+  throw std::invalid_argument("mpt_ext attention (CUDA): head_dim " + std::to_string(d) +
+                              " needs a head-dim bucket this build left out (MPT_EXT_HEAD_DIMS)");
+}
+
+void check_dtype(DType t) {
+  if (t != DType::kFloat16 && t != DType::kBFloat16) {
+    throw std::invalid_argument(std::string("mpt_ext attention: q dtype ") + dtype_name(t) +
+                                " is not supported on CUDA, use bf16/fp16");
+  }
+}
+
+void check_heads(const AttnShape& s) {
+  if (s.num_heads_k <= 0 || s.num_heads % s.num_heads_k != 0) {
+    throw std::invalid_argument("mpt_ext attention (CUDA): num_heads must be a multiple of "
+                                "num_heads_k");
+  }
+  if (s.seqlen_q > INT32_MAX / 2 || s.seqlen_k > INT32_MAX / 2) {
+    throw std::invalid_argument("mpt_ext attention (CUDA): sequence lengths must be < 2^30");
+  }
+}
+
+// Calls f(T{}, std::integral_constant<int, kD>{}) for p's element type T and the compiled
+// head-dim bucket kD: the one switch every attention entry point goes through.
+template <typename F>
+void dispatch(DType dtype, int bucket, F&& f) {
+  const auto with_type = [&](auto t) {
+    switch (bucket) {
+#if MPT_ATTN_HDIM_64
+      case 64: return f(t, std::integral_constant<int, 64>{});
+#endif
+#if MPT_ATTN_HDIM_128
+      case 128: return f(t, std::integral_constant<int, 128>{});
+#endif
+#if MPT_ATTN_HDIM_256
+      case 256: return f(t, std::integral_constant<int, 256>{});
+#endif
+      default: break;
+    }
+    throw std::logic_error("mpt_ext attention (CUDA): no kernel for head-dim bucket " +
+                           std::to_string(bucket));
+  };
+  if (dtype == DType::kBFloat16) return with_type(__nv_bfloat16{});
+  return with_type(__half{});
+}
+
+}  // namespace
+
+void attn_fwd_cuda(const AttnFwdParams& p) {
+  check_dtype(p.dtype);
+  check_heads(p.shape);
+  dispatch(p.dtype, head_dim_bucket(p.shape.head_dim), [&](auto t, auto d) {
+    attn::cuda::run_attn_fwd<decltype(t), decltype(d)::value>(p);
+  });
+}
+
+int64_t attn_bwd_workspace_bytes_cuda(const AttnBwdParams& p) {
+  return attn::cuda::bwd_workspace_layout(p).total_bytes;
+}
+
+void attn_bwd_cuda(const AttnBwdParams& p) {
+  check_dtype(p.fwd.dtype);
+  check_heads(p.fwd.shape);
+  const int bucket = head_dim_bucket(p.fwd.shape.head_dim);
+  if (p.workspace_bytes < attn::cuda::bwd_workspace_layout(p).total_bytes) {
+    throw std::invalid_argument("mpt_ext attention (CUDA): backward workspace too small");
+  }
+  dispatch(p.fwd.dtype, bucket, [&](auto t, auto d) {
+    attn::cuda::run_attn_bwd<decltype(t), decltype(d)::value>(p);
+  });
+}
+
+}  // namespace mpt_ext

@@ -1,0 +1,37 @@
+// Launches the forward kernel for one (element type, head-dim bucket); each instantiation
+// lives in its own .cu file (fwd_hdim*_*.cu) so they compile in parallel.
+#pragma once
+
+#include "attn_fwd_kernel.cuh"
+#include "launch.cuh"
+
+namespace mpt_ext::attn::cuda {
+
+// Tile choices per head-dim bucket (keys per tile, cp.async stages, m16 tiles per warp):
+// d 64: 128-row CTAs (two m16 tiles per warp: the 16 x 64 fp32 O fits twice), 3 stages;
+// d 128: 64-row CTAs (16 x 128 O per warp already takes ~half the registers), 2 stages;
+// d 256: 32 keys per tile to bound registers and shared memory.
+template <int kD>
+using FwdConfigFor = FwdConfig<kD, (kD <= 128 ? 64 : 32), (kD <= 64 ? 3 : 2), (kD <= 64 ? 2 : 1)>;
+
+template <typename T, int kD>
+void run_attn_fwd(const AttnFwdParams& p) {
+  using Cfg = FwdConfigFor<kD>;
+  const AttnShape& s = p.shape;
+  if (s.batch == 0 || s.num_heads == 0 || s.seqlen_q == 0) return;
+  check_grid_yz(s.num_heads, s.batch, "attention forward");
+  const bool varlen = s.cu_seqlens_q != nullptr;
+  FwdExtra x;
+  x.q_vec_ok = rows_16b_aligned(p.q, p.q_strides, varlen);
+  x.kv_vec_ok = rows_16b_aligned(p.k, p.k_strides, varlen) &&
+                rows_16b_aligned(p.v, p.v_strides, varlen);
+  x.out_pair_ok = pairs_4b_aligned(p.out, p.out_strides, varlen);
+  auto kernel = attn_fwd_kernel<T, Cfg>;
+  set_smem(reinterpret_cast<const void*>(kernel), Cfg::kSmemBytes, "attn_fwd_kernel");
+  const dim3 grid(static_cast<unsigned>(ceil_div(s.seqlen_q, Cfg::kBlockM)),
+                  static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.batch));
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, static_cast<cudaStream_t>(p.stream)>>>(p, x);
+  check_launch("attn_fwd_kernel", static_cast<cudaStream_t>(p.stream));
+}
+
+}  // namespace mpt_ext::attn::cuda

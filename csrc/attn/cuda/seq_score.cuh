@@ -1,0 +1,116 @@
+// Where a (batch, head) lives in memory (batched or varlen) and how a raw q.k dot product
+// becomes the log2-domain score the kernels exponentiate. Masking itself comes from
+// ../attention_mask.h so that the CPU and CUDA paths can never disagree.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "../../common/cuda_math.cuh"
+#include "../attn_mask.h"
+#include "../attn_params.h"
+
+namespace mpt_ext::attn::cuda {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// One sequence of the batch: its lengths and first rows (varlen) in the packed tensors.
+struct SeqInfo {
+  int sq = 0;
+  int sk = 0;
+  int64_t q_row0 = 0;  // varlen: cu_seqlens_q[b]; batched: 0
+  int64_t k_row0 = 0;
+  bool varlen = false;
+};
+
+__device__ __forceinline__ SeqInfo seq_info(const AttnShape& s, int b) {
+  SeqInfo r;
+  if (s.cu_seqlens_q != nullptr) {
+    r.varlen = true;
+    r.q_row0 = s.cu_seqlens_q[b];
+    r.k_row0 = s.cu_seqlens_k[b];
+    r.sq = static_cast<int>(s.cu_seqlens_q[b + 1] - r.q_row0);
+    r.sk = static_cast<int>(s.cu_seqlens_k[b + 1] - r.k_row0);
+  } else {
+    r.sq = static_cast<int>(s.seqlen_q);
+    r.sk = static_cast<int>(s.seqlen_k);
+  }
+  return r;
+}
+
+// Element offset of row 0 of sequence b (head 0) in a tensor with these strides.
+__device__ __forceinline__ int64_t seq_offset(const TensorStrides& st, int b, int64_t row0,
+                                              bool varlen) {
+  return varlen ? row0 * st.row : static_cast<int64_t>(b) * st.batch;
+}
+
+// Element offset of (sequence b, head h, row 0) in the fp32 lse (batched (B, H, Sq);
+// varlen (H, total_q)).
+__device__ __forceinline__ int64_t lse_offset(const AttnFwdParams& p, const SeqInfo& si,
+                                              int b, int h) {
+  return si.varlen ? h * p.lse_head_stride + si.q_row0
+                   : static_cast<int64_t>(b) * p.lse_batch_stride + h * p.lse_head_stride;
+}
+
+// score2(i, j) = log2(e) * (softcap(scale * q.k) - slope * |i + sk - sq - j|).
+struct ScoreMod {
+  float scale_log2 = 0.f;  // scale * log2(e) (no softcap)
+  float cap_in = 0.f;      // scale / softcap
+  float cap_out = 0.f;     // softcap * log2(e)
+  float slope_log2 = 0.f;  // slope * log2(e)
+  float slope = 0.f;
+  bool softcap = false;
+
+  __device__ __forceinline__ static ScoreMod make(const AttnMaskParams& m, int b, int h) {
+    ScoreMod s;
+    s.softcap = m.softcap > 0.f;
+    s.scale_log2 = m.softmax_scale * kLog2e;
+    s.cap_in = s.softcap ? m.softmax_scale / m.softcap : 0.f;
+    s.cap_out = m.softcap * kLog2e;
+    s.slope = m.alibi_slopes != nullptr
+                  ? m.alibi_slopes[static_cast<int64_t>(b) * m.alibi_batch_stride + h]
+                  : 0.f;
+    s.slope_log2 = s.slope * kLog2e;
+    return s;
+  }
+
+  // Log2-domain score before masking; *tanh_out receives tanh(scale * acc / softcap) (for
+  // the backward's chain rule) when softcap is on.
+  __device__ __forceinline__ float operator()(float acc, int dist, float* tanh_out) const {
+    float s;
+    if (softcap) {
+      const float t = softcap_tanh(acc * cap_in);
+      *tanh_out = t;
+      s = cap_out * t;
+    } else {
+      s = acc * scale_log2;
+    }
+    return s - slope_log2 * static_cast<float>(dist);
+  }
+};
+
+__device__ __forceinline__ int abs_dist(int i, int j, int diag_shift) {
+  const int d = i + diag_shift - j;  // diag_shift = sk - sq
+  return d < 0 ? -d : d;
+}
+
+// Visible keys of the rows [m_first, m_last] of a tile (lo and hi both grow with the row).
+struct TileKeys {
+  KeyRange first;  // of row m_first: the smallest hi
+  KeyRange last;   // of row m_last: the largest lo
+  // A key tile [n0, n0 + n) needs no per-element mask when every row sees all of it.
+  __device__ __forceinline__ bool fully_visible(int n0, int n) const {
+    return n0 >= last.lo && n0 + n <= first.hi;
+  }
+};
+
+__device__ __forceinline__ TileKeys tile_keys(int m_first, int m_last, const SeqInfo& si,
+                                              const AttnMaskParams& m) {
+  TileKeys t;
+  t.first = visible_keys(m_first, si.sq, si.sk, m.causal, m.window_left, m.window_right);
+  t.last = visible_keys(m_last, si.sq, si.sk, m.causal, m.window_left, m.window_right);
+  return t;
+}
+
+}  // namespace mpt_ext::attn::cuda

@@ -1,0 +1,40 @@
+// Host-side interface between the attn_kvcache entry point (attn_kvcache_cuda.cu) and the
+// kernels' translation units: it sees these declarations, never the kernels.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace mpt_ext::attn_kvcache::cuda {
+
+struct SplitKvArgs;  // attn_kvcache_common.cuh
+
+struct AppendSide {
+  const void* src;  // k_new or v_new (batch, seqlen_new, heads_k, d)
+  void* cache;      // (batch_cache, seqlen_cache, heads_k, d)
+  int64_t src_batch, src_row, src_head;  // strides in elements
+  int64_t cache_batch, cache_row, cache_head;
+};
+
+struct AppendArgs {
+  AppendSide k, v;
+  const int32_t* cache_seqlens;  // never null when appending
+  int batch;
+  int seqlen_new;
+  int heads_k;
+  int seqlen_cache;
+  int64_t row_bytes;   // head_dim * elem_bytes
+  int64_t elem_bytes;  // 2 (bf16 / fp16)
+};
+
+// vectorised: every source and cache row start is 16-byte aligned (checked by the caller).
+void launch_append(const AppendArgs& a, bool vectorised, cudaStream_t stream);
+void launch_combine(const SplitKvArgs& a, bool bf16, cudaStream_t stream);
+
+// split_kv_kernel<T, kDPad, rows_per_block> (attn_kvcache_split_kv.cuh), instantiated per
+// (dtype, head-dim bucket 64 / 128 / 256) in instantiations/.
+template <typename T, int kDPad>
+const void* split_kv_kernel_ptr(int rows_per_block);
+
+}  // namespace mpt_ext::attn_kvcache::cuda

@@ -1,0 +1,130 @@
+// attn_kvcache (flash_attn_with_kvcache): every input check, Tensor -> params, and the
+// per-device registration. The checks and fills it shares with attn_fwd are in attn_args.h.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/core/DeviceGuard.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "../csrc/attn_kvcache/attn_kvcache.h"
+#include "attn_args.h"
+
+namespace mpt_ext {
+namespace {
+
+// One body serves every device; Kernels (KVCacheCpu, KVCacheCuda below) picks the kernels.
+template <typename Kernels>
+std::tuple<at::Tensor, at::Tensor> attn_kvcache(
+    const at::Tensor& q, at::Tensor& k_cache, at::Tensor& v_cache,
+    const std::optional<at::Tensor>& k_new, const std::optional<at::Tensor>& v_new,
+    const std::optional<at::Tensor>& cache_seqlens, const std::optional<at::Tensor>& alibi_slopes,
+    double softmax_scale, bool causal, int64_t window_left, int64_t window_right, double softcap,
+    int64_t num_splits) {
+  c10::DeviceGuard guard(q.device());
+  check_qkv(q, k_cache, v_cache, /*varlen=*/false, /*kv_cache=*/true);
+  check_mask_args(softmax_scale, window_left, window_right, softcap);
+  TORCH_CHECK_VALUE(num_splits >= 0, "num_splits must be >= 0 (0: automatic), got ", num_splits);
+  TORCH_CHECK_VALUE(k_new.has_value() == v_new.has_value(), "k and v must be given together");
+
+  AttnKVCacheParams kp;
+  AttnFwdParams& p = kp.fwd;
+  p.shape.batch = q.size(0);
+  p.shape.seqlen_q = q.size(1);
+  p.shape.seqlen_k = k_cache.size(1);
+  p.shape.num_heads = q.size(2);
+  p.shape.num_heads_k = k_cache.size(2);
+  p.shape.head_dim = q.size(3);
+  fill_common(p, q, k_cache, v_cache, softmax_scale, causal, window_left, window_right, softcap);
+  fill_alibi(p.mask, alibi_slopes, q, p.shape.batch, p.shape.num_heads);
+
+  if (k_new.has_value()) {
+    const at::Tensor& kn = *k_new;
+    const at::Tensor& vn = *v_new;
+    check_dim(kn, "k", 4, "(batch, seqlen_new, nheads_k, headdim)");
+    check_dim(vn, "v", 4, "(batch, seqlen_new, nheads_k, headdim)");
+    check_like(kn, "k", q, "q");
+    check_like(vn, "v", q, "q");
+    TORCH_CHECK_VALUE(kn.sizes() == vn.sizes() && kn.size(0) == q.size(0) &&
+                          kn.size(2) == k_cache.size(2) && kn.size(3) == q.size(3),
+                      "k and v must have shape (batch, seqlen_new, nheads_k, headdim) = (",
+                      q.size(0), ", *, ", k_cache.size(2), ", ", q.size(3), "), got k ",
+                      kn.sizes(), " and v ", vn.sizes());
+    kp.k_new = kn.data_ptr();
+    kp.v_new = vn.data_ptr();
+    kp.seqlen_new = kn.size(1);
+    kp.k_new_strides = strides_of(kn);
+    kp.v_new_strides = strides_of(vn);
+  }
+  TORCH_CHECK_VALUE(k_cache.size(0) >= q.size(0), "k_cache must hold at least batch = ", q.size(0),
+                    " sequences, got ", k_cache.size(0));
+  at::Tensor seqlens_host;
+  if (cache_seqlens.has_value()) {
+    const at::Tensor& cs = *cache_seqlens;
+    TORCH_CHECK_TYPE(cs.scalar_type() == at::kInt, "cache_seqlens must be int32, got ",
+                     cs.scalar_type());
+    check_same_device(cs, "cache_seqlens", q, "q");
+    TORCH_CHECK_VALUE(cs.dim() == 1 && cs.size(0) == q.size(0),
+                      "cache_seqlens must have shape (batch,) = (", q.size(0), ",), got ",
+                      cs.sizes());
+    TORCH_CHECK_VALUE(cs.is_contiguous(), "cache_seqlens must be contiguous");
+    // Host check: an append past the end of the cache would write out of bounds.
+    seqlens_host = cs.to(at::kCPU).contiguous();
+    const int32_t* c = seqlens_host.data_ptr<int32_t>();
+    for (int64_t b = 0; b < cs.size(0); ++b) {
+      TORCH_CHECK_VALUE(c[b] >= 0 && int64_t(c[b]) + kp.seqlen_new <= k_cache.size(1),
+                        "cache_seqlens[", b, "] = ", c[b], " plus ", kp.seqlen_new,
+                        " new keys does not fit in the cache of ", k_cache.size(1), " positions");
+    }
+    kp.cache_seqlens = cs.data_ptr<int32_t>();
+  } else {
+    TORCH_CHECK_VALUE(kp.seqlen_new == 0,
+                      "appending k and v needs cache_seqlens (where each sequence's new keys go)");
+  }
+  kp.num_splits = static_cast<int>(num_splits);
+
+  at::Tensor out = at::empty_like(q, at::MemoryFormat::Contiguous);
+  at::Tensor lse = at::empty({p.shape.batch, p.shape.num_heads, p.shape.seqlen_q},
+                             q.options().dtype(at::kFloat));
+  set_out(p, out, lse, /*varlen=*/false);
+  if (q.numel() == 0) return {out, lse};
+  at::Tensor workspace;  // split-KV partials; kept alive until the kernels are enqueued
+  const int64_t ws_bytes = value_errors([&] { return Kernels::workspace_bytes(kp); });
+  if (ws_bytes > 0) {
+    workspace = at::empty({ws_bytes}, q.options().dtype(at::kByte));
+    kp.workspace = workspace.data_ptr();
+    kp.workspace_bytes = ws_bytes;
+  }
+  value_errors([&] { Kernels::run(kp); });
+  return {out, lse};
+}
+
+// The kernels each device runs.
+struct KVCacheCpu {
+  static void run(const AttnKVCacheParams& p) { attn_kvcache_cpu(p); }
+  static int64_t workspace_bytes(const AttnKVCacheParams&) { return 0; }
+};
+
+#ifdef MPT_EXT_CUDA_ATTN_KVCACHE
+struct KVCacheCuda {
+  static void run(const AttnKVCacheParams& p) { attn_kvcache_cuda(p); }
+  static int64_t workspace_bytes(const AttnKVCacheParams& p) {
+    return attn_kvcache_workspace_bytes_cuda(p);
+  }
+};
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mpt_ext, CPU, m) { m.impl("attn_kvcache", &attn_kvcache<KVCacheCpu>); }
+
+TORCH_LIBRARY_IMPL(mpt_ext, CUDA, m) {
+#ifdef MPT_EXT_CUDA_ATTN_KVCACHE
+  m.impl("attn_kvcache", &attn_kvcache<KVCacheCuda>);
+#else
+  register_cuda_not_enabled(m, "attn_kvcache", "flash_attn_with_kvcache");
+#endif
+}
+
+}  // namespace mpt_ext
