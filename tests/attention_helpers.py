@@ -1,6 +1,6 @@
 """Shared helpers for the attention tests: random inputs, output poisoning and the
-tolerance rule of DESIGN.md (our error vs a float64 reference must be at most twice the
-error of PyTorch's own math in the input dtype, plus a small floor)."""
+tolerance rule of docs/DESIGN.md, Numerics (our error vs a float64 reference must be at most
+twice the error of PyTorch's own math in the input dtype, plus a small floor)."""
 from __future__ import annotations
 
 import contextlib
@@ -106,9 +106,9 @@ def max_error(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def assert_close_to_ref(name, ours, ref64, ref_low, dtype=None):
-    """DESIGN.md's rule: max|ours - ref64| <= 2 * max|ref_low - ref64| + floor, where ref_low
-    is PyTorch's math in the input dtype. Infinite reference entries (lse of rows with no
-    visible key) must be matched exactly; NaN never passes."""
+    """docs/DESIGN.md's rule (Numerics): max|ours - ref64| <= 2 * max|ref_low - ref64| + floor,
+    where ref_low is PyTorch's math in the input dtype. Infinite reference entries (lse of rows
+    with no visible key) must be matched exactly; NaN never passes."""
     dtype = dtype or ours.dtype
     assert ours.shape == ref64.shape, f"{name}: shape {tuple(ours.shape)} != {tuple(ref64.shape)}"
     ours64 = ours.detach().to(torch.float64)

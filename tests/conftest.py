@@ -15,8 +15,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def fresh_seed():
-    """Fresh random inputs in every run (DESIGN.md); the seed is printed, so a failure
-    can be replayed with torch.manual_seed(seed)."""
+    """Fresh random inputs in every run (docs/DESIGN.md, Numerics); the seed is printed, so a
+    failure can be replayed with torch.manual_seed(seed)."""
     seed = secrets.randbelow(2**31)
     torch.manual_seed(seed)
     print(f"seed={seed}")

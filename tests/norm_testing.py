@@ -1,6 +1,6 @@
 """Shared checks for the norm tests (CPU and CUDA): the op against a float64 reference,
-with the tolerance rule of DESIGN.md (at most 2x PyTorch's own error in the same dtype,
-plus a small floor)."""
+with the tolerance rule of docs/DESIGN.md, Numerics (at most 2x PyTorch's own error in the
+same dtype, plus a small floor)."""
 from __future__ import annotations
 
 import torch

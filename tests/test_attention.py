@@ -1,30 +1,49 @@
-"""flash_attn_func (batched BSHD) on CPU against the float64 reference: forward over
-DESIGN.md's grid, backward (q, k, v and trainable ALiBi slopes), gradcheck, determinism."""
+"""flash_attn_func (batched BSHD) on CPU and CUDA against the float64 reference: forward
+over docs/DESIGN.md's grid (Numerics), backward (q, k, v and trainable ALiBi slopes),
+determinism; on the CPU also gradcheck and edge cases.
+
+The CUDA params run bf16/fp16 only, with the GPU's own grid (docs/DESIGN.md's larger sizes:
+seqlens 1000 and 4097, head dims 64/128/256); they are skipped without a GPU or when the
+build does not dispatch to the CUDA attention kernels (csrc/attn/cuda/, build with
+-DMPT_EXT_CUDA_OPS=attn)."""
 import pytest
 import torch
 
 import mpt_ext
-from attention_helpers import (DTYPE_IDS, MASK_IDS, MASKS, check_bwd, check_fwd, make_slopes,
-                               poison_allocator, random_qkv)
+from mpt_ext.reference import attention_varlen_ref
+
+from attention_helpers import (DTYPE_IDS, MASK_IDS, MASKS, assert_close_to_ref, check_bwd,
+                               check_fwd, cu_seqlens, make_slopes, poison_allocator, random_qkv)
+from devices import cuda_only, devices
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+CUDA_DTYPES = [torch.bfloat16, torch.float16]
 SEQLENS = [(1, 1), (17, 17), (113, 113), (17, 113), (113, 17), (1, 113), (113, 1)]
+CUDA_SEQLENS = [(1, 1), (17, 17), (113, 113), (17, 113), (113, 17), (1, 239), (239, 1)]
+LONG_SEQLENS = [(1000, 1000), (4097, 4097), (1000, 4097), (4097, 1000)]
 
 
 # ---- forward -------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("device,dtype,seqlen_q,seqlen_k,alibi", devices(
+    "attn", cpu=[(dt, sq, sk, None) for dt in DTYPES for sq, sk in SEQLENS],
+    cuda=[(dt, sq, sk, alibi) for dt in CUDA_DTYPES for sq, sk in CUDA_SEQLENS
+          for alibi in (None, "mpt", "batch")]))
 @pytest.mark.parametrize("causal,window_size", MASKS, ids=MASK_IDS)
-@pytest.mark.parametrize("seqlen_q,seqlen_k", SEQLENS, ids=str)
-def test_forward_masks_seqlens(dtype, causal, window_size, seqlen_q, seqlen_k):
-    q, k, v = random_qkv(2, seqlen_q, seqlen_k, 4, 2, 32, dtype)
-    check_fwd(q, k, v, causal=causal, window_size=window_size)
+def test_forward(device, dtype, seqlen_q, seqlen_k, alibi, causal, window_size):
+    nheads, head_dim = {"cpu": (4, 32), "cuda": (6, 64)}[device]
+    q, k, v = random_qkv(2, seqlen_q, seqlen_k, nheads, 2, head_dim, dtype, device=device)
+    check_fwd(q, k, v, causal=causal, window_size=window_size,
+              alibi_slopes=make_slopes(alibi, 2, nheads, device=device))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
-@pytest.mark.parametrize("head_dim", [1, 8, 20, 32, 33, 40, 64, 72, 96, 128, 160, 200, 255, 256])
-def test_forward_head_dims(dtype, head_dim):
-    q, k, v = random_qkv(1, 17, 33, 3, 3, head_dim, dtype)
-    check_fwd(q, k, v, causal=True, alibi_slopes=make_slopes("mpt", 1, 3))
+@pytest.mark.parametrize("device,dtype,head_dim", devices(
+    "attn", cpu=[(dt, d) for dt in (torch.float32, torch.bfloat16)
+                 for d in (1, 8, 20, 32, 33, 40, 64, 72, 96, 128, 160, 200, 255, 256)],
+    cuda=[(dt, d) for dt in CUDA_DTYPES for d in (32, 40, 64, 72, 96, 128, 160, 192, 200, 256)]))
+def test_forward_head_dims(device, dtype, head_dim):
+    batch, seqlen_q, seqlen_k = {"cpu": (1, 17, 33), "cuda": (2, 130, 257)}[device]
+    q, k, v = random_qkv(batch, seqlen_q, seqlen_k, 3, 3, head_dim, dtype, device=device)
+    check_fwd(q, k, v, causal=True, alibi_slopes=make_slopes("mpt", batch, 3, device=device))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
@@ -37,12 +56,16 @@ def test_forward_alibi(dtype, nheads, slopes, causal, seqlen_q, seqlen_k):
     check_fwd(q, k, v, causal=causal, alibi_slopes=make_slopes(slopes, 2, nheads))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
-@pytest.mark.parametrize("nheads,nheads_k", [(6, 2), (6, 1), (4, 4), (12, 3)], ids=str)
-@pytest.mark.parametrize("causal", [False, True])
-def test_forward_gqa(dtype, nheads, nheads_k, causal):
-    q, k, v = random_qkv(2, 17, 40, nheads, nheads_k, 64, dtype)
-    check_fwd(q, k, v, causal=causal, alibi_slopes=make_slopes("mpt", 2, nheads))
+@pytest.mark.parametrize("device,dtype,nheads,nheads_k,causal,softcap,alibi", devices(
+    "attn", cpu=[(dt, h, hk, causal, 0.0, "mpt") for dt in DTYPES
+                 for h, hk in [(6, 2), (6, 1), (4, 4), (12, 3)] for causal in (False, True)],
+    cuda=[(dt, h, hk, True, softcap, "batch") for dt in CUDA_DTYPES
+          for h, hk in [(6, 2), (6, 1), (12, 12)] for softcap in (0.0, 5.0)]))
+def test_forward_gqa(device, dtype, nheads, nheads_k, causal, softcap, alibi):
+    seqlen_q, seqlen_k, head_dim = {"cpu": (17, 40, 64), "cuda": (77, 200, 128)}[device]
+    q, k, v = random_qkv(2, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype, device=device)
+    check_fwd(q, k, v, causal=causal, softcap=softcap,
+              alibi_slopes=make_slopes(alibi, 2, nheads, device=device))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
@@ -84,21 +107,29 @@ def test_forward_strided_inputs(dtype):
 
 
 # ---- rows with no visible key, empty inputs --------------------------------------------------
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
-@pytest.mark.parametrize("seqlen_q,seqlen_k,causal,window_size", [
+ROWS_WITHOUT_KEYS = [
     (40, 17, True, (-1, -1)),     # bottom-right causal: the first 23 rows see nothing
     (17, 40, False, (0, 0)),      # each row sees exactly its diagonal key
     (40, 17, False, (0, 0)),      # early rows' diagonal is before key 0
     (17, 17, False, (-1, -1)),
     (9, 5, False, (-1, -1)),
-], ids=["causal_sq>sk", "diag_only", "diag_out_of_range", "full", "short_k"])
-def test_rows_without_keys(dtype, seqlen_q, seqlen_k, causal, window_size):
-    q, k, v = random_qkv(2, seqlen_q, seqlen_k, 4, 2, 32, dtype)
-    slopes = make_slopes("batch", 2, 4)
+]
+
+
+@pytest.mark.parametrize("device,dtype,seqlen_q,seqlen_k,causal,window_size,alibi", devices(
+    "attn", cpu=[(dt, *case, "batch") for dt in DTYPES for case in ROWS_WITHOUT_KEYS],
+    cuda=[(dt, 300, 100, True, (-1, -1), None) for dt in CUDA_DTYPES]))
+def test_rows_without_keys(device, dtype, seqlen_q, seqlen_k, causal, window_size, alibi):
+    head_dim = {"cpu": 32, "cuda": 64}[device]
+    q, k, v = random_qkv(2, seqlen_q, seqlen_k, 4, 2, head_dim, dtype, device=device)
+    slopes = make_slopes(alibi, 2, 4, device=device)
     out, lse = check_fwd(q, k, v, causal=causal, window_size=window_size, alibi_slopes=slopes)
     empty = torch.isinf(lse)  # (B, H, Sq); check_fwd matched these with the reference
     if seqlen_q > seqlen_k and window_size == (0, 0) or causal:
         assert empty.any()
+    if causal:  # bottom-right alignment: the first seqlen_q - seqlen_k rows see no key
+        n = max(seqlen_q - seqlen_k, 0)
+        assert torch.all(out[:, :n] == 0) and torch.all(lse[:, :, :n] == float("-inf"))
     assert torch.all(out.permute(0, 2, 1, 3)[empty] == 0)
     assert torch.isfinite(out).all()
 
@@ -112,13 +143,17 @@ def test_window_excludes_everything():
     assert torch.all(out[:, :26] == 0)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
-@pytest.mark.parametrize("batch,seqlen_q,seqlen_k", [
-    (0, 17, 17), (2, 0, 17), (2, 17, 0), (2, 0, 0), (0, 0, 0)], ids=str)
-@pytest.mark.parametrize("causal", [False, True])
-def test_empty(dtype, batch, seqlen_q, seqlen_k, causal):
-    q, k, v = random_qkv(batch, seqlen_q, seqlen_k, 4, 2, 32, dtype, requires_grad=True)
-    slopes = make_slopes("batch", batch, 4, requires_grad=True)
+@pytest.mark.parametrize("device,dtype,batch,seqlen_q,seqlen_k,causal,alibi", devices(
+    "attn", cpu=[(dt, *sizes, causal, "batch") for dt in DTYPES
+                 for sizes in [(0, 17, 17), (2, 0, 17), (2, 17, 0), (2, 0, 0), (0, 0, 0)]
+                 for causal in (False, True)],
+    cuda=[(dt, *sizes, True, None) for dt in CUDA_DTYPES
+          for sizes in [(0, 17, 17), (2, 0, 17), (2, 17, 0)]]))
+def test_empty(device, dtype, batch, seqlen_q, seqlen_k, causal, alibi):
+    head_dim = {"cpu": 32, "cuda": 64}[device]
+    q, k, v = random_qkv(batch, seqlen_q, seqlen_k, 4, 2, head_dim, dtype, device=device,
+                         requires_grad=True)
+    slopes = make_slopes(alibi, batch, 4, device=device, requires_grad=True)
     out, lse, _ = mpt_ext.flash_attn_func(q, k, v, causal=causal, alibi_slopes=slopes,
                                           return_attn_probs=True)
     assert out.shape == q.shape and lse.shape == (batch, 4, seqlen_q)
@@ -126,6 +161,8 @@ def test_empty(dtype, batch, seqlen_q, seqlen_k, causal):
     assert torch.all(out == 0) and torch.all(lse == float("-inf"))
     out.backward(torch.randn_like(out))
     for name, x in (("q", q), ("k", k), ("v", v), ("slopes", slopes)):
+        if x is None:
+            continue
         assert x.grad is not None and x.grad.shape == x.shape, name
         assert torch.all(x.grad == 0), f"d{name} of an empty attention must be 0"
 
@@ -160,24 +197,31 @@ def test_repeated_calls_identical():
 
 # ---- backward ------------------------------------------------------------------------------
 BWD_MASKS = [(False, (-1, -1)), (True, (-1, -1)), (False, (7, 2)), (True, (9, -1))]
+CUDA_BWD_MASKS = [(False, (-1, -1)), (True, (-1, -1)), (False, (64, 16))]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
-                         ids=DTYPE_IDS.get)
-@pytest.mark.parametrize("causal,window_size", BWD_MASKS,
-                         ids=["full", "causal", "win7_2", "causal_left9"])
+@pytest.mark.parametrize("device,dtype,causal,window_size,seqlen_q,seqlen_k", devices(
+    "attn", cpu=[(dt, *mask, *seqlens) for dt in DTYPES for mask in BWD_MASKS
+                 for seqlens in [(17, 17), (17, 50), (50, 17), (1, 33)]],
+    cuda=[(dt, *mask, *seqlens) for dt in CUDA_DTYPES for mask in CUDA_BWD_MASKS
+          for seqlens in [(113, 113), (77, 300), (300, 77)]]))
 @pytest.mark.parametrize("alibi", [None, "head", "batch"])
-@pytest.mark.parametrize("seqlen_q,seqlen_k", [(17, 17), (17, 50), (50, 17), (1, 33)], ids=str)
-def test_backward(dtype, causal, window_size, alibi, seqlen_q, seqlen_k):
-    q, k, v = random_qkv(2, seqlen_q, seqlen_k, 6, 2, 32, dtype, requires_grad=True)
-    slopes = make_slopes(alibi, 2, 6, requires_grad=True)
+def test_backward(device, dtype, causal, window_size, seqlen_q, seqlen_k, alibi):
+    head_dim = {"cpu": 32, "cuda": 64}[device]
+    q, k, v = random_qkv(2, seqlen_q, seqlen_k, 6, 2, head_dim, dtype, device=device,
+                         requires_grad=True)
+    slopes = make_slopes(alibi, 2, 6, device=device, requires_grad=True)
     check_bwd(q, k, v, alibi_slopes=slopes, causal=causal, window_size=window_size)
 
 
-@pytest.mark.parametrize("head_dim", [1, 8, 33, 40, 72, 128, 200, 256])
-def test_backward_head_dims(head_dim):
-    q, k, v = random_qkv(1, 17, 23, 2, 1, head_dim, torch.float32, requires_grad=True)
-    slopes = make_slopes("mpt", 1, 2).requires_grad_(True)
+@pytest.mark.parametrize("device,dtype,head_dim", devices(
+    "attn", cpu=[(torch.float32, d) for d in (1, 8, 33, 40, 72, 128, 200, 256)],
+    cuda=[(dt, d) for dt in CUDA_DTYPES for d in (64, 128, 256)]))
+def test_backward_head_dims(device, dtype, head_dim):
+    seqlen_q, seqlen_k = {"cpu": (17, 23), "cuda": (1000, 1000)}[device]
+    q, k, v = random_qkv(1, seqlen_q, seqlen_k, 2, 1, head_dim, dtype, device=device,
+                         requires_grad=True)
+    slopes = make_slopes("mpt", 1, 2, device=device, requires_grad=True)
     check_bwd(q, k, v, alibi_slopes=slopes, causal=True)
 
 
@@ -235,10 +279,14 @@ def test_gradcheck(kw, slopes_shape, seqlen_q, seqlen_k):
     assert torch.autograd.gradcheck(fn, inputs, atol=1e-6, rtol=1e-4)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
-def test_deterministic_backward(dtype):
-    q, k, v = random_qkv(2, 113, 77, 6, 2, 64, dtype, requires_grad=True)
-    slopes = make_slopes("batch", 2, 6, requires_grad=True)
+@pytest.mark.parametrize("device,dtype", devices(
+    "attn", cpu=[(torch.float32,), (torch.bfloat16,)], cuda=[(dt,) for dt in CUDA_DTYPES]))
+def test_deterministic_backward(device, dtype):
+    seqlen_q, seqlen_k, nheads, head_dim = {"cpu": (113, 77, 6, 64),
+                                            "cuda": (1000, 1000, 8, 128)}[device]
+    q, k, v = random_qkv(2, seqlen_q, seqlen_k, nheads, 2, head_dim, dtype, device=device,
+                         requires_grad=True)
+    slopes = make_slopes("batch", 2, nheads, device=device, requires_grad=True)
     dout = torch.randn_like(q)
 
     def grads():
@@ -258,14 +306,16 @@ def test_lse_is_not_differentiable():
     assert out.requires_grad and not lse.requires_grad
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
-@pytest.mark.parametrize("seqlen_q,seqlen_k", [(1000, 1000), (4097, 4097), (1000, 4097),
-                                               (4097, 1000)], ids=str)
-def test_forward_long(dtype, seqlen_q, seqlen_k):
-    # DESIGN.md's long sizes; the reference materialises seqlen_q x seqlen_k scores.
-    q, k, v = random_qkv(1, seqlen_q, seqlen_k, 2, 1, 64, dtype)
-    check_fwd(q, k, v, causal=True, alibi_slopes=make_slopes("mpt", 1, 2))
+@pytest.mark.parametrize("device,dtype,seqlen_q,seqlen_k,head_dim", devices(
+    "attn", cpu=[(dt, *seqlens, 64) for dt in (torch.float32, torch.bfloat16)
+                 for seqlens in LONG_SEQLENS],
+    cuda=[(dt, *seqlens, d) for dt in CUDA_DTYPES for seqlens in LONG_SEQLENS
+          for d in (64, 128, 256)],
+    cpu_marks=[pytest.mark.slow]))
+def test_forward_long(device, dtype, seqlen_q, seqlen_k, head_dim):
+    # docs/DESIGN.md's long sizes; the reference materialises seqlen_q x seqlen_k scores.
+    q, k, v = random_qkv(1, seqlen_q, seqlen_k, 2, 1, head_dim, dtype, device=device)
+    check_fwd(q, k, v, causal=True, alibi_slopes=make_slopes("mpt", 1, 2, device=device))
 
 
 @pytest.mark.slow
@@ -316,3 +366,30 @@ def test_nan_inputs_propagate(dtype):
     out, lse, _ = mpt_ext.flash_attn_func(q_nan, k, v, causal=True, return_attn_probs=True)
     assert out[0, 3, 1].isnan().all() and lse[0, 1, 3].isnan()
     assert out[0, 2, 1].isfinite().all() and out[0, 4, 1].isfinite().all()
+
+
+# ---- CUDA only -----------------------------------------------------------------------------
+@cuda_only("attn")
+@pytest.mark.parametrize("dtype", CUDA_DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("causal", [False, True])
+def test_cuda_varlen(dtype, causal):
+    lq, lk = [5, 0, 130, 1, 333, 64], [7, 0, 130, 1, 200, 500]
+    q = torch.randn(sum(lq), 6, 128, dtype=dtype, device="cuda", requires_grad=True)
+    k = torch.randn(sum(lk), 2, 128, dtype=dtype, device="cuda", requires_grad=True)
+    v = torch.randn(sum(lk), 2, 128, dtype=dtype, device="cuda", requires_grad=True)
+    cu_q, cu_k = cu_seqlens(lq, "cuda"), cu_seqlens(lk, "cuda")
+    slopes = make_slopes("batch", len(lq), 6, device="cuda", requires_grad=True)
+    kw = dict(causal=causal, alibi_slopes=slopes)
+    out, lse, _ = mpt_ext.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lq), max(lk),
+                                                 return_attn_probs=True, **kw)
+    ref_out, ref_lse = attention_varlen_ref(q, k, v, cu_q, cu_k, **kw)
+    low_out, low_lse = attention_varlen_ref(q, k, v, cu_q, cu_k, compute_dtype=dtype, **kw)
+    assert_close_to_ref("out", out, ref_out, low_out)
+    assert_close_to_ref("lse", lse, ref_lse, low_lse, dtype=dtype)
+    dout = torch.randn_like(out)
+    inputs = (q, k, v, slopes)
+    ours = torch.autograd.grad(out, inputs, dout)
+    ref = torch.autograd.grad(ref_out, inputs, dout.double())
+    low = torch.autograd.grad(low_out, inputs, dout)
+    for name, g, r, lo in zip(("dq", "dk", "dv", "dslopes"), ours, ref, low):
+        assert_close_to_ref(name, g, r, lo, dtype=dtype)

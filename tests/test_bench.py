@@ -44,7 +44,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-# ---- counting (DESIGN.md's protocol and its anchor numbers) --------------------------------
+# ---- counting (docs/DESIGN.md's Performance protocol and its anchor numbers) ---------------
 
 def test_attention_flops_match_design_formula_and_anchor():
     # hd128, N=8192, 16384 tokens -> B=2, 16 heads: 4*B*H*N*N*D/2.

@@ -1,30 +1,42 @@
-"""mpt_ext.layer_norm / rms_norm on the CPU: forward and backward against a float64
-reference, gradcheck, opcheck, torch.compile, bad input."""
+"""mpt_ext.layer_norm / rms_norm on the CPU and on CUDA: forward and backward against a
+float64 reference, determinism; on the CPU also gradcheck, opcheck, torch.compile, bad input.
+The CUDA params are skipped without a GPU or when the build does not dispatch to the CUDA
+norm kernels (build with -DMPT_EXT_CUDA_OPS=norm)."""
 import pytest
 import torch
 
 import mpt_ext
 from mpt_ext._library import ops
 
+from devices import cuda_only, cuda_undispatched, devices
 from norm_testing import DTYPE_PAIRS, NORM_KINDS, check_against_reference, dtype_pair_id
 
 # Leading dims, 0 rows, 1 row, odd rows; hidden 1, 7, 64, 769, 5000.
 SHAPES = [(0, 64), (2, 0, 7), (1, 1), (5, 1), (3, 7), (1, 64), (2, 3, 64), (7, 769), (3, 5000)]
+# On CUDA, hidden 1 and 7 and 769 take the scalar path; 64, 5000 (fp32/bf16 pack multiples),
+# 4096 and 8192 the 16-byte cached path; 65536 streams (more than a CTA's registers hold).
+CUDA_SHAPES = [(0, 64), (2, 0, 7), (1, 1), (5, 1), (3, 7), (2, 3, 64), (7, 769), (3, 5000),
+               (33, 4096), (9, 8192), (2, 65536)]
 
 
 @pytest.mark.parametrize("kind", NORM_KINDS, ids=lambda k: f"{k[0]}-{k[1]}")
 @pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize("dtypes", DTYPE_PAIRS, ids=dtype_pair_id)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_matches_reference(shape, dtypes, with_residual, kind):
+@pytest.mark.parametrize("device,shape", devices("norm", cpu=[(s,) for s in SHAPES],
+                                                 cuda=[(s,) for s in CUDA_SHAPES]))
+def test_matches_reference(device, shape, dtypes, with_residual, kind):
     norm, affine = kind
-    check_against_reference(shape, *dtypes, affine, norm == "rms", with_residual, "cpu")
+    check_against_reference(shape, *dtypes, affine, norm == "rms", with_residual, device)
 
 
+# CPU: a large hidden size; CUDA: more rows than resident CTAs (the backward walks rows
+# grid-stride and reduces many partials).
 @pytest.mark.parametrize("is_rms", [False, True], ids=["layer", "rms"])
-def test_large_hidden(is_rms):
-    check_against_reference((2, 65536), torch.bfloat16, torch.float32, "weight_bias", is_rms,
-                            True, "cpu")
+@pytest.mark.parametrize("device,shape", devices("norm", cpu=[((2, 65536),)],
+                                                 cuda=[((20000, 256),)]))
+def test_large(device, shape, is_rms):
+    check_against_reference(shape, torch.bfloat16, torch.float32, "weight_bias", is_rms, True,
+                            device)
 
 
 @pytest.mark.parametrize("is_rms", [False, True], ids=["layer", "rms"])
@@ -57,22 +69,33 @@ def test_residual_out_is_rounded_sum():
     assert torch.equal(y, mpt_ext.layer_norm(s))
 
 
-def test_dweight_deterministic():
-    x = torch.randn(513, 96, dtype=torch.bfloat16)
-    w = torch.randn(96, requires_grad=True)
-    b = torch.randn(96, requires_grad=True)
-    dy = torch.randn(513, 96, dtype=torch.bfloat16)
+@pytest.mark.parametrize("device,shape,is_rms", devices(
+    "norm", cpu=[((513, 96), False)],
+    cuda=[(shape, is_rms) for shape in [(4099, 768), (37, 5000), (3, 65536)]
+          for is_rms in (False, True)]))
+def test_dweight_bitwise_deterministic(device, shape, is_rms):
+    """Two backward runs give the same dweight and dbias bit for bit (on the CPU with 1 and
+    with 2 threads)."""
+    x = torch.randn(shape, device=device, dtype=torch.bfloat16)
+    dy = torch.randn(shape, device=device, dtype=torch.bfloat16)
+    w = torch.randn(shape[-1], device=device, requires_grad=True)
+    b = None if is_rms else torch.randn(shape[-1], device=device, requires_grad=True)
     grads = []
     for threads in (1, 2):
         prev = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            w.grad = b.grad = None
-            mpt_ext.layer_norm(x, w, b).backward(dy)
-            grads.append((w.grad.clone(), b.grad.clone()))
+            w.grad = None
+            if b is not None:
+                b.grad = None
+            y = mpt_ext.rms_norm(x, w) if is_rms else mpt_ext.layer_norm(x, w, b)
+            y.backward(dy)
+            grads.append((w.grad.clone(), None if b is None else b.grad.clone()))
         finally:
             torch.set_num_threads(prev)
-    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    assert torch.equal(grads[0][0], grads[1][0])
+    if b is not None:
+        assert torch.equal(grads[0][1], grads[1][1])
 
 
 @pytest.mark.parametrize("is_rms", [False, True], ids=["layer", "rms"])
@@ -217,10 +240,66 @@ def test_bad_input_raises(index):
         call()
 
 
+@cuda_undispatched("norm")
 def test_cuda_tensor_without_kernel_is_clear():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    if mpt_ext._library.CUDA_NORM:
-        pytest.skip("CUDA norm kernels are enabled in this build")
     with pytest.raises(NotImplementedError, match="layer_norm"):
         mpt_ext.layer_norm(torch.randn(2, 8, device="cuda"))
+
+
+# ---- CUDA only -----------------------------------------------------------------------------
+@cuda_only("norm")
+@pytest.mark.parametrize("hidden", [64, 768, 65536])
+def test_misaligned_rows_take_general_path(hidden):
+    """x starting one element past its allocation is not 16-byte aligned: the scalar path
+    must give what the CPU kernel gives, forward and backward."""
+    rows = 5
+    results = []
+    data = torch.randn(rows * hidden + 1, dtype=torch.bfloat16)
+    w0, b0 = torch.randn(hidden), torch.randn(hidden)
+    dy = torch.randn(rows, hidden, dtype=torch.bfloat16)
+    for device in ("cuda", "cpu"):
+        buf = data.to(device).requires_grad_(True)
+        w = w0.to(device).requires_grad_(True)
+        b = b0.to(device).requires_grad_(True)
+        y = mpt_ext.layer_norm(buf[1:].view(rows, hidden), w, b)
+        y.backward(dy.to(device))
+        results.append([t.detach().cpu().float() for t in (y, buf.grad, w.grad, b.grad)])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, atol=3e-2, rtol=2e-2)
+
+
+@cuda_only("norm")
+def test_matches_cpu_kernel():
+    x = torch.randn(17, 1024, dtype=torch.bfloat16)
+    r = torch.randn(17, 1024, dtype=torch.bfloat16)
+    w, b = torch.randn(1024), torch.randn(1024)
+    y_cpu, s_cpu = mpt_ext.layer_norm(x, w, b, residual=r)
+    y_gpu, s_gpu = mpt_ext.layer_norm(x.cuda(), w.cuda(), b.cuda(), residual=r.cuda())
+    assert torch.equal(s_gpu.cpu(), s_cpu)
+    torch.testing.assert_close(y_gpu.cpu(), y_cpu, atol=1.6e-2, rtol=1.6e-2)
+
+
+@cuda_only("norm")
+def test_runs_on_current_stream():
+    x = torch.randn(64, 512, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(512, device="cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        y = mpt_ext.rms_norm(x, w)
+    stream.synchronize()
+    torch.testing.assert_close(y, mpt_ext.rms_norm(x, w))
+
+
+@cuda_only("norm")
+def test_float64_rejected_on_cuda():
+    with pytest.raises(TypeError, match="x"):
+        mpt_ext.layer_norm(torch.randn(2, 8, device="cuda", dtype=torch.float64))
+
+
+@cuda_only("norm")
+def test_nn_modules_on_cuda():
+    ln = mpt_ext.nn.LayerNorm(96).cuda()
+    ref = torch.nn.LayerNorm(96).cuda()
+    ref.load_state_dict(ln.state_dict())
+    x = torch.randn(4, 10, 96, device="cuda")
+    torch.testing.assert_close(ln(x), ref(x), atol=1e-5, rtol=1e-5)

@@ -1,5 +1,5 @@
-"""The attention oracle itself, against a literal per-element loop over DESIGN.md's formula
-(tiny shapes): if the reference were wrong, every kernel test would be meaningless."""
+"""The attention oracle itself, against a literal per-element loop over docs/DESIGN.md's
+formula (tiny shapes): if the reference were wrong, every kernel test would be meaningless."""
 import math
 
 import pytest
