@@ -113,18 +113,19 @@ struct KVCacheCuda {
     return attn_kvcache_workspace_bytes_cuda(p);
   }
 };
+#else
+struct KVCacheCuda {  // the family is not enabled in this build
+  static void run(const AttnKVCacheParams&) {
+    cuda_family_not_enabled("attn_kvcache", "flash_attn_with_kvcache");
+  }
+  static int64_t workspace_bytes(const AttnKVCacheParams&) { return 0; }
+};
 #endif
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mpt_ext, CPU, m) { m.impl("attn_kvcache", &attn_kvcache<KVCacheCpu>); }
 
-TORCH_LIBRARY_IMPL(mpt_ext, CUDA, m) {
-#ifdef MPT_EXT_CUDA_ATTN_KVCACHE
-  m.impl("attn_kvcache", &attn_kvcache<KVCacheCuda>);
-#else
-  register_cuda_not_enabled(m, "attn_kvcache", "flash_attn_with_kvcache");
-#endif
-}
+TORCH_LIBRARY_IMPL(mpt_ext, CUDA, m) { m.impl("attn_kvcache", &attn_kvcache<KVCacheCuda>); }
 
 }  // namespace mpt_ext

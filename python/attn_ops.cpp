@@ -232,6 +232,16 @@ struct AttnCuda {
     return attn_bwd_workspace_bytes_cuda(p);
   }
 };
+#else
+struct AttnCuda {  // the family is not enabled in this build
+  static void fwd(const AttnFwdParams&) {
+    cuda_family_not_enabled("attn", "flash_attn_func / flash_attn_varlen_func");
+  }
+  static void bwd(const AttnBwdParams&) {
+    cuda_family_not_enabled("attn", "flash_attn_func / flash_attn_varlen_func backward");
+  }
+  static int64_t bwd_workspace_bytes(const AttnBwdParams&) { return 0; }
+};
 #endif
 
 }  // namespace
@@ -242,13 +252,8 @@ TORCH_LIBRARY_IMPL(mpt_ext, CPU, m) {
 }
 
 TORCH_LIBRARY_IMPL(mpt_ext, CUDA, m) {
-#ifdef MPT_EXT_CUDA_ATTN
   m.impl("attn_fwd", &attn_fwd<AttnCuda>);
   m.impl("attn_bwd", &attn_bwd<AttnCuda>);
-#else
-  register_cuda_not_enabled(m, "attn_fwd", "flash_attn_func / flash_attn_varlen_func");
-  register_cuda_not_enabled(m, "attn_bwd", "flash_attn_func / flash_attn_varlen_func backward");
-#endif
 }
 
 }  // namespace mpt_ext

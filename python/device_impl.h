@@ -1,14 +1,11 @@
 // What turns a kernel entry point (csrc/<family>/<family>.h) into one device's implementation
-// of a torch op: the stream it launches on, how its errors reach Python, and what a CUDA
-// family that this build does not dispatch to answers instead.
+// of a torch op: the stream it launches on, how its errors reach Python, and what stands in
+// for the kernels of a CUDA family that this build does not dispatch to.
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
-#include <torch/library.h>
 
-#include <memory>
 #include <stdexcept>
 
 #ifdef MPT_EXT_WITH_CUDA
@@ -38,31 +35,20 @@ auto value_errors(F&& f) -> decltype(f()) {
   }
 }
 
+// The kernels of a CUDA family this build does not dispatch to (python/<family>_ops.cpp
+// registers them in its place): the op's checks still run, so bad input keeps its ValueError /
+// TypeError and empty input its empty result; a real call raises NotImplementedError naming the
+// public functions, never a silent slow path.
+[[noreturn]] inline void cuda_family_not_enabled(const char* family, const char* used_by) {
 #ifdef MPT_EXT_WITH_CUDA
-#define MPT_EXT_NO_CUDA_KERNEL_WHY                                                            \
-  "its CUDA kernel family is not enabled in this build (CMake -DMPT_EXT_CUDA_OPS lists the " \
-  "enabled ones: norm;attn;attn_kvcache)"
+  TORCH_CHECK_NOT_IMPLEMENTED(false, "mpt_ext ", used_by,
+                              " has no kernel for CUDA tensors: this build does not enable the "
+                              "CUDA kernel family '", family, "' (enable it with CMake's "
+                              "-DMPT_EXT_CUDA_OPS=", family, " once its tests pass on a GPU)");
 #else
-#define MPT_EXT_NO_CUDA_KERNEL_WHY "mpt_ext was built without CUDA (no nvcc at build time)"
+  TORCH_CHECK_NOT_IMPLEMENTED(false, "mpt_ext ", used_by, " has no kernel for CUDA tensors: "
+                              "mpt_ext was built without CUDA (no nvcc at build time)");
 #endif
-
-// The CUDA implementation of an op whose family is not enabled: NotImplementedError naming
-// the op and its public functions, never a silent slow path.
-class CudaKernelNotEnabled final : public c10::OperatorKernel {
- public:
-  explicit CudaKernelNotEnabled(const char* used_by) : used_by_(used_by) {}
-  void operator()(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack*) {
-    TORCH_CHECK_NOT_IMPLEMENTED(false, op.schema().name(), " (", used_by_,
-                                ") has no kernel for CUDA tensors: ", MPT_EXT_NO_CUDA_KERNEL_WHY);
-  }
-
- private:
-  const char* used_by_;
-};
-
-inline void register_cuda_not_enabled(torch::Library& m, const char* op, const char* used_by) {
-  m.impl(op, torch::CppFunction::makeFromBoxedFunctor(
-                 std::make_unique<CudaKernelNotEnabled>(used_by)));
 }
 
 }  // namespace mpt_ext

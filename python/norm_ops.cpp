@@ -109,6 +109,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_bwd(
   TORCH_CHECK_VALUE(is_rms || (mean.scalar_type() == at::kFloat && mean.numel() == rows),
                     "mean must be float32 with one value per row (", rows, "), got ",
                     mean.scalar_type(), " ", mean.sizes());
+  check_same_device(rstd, "rstd", x_in, "x");
+  if (!is_rms) check_same_device(mean, "mean", x_in, "x");
   if (dresidual_out_in.has_value()) {
     TORCH_CHECK_VALUE(dresidual_out_in->sizes() == x_in.sizes(),
                       "dresidual_out must have x's shape ", x_in.sizes(), ", got ",
@@ -184,6 +186,16 @@ struct NormCuda {
     return norm_bwd_workspace_bytes_cuda(p);
   }
 };
+#else
+struct NormCuda {  // the family is not enabled in this build
+  static void fwd(const NormFwdParams&) {
+    cuda_family_not_enabled("norm", "layer_norm / rms_norm");
+  }
+  static void bwd(const NormBwdParams&) {
+    cuda_family_not_enabled("norm", "layer_norm / rms_norm backward");
+  }
+  static int64_t bwd_workspace_bytes(const NormBwdParams&) { return 0; }
+};
 #endif
 
 }  // namespace
@@ -194,13 +206,8 @@ TORCH_LIBRARY_IMPL(mpt_ext, CPU, m) {
 }
 
 TORCH_LIBRARY_IMPL(mpt_ext, CUDA, m) {
-#ifdef MPT_EXT_CUDA_NORM
   m.impl("norm_fwd", &norm_fwd<NormCuda>);
   m.impl("norm_bwd", &norm_bwd<NormCuda>);
-#else
-  register_cuda_not_enabled(m, "norm_fwd", "layer_norm / rms_norm");
-  register_cuda_not_enabled(m, "norm_bwd", "layer_norm / rms_norm backward");
-#endif
 }
 
 }  // namespace mpt_ext

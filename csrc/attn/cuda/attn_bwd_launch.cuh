@@ -1,5 +1,6 @@
 // Launches the backward for one (element type, head-dim bucket): preprocess, dK/dV, dQ and
-// the d(slopes) reduction, all on p.fwd.stream. Instantiated in bwd_hdim*_*.cu.
+// the d(slopes) reduction, all on p.fwd.stream. Instantiated in
+// instantiations/attn_bwd_hdim*_*.cu.
 #pragma once
 
 #include "attn_bwd_kernels.cuh"

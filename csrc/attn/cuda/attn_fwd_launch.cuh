@@ -1,5 +1,5 @@
 // Launches the forward kernel for one (element type, head-dim bucket); each instantiation
-// lives in its own .cu file (fwd_hdim*_*.cu) so they compile in parallel.
+// lives in its own file (instantiations/attn_fwd_hdim*_*.cu) so they compile in parallel.
 #pragma once
 
 #include "attn_fwd_kernel.cuh"

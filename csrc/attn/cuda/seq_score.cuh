@@ -1,6 +1,6 @@
 // Where a (batch, head) lives in memory (batched or varlen) and how a raw q.k dot product
 // becomes the log2-domain score the kernels exponentiate. Masking itself comes from
-// ../attention_mask.h so that the CPU and CUDA paths can never disagree.
+// ../attn_mask.h so that the CPU and CUDA paths can never disagree.
 #pragma once
 
 #include <cmath>

@@ -1,5 +1,5 @@
-// The split-KV decode attention kernel (template; instantiated per dtype in
-// decode_split_kv_{bf16,fp16}.cu).
+// The split-KV decode attention kernel (template; instantiated per dtype and head-dim bucket
+// in instantiations/attn_kvcache_split_kv_hdim*_*.cu).
 //
 // One block = one (sequence b, KV head hk, tile of kM query rows, key split). The rows of a
 // tile are (query position i, query head g of the GQA group) pairs, so every K/V byte a
