@@ -37,7 +37,9 @@ inline void check_mask_args(double softmax_scale, int64_t window_left, int64_t w
 inline void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool varlen,
                       bool kv_cache = false) {
   const int64_t dim = varlen ? 3 : 4;
-  const char* layout = varlen ? "(total_tokens, nheads, headdim)" : "(batch, seqlen, nheads, headdim)";
+  const char* layout = varlen     ? "(total_tokens, nheads, headdim)"
+                       : kv_cache ? "(batch, seqlen_q, nheads, headdim)"
+                                  : "(batch, seqlen, nheads, headdim)";
   const char* kv_layout = kv_cache ? "(batch_cache, seqlen_cache, nheads_k, headdim)" : layout;
   const char* k_name = kv_cache ? "k_cache" : "k";
   const char* v_name = kv_cache ? "v_cache" : "v";
