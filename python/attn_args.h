@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <vector>
 
 #include "../csrc/attn/attn_params.h"
 #include "checks.h"
@@ -115,6 +116,11 @@ inline void fill_common(AttnFwdParams& p, const at::Tensor& q, const at::Tensor&
 }
 
 // lse: (batch, heads, seqlen_q), or (heads, total_q) when varlen.
+inline std::vector<int64_t> lse_shape(const at::Tensor& q, const AttnShape& s, bool varlen) {
+  if (varlen) return {s.num_heads, q.size(0)};
+  return {s.batch, s.num_heads, s.seqlen_q};
+}
+
 inline void set_lse(AttnFwdParams& p, const at::Tensor& lse, bool varlen) {
   p.lse = const_cast<float*>(lse.data_ptr<float>());
   if (varlen) {

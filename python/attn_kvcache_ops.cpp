@@ -85,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor> attn_kvcache(
   kp.num_splits = static_cast<int>(num_splits);
 
   at::Tensor out = at::empty_like(q, at::MemoryFormat::Contiguous);
-  at::Tensor lse = at::empty({p.shape.batch, p.shape.num_heads, p.shape.seqlen_q},
+  at::Tensor lse = at::empty(lse_shape(q, p.shape, /*varlen=*/false),
                              q.options().dtype(at::kFloat));
   set_out(p, out, lse, /*varlen=*/false);
   if (q.numel() == 0) return {out, lse};

@@ -115,12 +115,6 @@ Prepared prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   return r;
 }
 
-at::Tensor empty_lse(const at::Tensor& q, const AttnShape& s, bool varlen) {
-  const auto opts = q.options().dtype(at::kFloat);
-  return varlen ? at::empty({s.num_heads, q.size(0)}, opts)
-                : at::empty({s.batch, s.num_heads, s.seqlen_q}, opts);
-}
-
 // One body per op; Kernels (AttnCpu, AttnCuda below) says which device's kernels it calls.
 template <typename Kernels>
 std::tuple<at::Tensor, at::Tensor> attn_fwd(
@@ -133,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor> attn_fwd(
   Prepared r = prepare_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                            alibi_slopes, softmax_scale, causal, window_left, window_right, softcap);
   at::Tensor out = at::empty_like(q, at::MemoryFormat::Contiguous);
-  at::Tensor lse = empty_lse(q, r.p.shape, r.varlen);
+  at::Tensor lse = at::empty(lse_shape(q, r.p.shape, r.varlen), q.options().dtype(at::kFloat));
   set_out(r.p, out, lse, r.varlen);
   if (r.uncovered_q) {
     out.zero_();
@@ -166,10 +160,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_bwd(
                     out.sizes());
   check_like(dout, "dout", q, "q");
   check_like(out, "out", q, "q");
-  at::Tensor expected_lse = empty_lse(q, r.p.shape, r.varlen);
-  TORCH_CHECK_VALUE(lse.sizes() == expected_lse.sizes() && lse.scalar_type() == at::kFloat,
-                    "softmax_lse must be float32 of shape ", expected_lse.sizes(), ", got ",
-                    lse.scalar_type(), " ", lse.sizes());
+  const std::vector<int64_t> expected_lse = lse_shape(q, r.p.shape, r.varlen);
+  TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef(expected_lse) && lse.scalar_type() == at::kFloat,
+                    "softmax_lse must be float32 of shape ", at::IntArrayRef(expected_lse),
+                    ", got ", lse.scalar_type(), " ", lse.sizes());
   check_same_device(lse, "softmax_lse", q, "q");
   TORCH_CHECK_VALUE(!compute_dslopes || alibi_slopes.has_value(),
                     "compute_dslopes needs alibi_slopes");
