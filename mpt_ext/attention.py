@@ -7,12 +7,11 @@ signatures and semantics follow flash-attn's.
 from __future__ import annotations
 
 import math
-import operator
 from typing import Optional, Sequence, Union
 
 import torch
 
-from ._args import real, tensor_arg
+from ._args import integer, real, tensor_arg
 from ._library import ops
 
 __all__ = [
@@ -130,10 +129,7 @@ def alibi_slopes(n_heads: int, alibi_bias_max: float = 8.0,
 
     For a non-power-of-two head count the slopes of the next power of two are interleaved
     (odd positions first) and cut to n_heads, exactly as MPT does."""
-    try:
-        n_heads = operator.index(n_heads)  # ints, numpy ints, 0-d integer tensors
-    except TypeError:
-        raise TypeError(f"n_heads must be an int, got {type(n_heads).__name__}") from None
+    n_heads = integer("n_heads", n_heads)
     if n_heads < 1:
         raise ValueError(f"n_heads must be >= 1, got {n_heads}")
     alibi_bias_max = _float("alibi_bias_max", alibi_bias_max)
@@ -153,7 +149,7 @@ _INT64_MAX = 2**63 - 1
 
 def _window(window_size: Sequence[int]) -> tuple[int, int]:
     try:
-        left, right = (operator.index(w) for w in window_size)
+        left, right = (integer("window_size", w) for w in window_size)
     except (TypeError, ValueError):
         raise ValueError(f"window_size must be a pair of ints (left, right), got "
                          f"{window_size!r}") from None
@@ -189,13 +185,9 @@ _MAX_SEQLEN_CAP = 2**31 - 1
 
 
 def _max_seqlen(name: str, value) -> Union[int, torch.SymInt]:
+    value = integer(name, value, "an int (an upper bound on the sequence lengths)", symint=True)
     if isinstance(value, torch.SymInt):  # traced (torch.compile with dynamic shapes)
         return value
-    try:
-        value = operator.index(value)  # ints, numpy ints, 0-d integer tensors
-    except TypeError:
-        raise TypeError(f"{name} must be an int (an upper bound on the sequence lengths), got "
-                        f"{type(value).__name__}") from None
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
     return min(value, _MAX_SEQLEN_CAP)
@@ -290,17 +282,9 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None,
         tensor_arg(name, t, "a torch.Tensor (batch, seqlen_new, nheads_k, headdim)")
     tensor_arg("alibi_slopes", alibi_slopes, _SLOPES)
     if cache_seqlens is not None and not isinstance(cache_seqlens, torch.Tensor):
-        try:
-            if isinstance(cache_seqlens, bool):
-                raise TypeError
-            cache_seqlens = operator.index(cache_seqlens)  # ints, numpy ints
-        except TypeError:
-            raise TypeError(f"cache_seqlens must be an int, an int32 torch.Tensor (batch,) or "
-                            f"None, got {type(cache_seqlens).__name__}") from None
-    try:
-        num_splits = operator.index(num_splits)
-    except TypeError:
-        raise TypeError(f"num_splits must be an int, got {type(num_splits).__name__}") from None
+        cache_seqlens = integer("cache_seqlens", cache_seqlens,
+                                "an int, an int32 torch.Tensor (batch,) or None", allow_bool=False)
+    num_splits = integer("num_splits", num_splits)
     if isinstance(cache_seqlens, int):
         if not 0 <= cache_seqlens < 2**31:
             raise ValueError(f"cache_seqlens must be in [0, 2**31), got {cache_seqlens}")
