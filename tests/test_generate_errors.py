@@ -93,3 +93,26 @@ def test_exit_status_of_the_command(tmp_path):
                         "--prompt", "x"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("mpt-generate: error: ") and r.stderr.count("\n") == 1, r.stderr
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["no-streamer", "streamer"])
+@pytest.mark.parametrize("sample", [False, True], ids=["greedy", "sampled"])
+def test_the_first_bad_step_is_reported_and_never_streamed(ckpt, stream, sample):
+    # greedy steps are checked where the loop waits anyway (before streaming, at the end),
+    # sampled steps before the draw: either way the first bad step is the one named
+    model = _nan_model(ckpt)
+    with torch.no_grad():
+        model.transformer.blocks[0].ffn.up_proj.weight[0, 0] = 0.0
+    model.eval()
+    calls = []
+
+    def nan_at_step_2(logits):
+        calls.append(1)
+        return logits.fill_(float("nan")) if len(calls) in (3, 4) else logits
+
+    streamed = []
+    with pytest.raises(NonFiniteLogitsError, match="step 2") as info:
+        model.generate(torch.tensor([[1, 2, 3]]), 6, logits_processor=nan_at_step_2,
+                       streamer=streamed.append if stream else None, do_sample=sample)
+    assert info.value.step == 2 and info.value.rows == [0]
+    assert len(streamed) == (2 if stream else 0)

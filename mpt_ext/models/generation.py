@@ -27,11 +27,13 @@ class NonFiniteLogitsError(FloatingPointError):
         self.step, self.rows = step, rows
 
 
-def _check_finite(logits: torch.Tensor, finished: torch.Tensor, step: int) -> None:
+def _nonfinite_rows(logits: torch.Tensor, finished: torch.Tensor):
+    """(best logit per row, rows that cannot choose a token) on the device: no host sync."""
     best = logits.amax(-1)  # NaN and +inf propagate; -inf when every token is banned
-    bad = ~torch.isfinite(best) & ~finished
-    if not bool(bad.any()):
-        return
+    return best, ~(torch.isfinite(best) | finished)
+
+
+def _raise_nonfinite(best: torch.Tensor, bad: torch.Tensor, step: int) -> None:
     rows = torch.nonzero(bad).flatten().tolist()
     kinds = [k for k, hit in (("NaN", torch.isnan(best[bad]).any()),
                               ("+inf", (best[bad] == float("inf")).any()),
@@ -41,6 +43,32 @@ def _check_finite(logits: torch.Tensor, finished: torch.Tensor, step: int) -> No
         f"generation step {step}: the logits of sequence(s) {rows[:8]}"
         f"{' ...' if len(rows) > 8 else ''} are {' / '.join(kinds)}; no token can be chosen "
         "(NaN or inf weights, or an overflow in the model's dtype)", step, rows)
+
+
+class _FiniteChecks:
+    """The per-step logits checks, read on the host only where the loop waits anyway.
+
+    Sampling needs a valid distribution, so its steps are checked before the draw. Greedy
+    steps (argmax takes any logits) are queued on the device and read in one copy before a
+    token reaches the streamer and after the loop: no host sync per token of its own, and
+    still no token of a bad step streamed, and the first bad step is the one reported."""
+
+    def __init__(self):
+        self._pending = []  # (step, best, bad) not read yet
+
+    def add(self, logits: torch.Tensor, finished: torch.Tensor, step: int, now: bool) -> None:
+        self._pending.append((step, *_nonfinite_rows(logits, finished)))
+        if now:
+            self.read()
+
+    def read(self) -> None:
+        if not self._pending:
+            return
+        hits = torch.stack([bad.any() for _, _, bad in self._pending]).tolist()
+        pending, self._pending = self._pending, []
+        for (step, best, bad), hit in zip(pending, hits):
+            if hit:
+                _raise_nonfinite(best, bad, step)
 
 
 class KVCache:
@@ -140,7 +168,8 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     warning. Dropout is not switched off: call model.eval() first.
 
     Logits with NaN or +inf (or every token banned) in a running sequence raise
-    NonFiniteLogitsError before that step's token is chosen or streamed."""
+    NonFiniteLogitsError naming the first such step; its token never reaches the streamer or
+    the output. Greedy steps are read on the host only where the loop waits anyway."""
     _check_args(input_ids, max_new_tokens, temperature, top_k, top_p)
     if do_sample is None:
         do_sample = temperature != 1.0 or top_k is not None or top_p is not None
@@ -173,14 +202,16 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     step_layout = TokenLayout(batch, 1)
     new_tokens = []
+    checks = _FiniteChecks()
     for step in range(max_new_tokens):
         if logits_processor is not None:
             logits = logits_processor(logits.float())
-        _check_finite(logits, finished, step)
+        checks.add(logits, finished, step, now=do_sample)
         sampled = sample_next(logits, do_sample, temperature, top_k, top_p, generator)
         token = sampled.masked_fill(finished, pad)
         new_tokens.append(token)
         if streamer is not None:
+            checks.read()
             streamer(token)
         if eos:
             finished |= torch.isin(token, eos_ids)
@@ -192,4 +223,5 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
         hidden = model.transformer(sampled[:, None].to(input_ids.dtype), step_layout, cache)
         cache.seqlens += 1
         logits = model.logits_from_hidden(hidden[:, -1])
+    checks.read()
     return torch.cat([input_ids, torch.stack(new_tokens, 1).to(input_ids.dtype)], 1)
