@@ -21,7 +21,7 @@ from typing import Optional, TextIO
 
 import torch
 
-from .errors import UsageError
+from .errors import UsageError, one_line
 
 __all__ = ["main", "build_parser", "StreamPrinter"]
 
@@ -95,19 +95,6 @@ class StreamPrinter:
         return text
 
 
-def _device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError as e:
-        raise UsageError(f"--device {spec!r}: not a device (expected auto, cpu, cuda or "
-                         "cuda:N)") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {spec}: no CUDA device is available")
-    return device
-
-
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if (args.checkpoint is None) == (args.preset is None):
         parser.error("give a checkpoint dir or --preset (one of them)")
@@ -144,25 +131,26 @@ def main(argv: Optional[list] = None, out: TextIO = None, err: TextIO = None) ->
     try:
         return _generate(args, out, err)
     except UsageError as e:
-        err.write(f"{parser.prog}: error: {' '.join(str(e).split())}\n")
+        err.write(f"{parser.prog}: error: {one_line(e)}\n")
         err.flush()
         return 2
 
 
 def _generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .models import PRESETS, MPTConfig, MPTForCausalLM  # noqa: PLC0415  (keeps --help fast)
+    from .models import MPTConfig, MPTForCausalLM  # noqa: PLC0415  (keeps --help fast)
     from .models.generation import NonFiniteLogitsError  # noqa: PLC0415
+    from .train.distributed import pick_device  # noqa: PLC0415
 
-    if args.preset is not None and args.preset not in PRESETS:
-        raise UsageError(f"--preset {args.preset!r}: expected one of {', '.join(PRESETS)}")
-    device = _device(args.device)
+    # A bad --preset (MPTConfig.preset's UsageError) is said before a bad --device.
+    config = MPTConfig.preset(args.preset) if args.preset is not None else None
+    device = pick_device(args.device, local_rank=None)
     dtype = _DTYPES.get(args.dtype)
     if dtype is None and device.type == "cuda":
         dtype = torch.bfloat16
     if args.preset is not None:
         checkpoint = Path(".")
         tokenizer = _load_tokenizer(args.tokenizer or "byte", checkpoint)
-        model = MPTForCausalLM(MPTConfig.preset(args.preset), device=device)
+        model = MPTForCausalLM(config, device=device)
         model = model.to(dtype or torch.float32).eval()
     else:
         checkpoint = Path(args.checkpoint)

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Protocol
 
-from ..errors import UsageError
+from ..errors import UsageError, one_line
 
 
 class TokenizerNotFound(UsageError, FileNotFoundError):
@@ -108,10 +108,8 @@ class HFTokenizer:
         try:
             return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError) as e:  # not a tokenizer dir, or unreadable files in it
-            why = " ".join(str(e).split()) or e.__class__.__name__  # one line
-            why = why if len(why) <= 300 else why[:297] + "..."
             raise UsageError(f"tokenizer dir {str(path)!r} cannot be loaded by transformers: "
-                             f"{why}") from e
+                             f"{one_line(e, limit=300)}") from e
 
     @staticmethod
     def _hash_files(path: Path) -> str:

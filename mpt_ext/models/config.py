@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 
 from ..errors import UsageError
 
-__all__ = ["MPTConfig", "AttnConfig", "PRESETS", "MAX_SIZES", "MAX_PARAMETERS"]
+__all__ = ["MPTConfig", "AttnConfig", "PRESETS", "MAX_SIZES", "MAX_PARAMETERS", "check_preset"]
 
 #: upper bounds of the integer sizes: far past any trained model (MPT-30B: 48 layers,
 #: d_model 7168), low enough that a typo (n_layers: 1000000) fails here and not after
@@ -303,8 +303,7 @@ class MPTConfig:
         """One of PRESETS (llm-foundry's MPT shapes, plus 'tiny' for CPU runs) with
         overrides. Overrides may name attn_config fields directly (qk_ln=True,
         kv_n_heads=4 -- which selects grouped-query attention)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+        check_preset(name)
         d = copy.deepcopy(PRESETS[name])
         attn = dict(d.pop("attn_config", {}))
         attn_names = {f.name for f in dataclasses.fields(AttnConfig)} - {"extra"}
@@ -318,6 +317,12 @@ class MPTConfig:
         if "kv_n_heads" in overrides and "attn_type" not in overrides:
             attn["attn_type"] = "grouped_query_attention"
         return cls(**d, attn_config=attn)
+
+
+def check_preset(name: str) -> None:
+    """A UsageError, in the words of the CLIs' --preset, unless name is one of PRESETS."""
+    if name not in PRESETS:
+        raise UsageError(f"--preset {name}: unknown preset; expected one of {', '.join(PRESETS)}")
 
 
 def _int_if_integral(v):

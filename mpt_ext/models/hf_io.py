@@ -20,7 +20,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..errors import UsageError
+from ..errors import UsageError, one_line
 from .config import MPTConfig
 
 __all__ = ["load_pretrained", "save_pretrained", "load_state_dict_checked", "CheckpointNotFound"]
@@ -38,11 +38,7 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 _WEIGHT_FILE = re.compile(r"^(model(-\d{5}-of-\d{5})?\.safetensors|pytorch_model(-\d{5}-of-\d{5})?"
                           r"\.bin)(\.index\.json)?$")
 _MAX_LISTED = 20
-
-
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split()) or e.__class__.__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+_MAX_WHY = 300  # characters of an underlying error quoted in a UsageError
 
 
 def _read_json(file: Path) -> object:
@@ -52,7 +48,7 @@ def _read_json(file: Path) -> object:
     except json.JSONDecodeError as e:
         raise UsageError(f"{file}: not valid JSON ({e})") from e
     except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"{file}: cannot read it ({_one_line(e)})") from e
+        raise UsageError(f"{file}: cannot read it ({one_line(e, limit=_MAX_WHY)})") from e
 
 
 def _weight_files(path: Path) -> tuple[list[Path], bool]:
@@ -86,7 +82,8 @@ def _safetensors_shapes(files: list[Path]) -> dict:
             with safe_open(str(f), framework="pt") as h:
                 part = {k: tuple(h.get_slice(k).get_shape()) for k in h.keys()}
         except (SafetensorError, OSError) as e:
-            raise UsageError(f"{f}: not a readable safetensors file ({_one_line(e)})") from e
+            raise UsageError(f"{f}: not a readable safetensors file "
+                             f"({one_line(e, limit=_MAX_WHY)})") from e
         _merge(shapes, part)
     return shapes
 
@@ -107,12 +104,14 @@ def _read_weights(files: list[Path], safe: bool, device: torch.device) -> dict:
             try:
                 part = load_file(str(f), device=str(device))
             except (SafetensorError, OSError) as e:
-                raise UsageError(f"{f}: not a readable safetensors file ({_one_line(e)})") from e
+                raise UsageError(f"{f}: not a readable safetensors file "
+                                 f"({one_line(e, limit=_MAX_WHY)})") from e
         else:
             try:
                 part = torch.load(f, map_location=device, weights_only=True)
             except (pickle.UnpicklingError, EOFError, RuntimeError, OSError) as e:
-                raise UsageError(f"{f}: not a readable PyTorch weights file ({_one_line(e)})") from e
+                raise UsageError(f"{f}: not a readable PyTorch weights file "
+                                 f"({one_line(e, limit=_MAX_WHY)})") from e
             if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor)
                                                      for v in part.values()):
                 raise UsageError(f"{f}: expected a state dict (tensor name -> tensor), got "
@@ -181,10 +180,7 @@ def check_shapes(cls, config: MPTConfig, shapes: dict, where: str = "checkpoint"
     if unexpected:
         problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
     if mismatched:
-        problems.append(f"shape mismatches ({len(mismatched)}): "
-                        + ", ".join(sorted(mismatched)[:_MAX_LISTED])
-                        + (f" ... and {len(mismatched) - _MAX_LISTED} more"
-                           if len(mismatched) > _MAX_LISTED else ""))
+        problems.append(f"shape mismatches ({len(mismatched)}): {_listing(mismatched)}")
     if problems:
         raise UsageError(f"{where} does not match the MPT config: " + "; ".join(problems))
 
@@ -192,10 +188,15 @@ def check_shapes(cls, config: MPTConfig, shapes: dict, where: str = "checkpoint"
 def load_state_dict_checked(model: torch.nn.Module, state: dict, assign: bool = False) -> None:
     """load_state_dict that first reports every missing key, unexpected key and shape
     mismatch in one UsageError. A tied lm_head.weight stored beside wte is accepted."""
-    state = dict(state)
-    if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" in state:
-        del state["lm_head.weight"]  # transformers' state_dict lists the tied head too
     check_shapes(type(model), model.config, {k: tuple(v.shape) for k, v in state.items()})
+    _load_checked_state(model, state, assign)
+
+
+def _load_checked_state(model: torch.nn.Module, state: dict, assign: bool) -> None:
+    """load_state_dict(strict=True) of a state whose shapes check_shapes has passed; a tied
+    lm_head.weight stored beside wte is dropped (transformers' state_dict lists it too)."""
+    if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" in state:
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
     model.load_state_dict(state, strict=True, assign=assign)
 
 
@@ -221,7 +222,7 @@ def load_pretrained(cls, path: Union[str, os.PathLike], dtype: Optional[torch.dt
     try:
         config = MPTConfig.from_dict(config_dict)
     except (ValueError, TypeError) as e:  # the file's values: the user's to fix
-        raise UsageError(f"{config_file}: {_one_line(e)}") from e
+        raise UsageError(f"{config_file}: {one_line(e, limit=_MAX_WHY)}") from e
     device = torch.device(device if device is not None else "cpu")
     files, safe = _weight_files(path)
     if safe:  # the headers first: a mismatch fails before any tensor is read
@@ -236,7 +237,7 @@ def load_pretrained(cls, path: Union[str, os.PathLike], dtype: Optional[torch.dt
     # Mixed-precision checkpoints (e.g. fp32 norms) become one dtype: the kernels want that.
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     model = cls(config, device="meta")
-    load_state_dict_checked(model, state, assign=True)
+    _load_checked_state(model, state, assign=True)  # check_shapes above passed these keys
     return model.eval()
 
 

@@ -21,7 +21,7 @@ import dataclasses
 import json
 import sys
 
-from ..errors import UsageError
+from ..errors import UsageError, one_line
 from .config import RESUME_SETTINGS, TrainConfig
 
 _DEFAULTS = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
@@ -130,7 +130,7 @@ def config_from_args(argv=None) -> TrainConfig:
 
 
 def _error(e: BaseException) -> None:
-    print("mpt-train: error: " + " ".join(str(e).split("\n")), file=sys.stderr)
+    print("mpt-train: error: " + one_line(e), file=sys.stderr)
 
 
 def main(argv=None) -> int:

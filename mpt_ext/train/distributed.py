@@ -16,6 +16,8 @@ from typing import Callable, Iterator, Optional
 import torch
 import torch.distributed as dist
 
+from ..errors import UsageError
+
 
 @dataclass
 class DistInfo:
@@ -33,14 +35,27 @@ class DistInfo:
         return self.world_size > 1
 
 
-def pick_device(spec: str, local_rank: int = 0) -> torch.device:
+def pick_device(spec: str, local_rank: Optional[int] = 0) -> torch.device:
+    """The device of a --device spec (auto, cpu, cuda, cuda:N). auto and a bare cuda get
+    cuda:local_rank, or the plain current cuda device when local_rank is None. A spec that
+    is not a device, or a CUDA device this machine lacks, is a UsageError."""
     if spec == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(spec)
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", local_rank) if local_rank is not None else torch.device("cuda")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as e:
+        raise UsageError(f"--device {spec!r}: not a device (expected auto, cpu, cuda or "
+                         "cuda:N)") from e
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device={spec!r} but no CUDA device is available")
-        if device.index is None:
+            raise UsageError(f"--device {spec}: no CUDA device is available here "
+                             "(use --device cpu or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {spec}: this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s)")
+        if device.index is None and local_rank is not None:
             device = torch.device("cuda", local_rank)
     return device
 

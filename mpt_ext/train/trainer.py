@@ -43,9 +43,8 @@ def model_config(cfg: TrainConfig, vocab_size: int):
     tokenizer and max_seq_len covers seq_len unless overridden. A bad preset, field or
     value is a UsageError."""
     from ..models import MPTConfig
-    from ..models.config import PRESETS, AttnConfig
-    if cfg.preset not in PRESETS:
-        raise UsageError(f"--preset {cfg.preset}: unknown; expected one of {', '.join(PRESETS)}")
+    from ..models.config import AttnConfig, check_preset
+    check_preset(cfg.preset)   # before the --model checks, and not wrapped in their message
     known = ({f.name for f in dataclasses.fields(MPTConfig)} | {f.name for f in dataclasses.fields(AttnConfig)}
              | {"attn_config"}) - {"extra"}
     unknown = sorted(set(cfg.model) - known)
@@ -67,17 +66,6 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
     """The MPT model of model_config(cfg, vocab_size)."""
     from ..models import MPTForCausalLM
     return MPTForCausalLM(model_config(cfg, vocab_size))
-
-
-def check_device(spec: str) -> None:
-    """A CUDA device asked for but absent is the user's mistake, said before anything starts."""
-    if not spec.startswith("cuda"):
-        return
-    if not torch.cuda.is_available():
-        raise UsageError(f"--device {spec}: no CUDA device is available here (use --device cpu or auto)")
-    index = int(spec.split(":")[1]) if ":" in spec else None
-    if index is not None and index >= torch.cuda.device_count():
-        raise UsageError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 # What state.pt must hold to be resumed (written by Trainer.save).
@@ -125,9 +113,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model_factory: Optional[Callable] = None,
                  dist_info: Optional[DistInfo] = None, echo: Callable[[str], None] = print):
         self.cfg = cfg
-        if dist_info is None:
-            check_device(cfg.device)
-        self.dist = dist_info or init_distributed(cfg.device)
+        self.dist = dist_info or init_distributed(cfg.device)   # a missing CUDA device: UsageError
         self.device = self.dist.device
         self.echo = echo if self.dist.is_main else (lambda *_: None)
         self.precision = cfg.precision if cfg.precision != "auto" else (
