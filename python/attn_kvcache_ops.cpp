@@ -122,10 +122,13 @@ struct KVCacheCuda {  // the family is not enabled in this build
 };
 #endif
 
+template <typename Kernels>
+void register_attn_kvcache(torch::Library& m) {
+  m.impl("attn_kvcache", &attn_kvcache<Kernels>);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mpt_ext, CPU, m) { m.impl("attn_kvcache", &attn_kvcache<KVCacheCpu>); }
-
-TORCH_LIBRARY_IMPL(mpt_ext, CUDA, m) { m.impl("attn_kvcache", &attn_kvcache<KVCacheCuda>); }
+MPT_EXT_REGISTER_DEVICES(register_attn_kvcache, KVCacheCpu, KVCacheCuda)
 
 }  // namespace mpt_ext

@@ -238,16 +238,14 @@ struct AttnCuda {  // the family is not enabled in this build
 };
 #endif
 
+template <typename Kernels>
+void register_attn(torch::Library& m) {
+  m.impl("attn_fwd", &attn_fwd<Kernels>);
+  m.impl("attn_bwd", &attn_bwd<Kernels>);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mpt_ext, CPU, m) {
-  m.impl("attn_fwd", &attn_fwd<AttnCpu>);
-  m.impl("attn_bwd", &attn_bwd<AttnCpu>);
-}
-
-TORCH_LIBRARY_IMPL(mpt_ext, CUDA, m) {
-  m.impl("attn_fwd", &attn_fwd<AttnCuda>);
-  m.impl("attn_bwd", &attn_bwd<AttnCuda>);
-}
+MPT_EXT_REGISTER_DEVICES(register_attn, AttnCpu, AttnCuda)
 
 }  // namespace mpt_ext

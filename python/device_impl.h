@@ -5,11 +5,29 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <torch/library.h>
 
 #include <stdexcept>
 
 #ifdef MPT_EXT_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
+#endif
+
+// Where the ops live and who implements them. The normal build: the schemas in the mpt_ext
+// namespace, each family's op bodies registered with its CPU kernels under the CPU key and
+// its CUDA kernels under CUDA. The emulation build (tests/cuda_emulation defines
+// MPT_EXT_CUDA_EMULATION) compiles the CUDA kernels for the CPU and registers the bodies with
+// them alone, under the CPU key of its own namespace, mpt_ext_emu (loadable beside mpt_ext):
+// CPU tensors in, the CUDA kernels' code run. register_ops<Kernels>(m) m.impl()s a family's ops.
+#ifdef MPT_EXT_CUDA_EMULATION
+#define MPT_EXT_OPS_LIBRARY(m) TORCH_LIBRARY(mpt_ext_emu, m)
+#define MPT_EXT_REGISTER_DEVICES(register_ops, CpuKernels, CudaKernels) \
+  TORCH_LIBRARY_IMPL(mpt_ext_emu, CPU, m) { register_ops<CudaKernels>(m); }
+#else
+#define MPT_EXT_OPS_LIBRARY(m) TORCH_LIBRARY(mpt_ext, m)
+#define MPT_EXT_REGISTER_DEVICES(register_ops, CpuKernels, CudaKernels) \
+  TORCH_LIBRARY_IMPL(mpt_ext, CPU, m) { register_ops<CpuKernels>(m); }  \
+  TORCH_LIBRARY_IMPL(mpt_ext, CUDA, m) { register_ops<CudaKernels>(m); }
 #endif
 
 namespace mpt_ext {

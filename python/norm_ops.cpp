@@ -198,16 +198,14 @@ struct NormCuda {  // the family is not enabled in this build
 };
 #endif
 
+template <typename Kernels>
+void register_norm(torch::Library& m) {
+  m.impl("norm_fwd", &norm_fwd<Kernels>);
+  m.impl("norm_bwd", &norm_bwd<Kernels>);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mpt_ext, CPU, m) {
-  m.impl("norm_fwd", &norm_fwd<NormCpu>);
-  m.impl("norm_bwd", &norm_bwd<NormCpu>);
-}
-
-TORCH_LIBRARY_IMPL(mpt_ext, CUDA, m) {
-  m.impl("norm_fwd", &norm_fwd<NormCuda>);
-  m.impl("norm_bwd", &norm_bwd<NormCuda>);
-}
+MPT_EXT_REGISTER_DEVICES(register_norm, NormCpu, NormCuda)
 
 }  // namespace mpt_ext

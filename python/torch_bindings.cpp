@@ -3,9 +3,9 @@
 // attn_fwd_cuda (csrc/attn/attn.h) and launches attn_fwd_kernel. Fake (meta) kernels and
 // autograd are registered from Python: mpt_ext/attention.py and mpt_ext/norm.py.
 // docs/ARCHITECTURE.md traces one call through every layer.
-#include <torch/library.h>
+#include "device_impl.h"
 
-TORCH_LIBRARY(mpt_ext, m) {
+MPT_EXT_OPS_LIBRARY(m) {
   m.def(
       "attn_fwd(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, "
       "int max_seqlen_q, int max_seqlen_k, Tensor? alibi_slopes, float softmax_scale, "

@@ -8,7 +8,7 @@ import contextlib
 import torch
 
 import mpt_ext
-from mpt_ext.reference import attention_ref
+from mpt_ext.reference import attention_ref, attention_varlen_ref
 
 # Floors scale with the magnitude of the reference (gradients such as d(slopes) are sums of
 # many terms and can be much larger than 1), and are at least one unit in the last place of
@@ -169,3 +169,55 @@ def check_bwd(q, k, v, alibi_slopes=None, deterministic=False, **kw):
         assert g is not None and g.shape == x.shape and g.dtype == x.dtype, name
         assert_close_to_ref(name, g, r, lo, dtype=q.dtype)
     return ours
+
+
+# ---- varlen (packed sequences) -------------------------------------------------------------
+def packed_inputs(lengths_q, lengths_k, nheads, nheads_k, head_dim, dtype, requires_grad=False,
+                  extra_q_rows=0):
+    total_q, total_k = sum(lengths_q) + extra_q_rows, sum(lengths_k)
+    q = torch.randn(total_q, nheads, head_dim, dtype=dtype)
+    k = torch.randn(total_k, nheads_k, head_dim, dtype=dtype)
+    v = torch.randn(total_k, nheads_k, head_dim, dtype=dtype)
+    for t in (q, k, v):
+        t.requires_grad_(requires_grad)
+    return q, k, v, cu_seqlens(lengths_q), cu_seqlens(lengths_k)
+
+
+def run_varlen(q, k, v, cu_q, cu_k, **kw):
+    max_q = int((cu_q[1:] - cu_q[:-1]).max()) if cu_q.numel() > 1 else 0
+    max_k = int((cu_k[1:] - cu_k[:-1]).max()) if cu_k.numel() > 1 else 0
+    return mpt_ext.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, **kw)
+
+
+def check_varlen_fwd(q, k, v, cu_q, cu_k, **kw):
+    with one_thread():
+        ref_out, ref_lse = attention_varlen_ref(q, k, v, cu_q, cu_k, **kw)
+        low_out, low_lse = attention_varlen_ref(q, k, v, cu_q, cu_k, compute_dtype=q.dtype, **kw)
+    poison_allocator(q, ref_lse.float())
+    out, lse, probs = run_varlen(q, k, v, cu_q, cu_k, return_attn_probs=True, **kw)
+    assert probs is None and out.shape == q.shape and out.dtype == q.dtype
+    assert lse.shape == (q.shape[1], q.shape[0]) and lse.dtype == torch.float32
+    n = int(cu_q[-1])  # rows past cu_seqlens_q[-1] belong to no sequence
+    assert_close_to_ref("out", out[:n], ref_out[:n], low_out[:n])
+    assert_close_to_ref("lse", lse[:, :n], ref_lse[:, :n], low_lse[:, :n], dtype=q.dtype)
+    return out, lse
+
+
+def check_varlen_bwd(q, k, v, cu_q, cu_k, alibi_slopes=None, **kw):
+    """Gradients of flash_attn_varlen_func w.r.t. q, k, v (and alibi_slopes if it requires
+    grad) against autograd through attention_varlen_ref, as check_bwd."""
+    inputs = [q, k, v] + ([alibi_slopes] if alibi_slopes is not None and
+                          alibi_slopes.requires_grad else [])
+    kw = dict(kw, alibi_slopes=alibi_slopes)
+    dout = torch.randn_like(q)
+    ours = torch.autograd.grad(run_varlen(q, k, v, cu_q, cu_k, **kw), inputs, dout)
+    with one_thread():
+        ref64 = torch.autograd.grad(attention_varlen_ref(q, k, v, cu_q, cu_k, **kw)[0], inputs,
+                                    dout.double())
+        low = torch.autograd.grad(attention_varlen_ref(q, k, v, cu_q, cu_k,
+                                                       compute_dtype=q.dtype, **kw)[0],
+                                  inputs, dout)
+    for name, g, r, lo in zip(("dq", "dk", "dv", "dslopes"), ours, ref64, low):
+        assert_close_to_ref(name, g, r, lo, dtype=q.dtype)
+    return ours
+

@@ -49,14 +49,16 @@ def _poison_next_block(nbytes, device):
 
 
 def check_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None, against_cpu=True,
-                  **kw):
+                  cuda_bar=None, **kw):
     """Runs ours on the caches in place and compares out, lse and the caches (bit for bit)
     with the reference (computed on copies taken before the call). kw: the call's keyword
     arguments (causal, window_size, softcap, alibi_slopes, num_splits).
 
-    On CUDA the kernel is also held to an absolute floor of FLOOR on out (max error at most
-    2x PyTorch's + FLOOR), lse to 1e-3 + 1e-4 relative, and (against_cpu) to the CPU kernel
-    run on the same inputs."""
+    On CUDA (or with cuda_bar: the CUDA kernels emulated on CPU tensors) the kernel is also
+    held to an absolute floor of FLOOR on out (max error at most 2x PyTorch's + FLOOR), lse to
+    1e-3 + 1e-4 relative, and (against_cpu, on CUDA) to the CPU kernel run on the same
+    inputs."""
+    cuda_bar = q.is_cuda if cuda_bar is None else cuda_bar
     ref_kw = {name: val for name, val in kw.items() if name != "num_splits"}
     on_cpu = None
     if q.is_cuda and against_cpu:  # the CPU kernel's inputs, before the call appends
@@ -80,7 +82,7 @@ def check_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None, again
     assert bits_equal(v_cache, ref_vc), "v_cache after the append differs from the reference"
     assert_close_to_ref("out", out, ref_out, low_out)
     assert_close_to_ref("lse", lse, ref_lse, low_lse, dtype=q.dtype)
-    if q.is_cuda:
+    if cuda_bar:
         _check_cuda_bar(out, lse, ref_out, ref_lse, low_out, on_cpu, k_cache, v_cache, kw)
     return out, lse
 
@@ -273,13 +275,13 @@ DEV = "cuda"
 
 
 def _case(batch=2, seqlen_cache=300, heads=8, heads_k=2, d=128, seqlen_q=1, seqlen_new=1,
-          dtype=torch.bfloat16, lengths=None, alibi=True, per_batch_slopes=False):
-    """Random inputs on the GPU, as check_kvcache's keyword arguments. The cache has a spare
-    batch row and NaN everywhere no sequence may read."""
+          dtype=torch.bfloat16, lengths=None, alibi=True, per_batch_slopes=False, device=DEV):
+    """Random inputs on the GPU (or device), as check_kvcache's keyword arguments. The cache
+    has a spare batch row and NaN everywhere no sequence may read."""
     if lengths is None:
         lengths = torch.randint(0, seqlen_cache - seqlen_new + 1, (batch,)).tolist()
-    q = torch.randn(batch, seqlen_q, heads, d, device=DEV, dtype=dtype)
-    k_cache = torch.randn(batch + 1, seqlen_cache, heads_k, d, device=DEV, dtype=dtype)
+    q = torch.randn(batch, seqlen_q, heads, d, device=device, dtype=dtype)
+    k_cache = torch.randn(batch + 1, seqlen_cache, heads_k, d, device=device, dtype=dtype)
     v_cache = torch.randn_like(k_cache)
     for b in range(batch + 1):
         end = lengths[b] + seqlen_new if b < batch else 0
@@ -287,15 +289,15 @@ def _case(batch=2, seqlen_cache=300, heads=8, heads_k=2, d=128, seqlen_q=1, seql
         v_cache[b, end:] = float("nan")
     k_new = v_new = None
     if seqlen_new > 0:
-        k_new = torch.randn(batch, seqlen_new, heads_k, d, device=DEV, dtype=dtype)
+        k_new = torch.randn(batch, seqlen_new, heads_k, d, device=device, dtype=dtype)
         v_new = torch.randn_like(k_new)
         # the append must overwrite the NaN it lands on
-    cache_seqlens = torch.tensor(lengths, dtype=torch.int32, device=DEV)
+    cache_seqlens = torch.tensor(lengths, dtype=torch.int32, device=device)
     slopes = None
     if alibi:
-        slopes = alibi_slopes(heads).to(DEV)
+        slopes = alibi_slopes(heads).to(device)
         if per_batch_slopes:
-            slopes = slopes[None].repeat(batch, 1) * torch.rand(batch, 1, device=DEV) * 2
+            slopes = slopes[None].repeat(batch, 1) * torch.rand(batch, 1, device=device) * 2
     return dict(q=q, k_cache=k_cache, v_cache=v_cache, k=k_new, v=v_new,
                 cache_seqlens=cache_seqlens, alibi_slopes=slopes)
 

@@ -8,8 +8,8 @@ import mpt_ext
 from mpt_ext._library import ops
 from mpt_ext.reference import attention_varlen_ref
 
-from attention_helpers import (DTYPE_IDS, MASK_IDS, MASKS, assert_close_to_ref, cu_seqlens,
-                               make_slopes, one_thread, poison_allocator)
+from attention_helpers import (DTYPE_IDS, MASK_IDS, MASKS, check_varlen_bwd, check_varlen_fwd,
+                               cu_seqlens, make_slopes, packed_inputs, run_varlen)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -21,37 +21,6 @@ LENGTHS = {
     "one_token": ([1, 1, 1], [1, 9, 40]),
     "single": ([113], [17]),
 }
-
-
-def packed_inputs(lengths_q, lengths_k, nheads, nheads_k, head_dim, dtype, requires_grad=False,
-                  extra_q_rows=0):
-    total_q, total_k = sum(lengths_q) + extra_q_rows, sum(lengths_k)
-    q = torch.randn(total_q, nheads, head_dim, dtype=dtype)
-    k = torch.randn(total_k, nheads_k, head_dim, dtype=dtype)
-    v = torch.randn(total_k, nheads_k, head_dim, dtype=dtype)
-    for t in (q, k, v):
-        t.requires_grad_(requires_grad)
-    return q, k, v, cu_seqlens(lengths_q), cu_seqlens(lengths_k)
-
-
-def run_varlen(q, k, v, cu_q, cu_k, **kw):
-    max_q = int((cu_q[1:] - cu_q[:-1]).max()) if cu_q.numel() > 1 else 0
-    max_k = int((cu_k[1:] - cu_k[:-1]).max()) if cu_k.numel() > 1 else 0
-    return mpt_ext.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, **kw)
-
-
-def check_varlen_fwd(q, k, v, cu_q, cu_k, **kw):
-    with one_thread():
-        ref_out, ref_lse = attention_varlen_ref(q, k, v, cu_q, cu_k, **kw)
-        low_out, low_lse = attention_varlen_ref(q, k, v, cu_q, cu_k, compute_dtype=q.dtype, **kw)
-    poison_allocator(q, ref_lse.float())
-    out, lse, probs = run_varlen(q, k, v, cu_q, cu_k, return_attn_probs=True, **kw)
-    assert probs is None and out.shape == q.shape and out.dtype == q.dtype
-    assert lse.shape == (q.shape[1], q.shape[0]) and lse.dtype == torch.float32
-    n = int(cu_q[-1])  # rows past cu_seqlens_q[-1] belong to no sequence
-    assert_close_to_ref("out", out[:n], ref_out[:n], low_out[:n])
-    assert_close_to_ref("lse", lse[:, :n], ref_lse[:, :n], low_lse[:, :n], dtype=q.dtype)
-    return out, lse
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
@@ -148,17 +117,8 @@ def test_varlen_backward(dtype, causal, window_size, alibi):
     lq, lk = LENGTHS["mixed"]
     q, k, v, cu_q, cu_k = packed_inputs(lq, lk, 6, 2, 32, dtype, requires_grad=True)
     slopes = make_slopes(alibi, len(lq), 6, requires_grad=True)
-    inputs = [q, k, v] + ([slopes] if slopes is not None else [])
-    kw = dict(causal=causal, window_size=window_size, alibi_slopes=slopes)
-    dout = torch.randn_like(q)
-    ours = torch.autograd.grad(run_varlen(q, k, v, cu_q, cu_k, **kw), inputs, dout)
-    with one_thread():
-        ref64 = torch.autograd.grad(attention_varlen_ref(q, k, v, cu_q, cu_k, **kw)[0], inputs,
-                                    dout.double())
-        low = torch.autograd.grad(attention_varlen_ref(q, k, v, cu_q, cu_k, compute_dtype=dtype,
-                                                       **kw)[0], inputs, dout)
-    for name, g, r, lo in zip(("dq", "dk", "dv", "dslopes"), ours, ref64, low):
-        assert_close_to_ref(name, g, r, lo, dtype=dtype)
+    check_varlen_bwd(q, k, v, cu_q, cu_k, causal=causal, window_size=window_size,
+                     alibi_slopes=slopes)
 
 
 @pytest.mark.parametrize("causal", [False, True])

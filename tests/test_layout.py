@@ -106,3 +106,16 @@ def test_launch_checks_have_one_definition():
                and re.search(r"cudaGetLastError|void check_launch\(|ceil_div\(int64_t",
                              f.read_text())]
     assert not private, f"CUDA host helpers belong in csrc/common/: {private}"
+
+
+def test_every_launch_can_run_on_the_emulated_gpu():
+    # tests/cuda_emulation runs the launchers on the CPU: a launch written as <<<...>>> or
+    # cudaLaunchKernel, or dynamic shared memory declared as extern __shared__, would not compile
+    # there (the one of each lives in cuda_host.h's launch_kernel and ptx.cuh's dynamic_smem)
+    allowed = {"csrc/common/cuda_host.h": "<<<", "csrc/attn/cuda/ptx.cuh": "extern __shared__"}
+    found = [f"{rel}: {pat}" for f in (ROOT / "csrc").rglob("*")
+             if f.suffix in (".cu", ".cuh", ".h")
+             for rel in [str(f.relative_to(ROOT))]
+             for pat in ("<<<", "cudaLaunchKernel", "extern __shared__")
+             if pat in f.read_text() and allowed.get(rel) != pat]
+    assert not found, f"launch through launch_kernel, shared memory through dynamic_smem: {found}"

@@ -14,6 +14,21 @@
 
 namespace mpt_ext {
 
+// Every launch goes through here: kernel<<<grid, block, smem_bytes, stream>>>(args...). The
+// emulation build (tests/cuda_emulation, MPT_EXT_CUDA_EMULATION) runs the same launchers with
+// the kernel executed on the CPU, block by block.
+template <typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
+                   cudaStream_t stream, const Args&... args) {
+#ifdef MPT_EXT_CUDA_EMULATION
+  (void)stream;
+  cuda_emu::launch(reinterpret_cast<const void*>(kernel), grid, block, smem_bytes,
+                   [=] { kernel(args...); });
+#else
+  kernel<<<grid, block, smem_bytes, stream>>>(args...);
+#endif
+}
+
 // MPT_EXT_CUDA_SYNC=1 synchronises after every launch, so that an asynchronous fault is
 // reported against the kernel that caused it (debugging only: it serialises the stream).
 inline bool sync_after_launch() {

@@ -90,7 +90,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   using Ops = ElemOps<T>;
   const AttnFwdParams& f = p.fwd;
 
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  unsigned char* smem_raw = dynamic_smem();
   uint16_t* sK = reinterpret_cast<uint16_t*>(smem_raw);
   uint16_t* sV = sK + kBlockN * kD;
   uint16_t* sQ = sV + kBlockN * kD;
@@ -309,7 +309,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   using Ops = ElemOps<T>;
   const AttnFwdParams& f = p.fwd;
 
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  unsigned char* smem_raw = dynamic_smem();
   uint16_t* sQ = reinterpret_cast<uint16_t*>(smem_raw);
   uint16_t* sdO = sQ + kBlockM * kD;
   uint16_t* sK = sdO + kBlockM * kD;

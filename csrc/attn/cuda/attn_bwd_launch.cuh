@@ -61,7 +61,7 @@ void run_attn_bwd(const AttnBwdParams& p) {
     set_smem(reinterpret_cast<const void*>(kernel), KV::kSmemBytes, "attn_bwd_dkdv_kernel");
     const dim3 grid(static_cast<unsigned>(w.n_key_blocks), static_cast<unsigned>(s.num_heads_k),
                     static_cast<unsigned>(s.batch));
-    kernel<<<grid, KV::kThreads, KV::kSmemBytes, stream>>>(p, x);
+    launch_kernel(kernel, grid, KV::kThreads, KV::kSmemBytes, stream, p, x);
     check_launch("attn_bwd_dkdv_kernel", stream);
   }
   if (s.seqlen_q > 0) {
@@ -69,7 +69,7 @@ void run_attn_bwd(const AttnBwdParams& p) {
     set_smem(reinterpret_cast<const void*>(kernel), Q::kSmemBytes, "attn_bwd_dq_kernel");
     const dim3 grid(static_cast<unsigned>(ceil_div(s.seqlen_q, Q::kBlockM)),
                     static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.batch));
-    kernel<<<grid, Q::kThreads, Q::kSmemBytes, stream>>>(p, x);
+    launch_kernel(kernel, grid, Q::kThreads, Q::kSmemBytes, stream, p, x);
     check_launch("attn_bwd_dq_kernel", stream);
   }
   if (p.dslopes != nullptr) launch_bwd_dslope_reduce(p, x.dslope, w.n_key_blocks);

@@ -73,11 +73,9 @@ void launch_bwd_preprocess(const AttnBwdParams& p, float* lse2, float* dsum, int
   const dim3 grid(static_cast<unsigned>(ceil_div(s.seqlen_q, kPreRowsPerCta)),
                   static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.batch));
   const auto stream = static_cast<cudaStream_t>(p.fwd.stream);
-  if (p.fwd.dtype == DType::kBFloat16) {
-    attn_bwd_preprocess_kernel<__nv_bfloat16><<<grid, 32 * kPreRowsPerCta, 0, stream>>>(p, lse2, dsum, rows);
-  } else {
-    attn_bwd_preprocess_kernel<__half><<<grid, 32 * kPreRowsPerCta, 0, stream>>>(p, lse2, dsum, rows);
-  }
+  const auto kernel = p.fwd.dtype == DType::kBFloat16 ? attn_bwd_preprocess_kernel<__nv_bfloat16>
+                                                       : attn_bwd_preprocess_kernel<__half>;
+  launch_kernel(kernel, grid, 32 * kPreRowsPerCta, 0, stream, p, lse2, dsum, rows);
   check_launch("attn_bwd_preprocess_kernel", stream);
 }
 
@@ -88,10 +86,10 @@ void launch_bwd_dslope_reduce(const AttnBwdParams& p, const float* part,
   const int64_t entries = per_batch ? s.batch * s.num_heads : s.num_heads;
   if (entries == 0) return;
   const int threads = 128;
-  attn_bwd_dslope_reduce_kernel<<<static_cast<unsigned>(ceil_div(entries, threads)), threads, 0,
-                                  static_cast<cudaStream_t>(p.fwd.stream)>>>(
-      part, p.dslopes, static_cast<int>(s.batch), static_cast<int>(s.num_heads),
-      static_cast<int>(n_key_blocks), per_batch);
+  launch_kernel(attn_bwd_dslope_reduce_kernel, static_cast<unsigned>(ceil_div(entries, threads)),
+                threads, 0, static_cast<cudaStream_t>(p.fwd.stream), part, p.dslopes,
+                static_cast<int>(s.batch), static_cast<int>(s.num_heads),
+                static_cast<int>(n_key_blocks), per_batch);
   check_launch("attn_bwd_dslope_reduce_kernel", static_cast<cudaStream_t>(p.fwd.stream));
 }
 

@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   constexpr int kDT = kD / 8;       // n8 tiles of O per warp
   using Ops = ElemOps<T>;
 
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  unsigned char* smem_raw = dynamic_smem();
   uint16_t* sQ = reinterpret_cast<uint16_t*>(smem_raw);
   uint16_t* sK = sQ + kBlockM * kD;
   uint16_t* sV = sK + kStages * kBlockN * kD;

@@ -30,7 +30,7 @@ void run_attn_fwd(const AttnFwdParams& p) {
   set_smem(reinterpret_cast<const void*>(kernel), Cfg::kSmemBytes, "attn_fwd_kernel");
   const dim3 grid(static_cast<unsigned>(ceil_div(s.seqlen_q, Cfg::kBlockM)),
                   static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.batch));
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, static_cast<cudaStream_t>(p.stream)>>>(p, x);
+  launch_kernel(kernel, grid, Cfg::kThreads, Cfg::kSmemBytes, static_cast<cudaStream_t>(p.stream), p, x);
   check_launch("attn_fwd_kernel", static_cast<cudaStream_t>(p.stream));
 }
 

@@ -1,6 +1,8 @@
 // Thin wrappers over the sm80+ PTX the attention kernels use: cp.async (global -> shared,
 // zero-filling), ldmatrix (shared -> mma fragments) and mma.sync m16n8k16 with fp32
 // accumulation. Kept in one place so each instruction's operand layout is written once.
+// Under MPT_EXT_CUDA_EMULATION (tests/cuda_emulation) each wrapper calls the emulated
+// instruction instead of its inline assembly; nothing else in the kernels changes.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -30,11 +32,15 @@ struct ElemOps<__half> {
   // c += a * b (A 16x16 row-major, B 16x8 column-major, C 16x8 fp32).
   __device__ __forceinline__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                              uint32_t b1) {
+#ifdef MPT_EXT_CUDA_EMULATION
+    cuda_emu::mma_m16n8k16_f32(cuda_emu::MmaInput::kF16, c, a, b0, b1, c);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
   }
 };
 
@@ -52,52 +58,88 @@ struct ElemOps<__nv_bfloat16> {
   }
   __device__ __forceinline__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                              uint32_t b1) {
+#ifdef MPT_EXT_CUDA_EMULATION
+    cuda_emu::mma_m16n8k16_f32(cuda_emu::MmaInput::kBF16, c, a, b0, b1, c);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
   }
 };
 
+#ifndef MPT_EXT_CUDA_EMULATION
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+#endif
+
+// The block's dynamic shared memory (the launch's smem bytes), 128-byte aligned.
+__device__ __forceinline__ unsigned char* dynamic_smem() {
+#ifdef MPT_EXT_CUDA_EMULATION
+  return cuda_emu::dynamic_smem();
+#else
+  extern __shared__ __align__(128) unsigned char smem[];
+  return smem;
+#endif
 }
 
 // 16-byte async copy; bytes beyond src_bytes (0..16) are zero-filled in shared memory, and
 // with src_bytes == 0 nothing is read from global memory.
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_bytes) {
+#ifdef MPT_EXT_CUDA_EMULATION
+  cuda_emu::cp_async(smem, gmem, 16, src_bytes, /*cg=*/true);
+#else
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
                "l"(gmem), "r"(src_bytes)
                : "memory");
+#endif
 }
 
 __device__ __forceinline__ void cp_async_commit() {
+#ifdef MPT_EXT_CUDA_EMULATION
+  cuda_emu::cp_async_commit_group();
+#else
   asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
 }
 
 // Wait until at most N committed groups are still in flight (this thread's copies only:
 // a __syncthreads must follow before other threads read the data).
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
+#ifdef MPT_EXT_CUDA_EMULATION
+  cuda_emu::cp_async_wait_group(N);
+#else
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
 }
 
 // Four 8x8 16-bit matrices; lane l gives the address of row (l % 8) of matrix l / 8 and
 // register i receives matrix i in the mma fragment layout (row lane/4, cols 2*(lane%4)+{0,1}).
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
+#ifdef MPT_EXT_CUDA_EMULATION
+  cuda_emu::ldmatrix_m8n8_b16(4, /*trans=*/false, r, smem);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr(smem))
                : "memory");
+#endif
 }
 
 // Same, each 8x8 matrix transposed on the way.
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem) {
+#ifdef MPT_EXT_CUDA_EMULATION
+  cuda_emu::ldmatrix_m8n8_b16(4, /*trans=*/true, r, smem);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr(smem))
                : "memory");
+#endif
 }
 
 }  // namespace mpt_ext::attn::cuda

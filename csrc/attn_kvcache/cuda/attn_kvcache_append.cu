@@ -47,11 +47,8 @@ void launch_append(const AppendArgs& a, bool vectorised, cudaStream_t stream) {
   constexpr int kBlock = 256;
   const int64_t blocks = ceil_div(items, kBlock);
   const int grid = static_cast<int>(blocks < 65536 ? blocks : 65536);
-  if (vectorised) {
-    append_kernel<uint4><<<grid, kBlock, 0, stream>>>(a);
-  } else {
-    append_kernel<uint16_t><<<grid, kBlock, 0, stream>>>(a);
-  }
+  launch_kernel(vectorised ? append_kernel<uint4> : append_kernel<uint16_t>,
+                static_cast<unsigned>(grid), kBlock, 0, stream, a);
   check_launch("attn_kvcache append_kernel (k/v -> cache)", stream);
 }
 

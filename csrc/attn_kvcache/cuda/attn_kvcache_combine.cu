@@ -57,11 +57,8 @@ __global__ void __launch_bounds__(kWarps * 32) combine_kernel(const SplitKvArgs 
 void launch_combine(const SplitKvArgs& a, bool bf16, cudaStream_t stream) {
   const int64_t blocks = ceil_div(a.rows, kWarps);
   if (blocks == 0) return;
-  if (bf16) {
-    combine_kernel<__nv_bfloat16><<<static_cast<unsigned>(blocks), kWarps * 32, 0, stream>>>(a);
-  } else {
-    combine_kernel<__half><<<static_cast<unsigned>(blocks), kWarps * 32, 0, stream>>>(a);
-  }
+  launch_kernel(bf16 ? combine_kernel<__nv_bfloat16> : combine_kernel<__half>,
+                static_cast<unsigned>(blocks), kWarps * 32, 0, stream, a);
   check_launch("attn_kvcache combine_kernel (merge splits)", stream);
 }
 

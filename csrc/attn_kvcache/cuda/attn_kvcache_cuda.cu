@@ -63,7 +63,7 @@ void validate(const AttnKVCacheParams& p) {
 }
 
 template <typename T>
-const void* split_kv_kernel_for(int dpad, int rows_per_block) {
+attn_kvcache::cuda::SplitKvKernel split_kv_kernel_for(int dpad, int rows_per_block) {
   switch (dpad) {
     case 64: return attn_kvcache::cuda::split_kv_kernel_ptr<T, 64>(rows_per_block);
     case 128: return attn_kvcache::cuda::split_kv_kernel_ptr<T, 128>(rows_per_block);
@@ -73,7 +73,7 @@ const void* split_kv_kernel_for(int dpad, int rows_per_block) {
 }
 
 struct Plan {
-  const void* kernel = nullptr;
+  attn_kvcache::cuda::SplitKvKernel kernel = nullptr;
   int rows_per_block = 1;
   int row_tiles = 0;
   int64_t blocks_per_split = 0;
@@ -214,10 +214,8 @@ void attn_kvcache_cuda(const AttnKVCacheParams& p) {
   if (plan.rows > 0) args = split_kv_args(p, plan);
   if (p.seqlen_new > 0) run_append(p, stream);
   if (plan.rows == 0) return;
-  void* kernel_args[] = {&args};
   const dim3 grid(static_cast<unsigned>(plan.blocks_per_split), static_cast<unsigned>(plan.num_splits));
-  check_cuda(cudaLaunchKernel(plan.kernel, grid, dim3(attn_kvcache::cuda::kThreads), kernel_args, 0, stream),
-             "launch of attn_kvcache split_kv_kernel");
+  launch_kernel(plan.kernel, grid, attn_kvcache::cuda::kThreads, 0, stream, args);
   check_launch("attn_kvcache split_kv_kernel", stream);
   if (plan.num_splits > 1) {
     attn_kvcache::cuda::launch_combine(args, p.fwd.dtype == DType::kBFloat16, stream);

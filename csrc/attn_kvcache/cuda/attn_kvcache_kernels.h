@@ -34,7 +34,8 @@ void launch_combine(const SplitKvArgs& a, bool bf16, cudaStream_t stream);
 
 // split_kv_kernel<T, kDPad, rows_per_block> (attn_kvcache_split_kv.cuh), instantiated per
 // (dtype, head-dim bucket 64 / 128 / 256) in instantiations/.
+using SplitKvKernel = void (*)(const SplitKvArgs);
 template <typename T, int kDPad>
-const void* split_kv_kernel_ptr(int rows_per_block);
+SplitKvKernel split_kv_kernel_ptr(int rows_per_block);
 
 }  // namespace mpt_ext::attn_kvcache::cuda

@@ -16,6 +16,7 @@
 #include "../../common/cuda_math.cuh"
 #include "../../attn/attn_mask.h"
 #include "attn_kvcache_common.cuh"
+#include "attn_kvcache_kernels.h"
 
 namespace mpt_ext::attn_kvcache::cuda {
 
@@ -284,9 +285,9 @@ __global__ void __launch_bounds__(kThreads, RowBucket<kM>::kMinBlocksPerSm) spli
 // rows per block 1 (one query row per KV head) or 4; null otherwise. Instantiated per
 // (dtype, head-dim bucket) in instantiations/ (scripts/gen-instantiations).
 template <typename T, int kDPad>
-const void* split_kv_kernel_ptr(int rows_per_block) {
-  if (rows_per_block == 1) return reinterpret_cast<const void*>(&split_kv_kernel<T, kDPad, 1>);
-  if (rows_per_block == 4) return reinterpret_cast<const void*>(&split_kv_kernel<T, kDPad, 4>);
+SplitKvKernel split_kv_kernel_ptr(int rows_per_block) {
+  if (rows_per_block == 1) return &split_kv_kernel<T, kDPad, 1>;
+  if (rows_per_block == 4) return &split_kv_kernel<T, kDPad, 4>;
   return nullptr;
 }
 

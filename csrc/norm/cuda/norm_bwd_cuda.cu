@@ -25,16 +25,16 @@ void launch_bwd(const NormBwdParams& p, const BwdLaunch& plan) {
   }
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   const dim3 block(plan.layout.threads_x, plan.layout.rows_y);
-  norm_bwd_kernel<T, W, kWidth><<<static_cast<unsigned>(plan.blocks), block, 0, stream>>>(
-      p, plan.layout.cached, dw_part, db_part);
+  launch_kernel(norm_bwd_kernel<T, W, kWidth>, static_cast<unsigned>(plan.blocks), block, 0,
+                stream, p, plan.layout.cached, dw_part, db_part);
   check_launch("norm_bwd_kernel", stream);
   if (plan.n_partials > 0) {
     const dim3 grid(static_cast<unsigned>((p.hidden + 31) / 32), plan.n_partials);
     // With dbias only (no dweight) the dbias partials go in the first slot.
     const float* first = dw_part ? dw_part : db_part;
     float* first_out = p.dweight ? p.dweight : p.dbias;
-    sum_partials_kernel<kSumLanes><<<grid, dim3(32, kSumLanes), 0, stream>>>(
-        first, db_part, plan.blocks, p.hidden, first_out, p.dbias);
+    launch_kernel(sum_partials_kernel<kSumLanes>, grid, dim3(32, kSumLanes), 0, stream, first,
+                  db_part, plan.blocks, p.hidden, first_out, p.dbias);
     check_launch("norm_bwd sum_partials_kernel (dweight/dbias)", stream);
   }
 }

@@ -13,8 +13,8 @@ void launch_fwd(const NormFwdParams& p) {
   const dim3 block(l.threads_x, l.rows_y);
   const int64_t blocks = (p.rows + l.rows_y - 1) / l.rows_y;
   if (blocks > 0x7fffffff) throw std::invalid_argument("mpt_ext norm: too many rows for one launch");
-  norm_fwd_kernel<T, W, kWidth><<<static_cast<unsigned>(blocks), block, 0,
-                                  static_cast<cudaStream_t>(p.stream)>>>(p, l.cached);
+  launch_kernel(norm_fwd_kernel<T, W, kWidth>, static_cast<unsigned>(blocks), block, 0,
+                static_cast<cudaStream_t>(p.stream), p, l.cached);
   check_launch("norm_fwd_kernel", static_cast<cudaStream_t>(p.stream));
 }
 

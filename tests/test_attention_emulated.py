@@ -1,0 +1,99 @@
+"""The CUDA attention kernels (csrc/attn/cuda: attn_fwd_kernel, attn_bwd_preprocess, dK/dV, dQ,
+d(slopes) reduce) run on the CPU by the emulated GPU (tests/cuda_emulation), through the public
+API, against the float64 reference under docs/DESIGN.md's rule (attention_helpers.py).
+
+Every block and thread of each grid runs; the emulator itself fails a launch on a shared-memory
+race, an async copy read before its wait, a bad address or a divergent warp instruction. Inputs
+sit inside NaN-filled buffers (a read past a tensor shows up as NaN) and allocations start
+poisoned (emulation.py). The default run holds a fast slice; the full grid is marked slow."""
+import itertools
+
+import pytest
+import torch
+
+from attention_helpers import (check_bwd, check_fwd, check_varlen_bwd, check_varlen_fwd,
+                               cu_seqlens, make_slopes)
+from emulation import emulated, emulation_build  # noqa: F401  (fixtures)
+
+GUARD = 64  # NaN elements before and after every input
+
+
+def guarded(t: torch.Tensor, misalign: int = 0) -> torch.Tensor:
+    """t's values in the middle of a NaN-filled buffer (misalign: extra elements of offset,
+    so that rows are not 16-byte aligned and the kernels take their element-wise path)."""
+    n, pad = t.numel(), GUARD + misalign
+    buf = torch.full((n + pad + GUARD,), float("nan"), dtype=t.dtype)
+    buf[pad:pad + n] = t.flatten()
+    return buf.requires_grad_()[pad:pad + n].view(t.shape)
+
+
+def qkv(batch, seqlen_q, seqlen_k, heads, heads_k, d, dtype, misalign=0):
+    return (guarded(torch.randn(batch, seqlen_q, heads, d, dtype=dtype), misalign),
+            guarded(torch.randn(batch, seqlen_k, heads_k, d, dtype=dtype), misalign),
+            guarded(torch.randn(batch, seqlen_k, heads_k, d, dtype=dtype), misalign))
+
+
+def run_case(d, seqlen_q, seqlen_k, dtype=torch.bfloat16, heads=4, heads_k=2, batch=2,
+             causal=False, window=(-1, -1), softcap=0.0, slopes=None, misalign=0,
+             backward=True):
+    q, k, v = qkv(batch, seqlen_q, seqlen_k, heads, heads_k, d, dtype, misalign)
+    s = make_slopes(slopes, batch, heads, requires_grad=backward)
+    kw = dict(causal=causal, window_size=window, softcap=softcap)
+    check_fwd(q, k, v, alibi_slopes=s, **kw)
+    if backward:
+        check_bwd(q, k, v, alibi_slopes=s, **kw)
+
+
+# ---- fast slice: every head-dim bucket, mask kind, slope shape, GQA and the unaligned path ---
+FAST = {
+    "d64_causal_alibi_gqa": dict(d=64, seqlen_q=130, seqlen_k=130, causal=True, slopes="mpt"),
+    "d128_fp16_sq<sk_softcap_batch_slopes": dict(d=128, seqlen_q=17, seqlen_k=130,
+                                                 dtype=torch.float16, softcap=30.0,
+                                                 slopes="batch"),
+    "d96_sq>sk_window": dict(d=96, seqlen_q=64, seqlen_k=17, window=(7, 2), slopes="head"),
+    "d64_fp16_one_query": dict(d=64, seqlen_q=1, seqlen_k=64, dtype=torch.float16,
+                               causal=True, heads=3, heads_k=1),
+    "d200_bucket256": dict(d=200, seqlen_q=17, seqlen_k=33, slopes="head", batch=1),
+    "d40_unaligned_causal_left": dict(d=40, seqlen_q=130, seqlen_k=64, causal=True,
+                                      window=(9, -1), misalign=3, slopes="batch"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAST))
+def test_attention_emulated(emulated, case):
+    run_case(**FAST[case])
+
+
+def test_varlen_emulated_with_empty_sequence(emulated):
+    lengths_q, lengths_k = [17, 0, 64, 1], [30, 5, 64, 0]
+    heads, heads_k, d = 4, 2, 64
+    q = guarded(torch.randn(sum(lengths_q), heads, d, dtype=torch.bfloat16))
+    k = guarded(torch.randn(sum(lengths_k), heads_k, d, dtype=torch.bfloat16))
+    v = guarded(torch.randn(sum(lengths_k), heads_k, d, dtype=torch.bfloat16))
+    cu_q, cu_k = cu_seqlens(lengths_q), cu_seqlens(lengths_k)
+    slopes = make_slopes("batch", len(lengths_q), heads, requires_grad=True)
+    check_varlen_fwd(q, k, v, cu_q, cu_k, causal=True, alibi_slopes=slopes)
+    check_varlen_bwd(q, k, v, cu_q, cu_k, causal=True, alibi_slopes=slopes)
+
+
+# ---- the full grid (slow) ---------------------------------------------------------------------
+SEQLENS = [(1, 1), (17, 17), (64, 130), (130, 64), (130, 130)]
+MASKS = [(False, (-1, -1)), (True, (-1, -1)), (False, (5, -1)), (False, (-1, 3)),
+         (False, (7, 2)), (True, (9, -1))]
+GRID = list(itertools.product([64, 128, 96], SEQLENS, MASKS))
+
+
+def _grid_id(case):
+    d, (sq, sk), (causal, window) = case
+    return f"d{d}-{sq}x{sk}-{'causal' if causal else 'full'}{window[0]},{window[1]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", GRID, ids=[_grid_id(c) for c in GRID])
+def test_attention_emulated_grid(emulated, case):
+    d, (sq, sk), (causal, window) = case
+    i = GRID.index(case)  # the other axes rotate with the case number, so each value recurs
+    run_case(d, sq, sk, dtype=(torch.bfloat16, torch.float16)[i % 2],
+             heads=(4, 4, 3)[i % 3], heads_k=(2, 4, 1)[i % 3], batch=1 + i % 2,
+             causal=causal, window=window, softcap=(0.0, 0.0, 25.0)[i % 3 - 1],
+             slopes=(None, "head", "batch", "mpt")[i % 4])

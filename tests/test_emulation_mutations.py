@@ -1,0 +1,106 @@
+"""Proof that the emulation tests can fail: each mutation plants one bug in a copy of the CUDA
+sources (a dropped cp.async wait or barrier, swapped fragment rows, an off-by-one ALiBi
+distance, ...), builds that copy's kernels library, and runs one of the emulated tests against
+it in a subprocess (emulation.py's MPT_EXT_EMU_KERNELS_LIB). The test passes only when that
+test fails, and for the reason the mutation should cause: the emulator's race or wait check,
+or a numerical mismatch with the float64 reference. The printed line says which.
+
+The copy is built for head dim 64 only; the mutations share one build directory, so each one
+recompiles only the sources that include the file it changes."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import emulation
+from emulation import emulation_build  # noqa: F401  (fixture)
+
+ROOT = emulation.ROOT
+
+ATTN_FAST = "tests/test_attention_emulated.py::test_attention_emulated[d64_causal_alibi_gqa]"
+KVCACHE_FAST = "tests/test_attention_kvcache_emulated.py::test_kvcache_emulated[decode_gqa_splits3]"
+NORM_FAST = "tests/test_norm_emulated.py::test_norm_emulated[scalar_multi_warp]"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str      # relative to the tree
+    old: str       # must occur exactly once
+    new: str
+    test: str      # the emulated test that must catch it
+    expect: str    # a regular expression the failure must match
+
+
+MUTATIONS = [
+    Mutation("fwd_drops_cp_async_wait", "csrc/attn/cuda/attn_fwd_kernel.cuh",
+             "    cp_async_wait<kStages - 2>();\n    __syncthreads();  // tile t visible",
+             "    __syncthreads();  // tile t visible",
+             ATTN_FAST, "has not been waited for"),
+    Mutation("fwd_drops_barrier_after_wait", "csrc/attn/cuda/attn_fwd_kernel.cuh",
+             "    __syncthreads();  // tile t visible to all; stage (t - 1) % kStages free for reuse\n",
+             "", ATTN_FAST, "barrier interval|nothing has written"),
+    Mutation("swapped_rows_in_v_fragments", "csrc/attn/cuda/tile.cuh",
+             "swz<kCols>(k0 + (lane & 15), n0 + (lane >> 4) * 8)",
+             "swz<kCols>(k0 + ((lane & 15) ^ 1), n0 + (lane >> 4) * 8)",
+             ATTN_FAST, "max error"),
+    Mutation("alibi_distance_off_by_one", "csrc/attn/cuda/seq_score.cuh",
+             "const int d = i + diag_shift - j;", "const int d = i + diag_shift - j + 1;",
+             ATTN_FAST, "max error"),
+    Mutation("dkdv_drops_cp_async_wait", "csrc/attn/cuda/attn_bwd_kernels.cuh",
+             "  for (int it = 0; it < n_iters; ++it) {\n    cp_async_wait<kStages - 2>();\n",
+             "  for (int it = 0; it < n_iters; ++it) {\n", ATTN_FAST, "has not been waited for"),
+    Mutation("dslopes_reduce_skips_first_key_block", "csrc/attn/cuda/attn_bwd_prep.cu",
+             "for (int n = 0; n < n_key_blocks; ++n) sum += row[n];",
+             "for (int n = 1; n < n_key_blocks; ++n) sum += row[n];",
+             ATTN_FAST, "dslopes: max error"),
+    Mutation("decode_drops_barrier_before_merge", "csrc/attn_kvcache/cuda/attn_kvcache_split_kv.cuh",
+             "  __syncthreads();\n\n  T* out_ptr", "\n  T* out_ptr", KVCACHE_FAST, "out: max error"),
+    Mutation("decode_combine_drops_first_split", "csrc/attn_kvcache/cuda/attn_kvcache_combine.cu",
+             "for (int s = 0; s < a.num_splits; ++s) {",
+             "for (int s = 1; s < a.num_splits; ++s) {", KVCACHE_FAST,
+             "out: max error"),
+    Mutation("norm_row_sum_drops_barrier", "csrc/norm/cuda/norm_cuda_common.cuh",
+             "  __syncthreads();  // scratch may still be read by the previous row_sum\n", "",
+             NORM_FAST, "y: max error"),
+]
+
+
+@pytest.fixture(scope="module")
+def mutant_tree(tmp_path_factory, emulation_build):
+    """A copy of the sources the emulation build reads, and its (head dim 64) build dir."""
+    root = tmp_path_factory.mktemp("mutant")
+    tree = root / "tree"
+    for part in ("csrc", "python", "cmake"):
+        shutil.copytree(ROOT / part, tree / part)
+    build_dir = root / "build"
+    emulation.build(build_dir, source_dir=tree, target="mpt_emu_kernels", head_dims="64")
+    return tree, build_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=lambda m: m.name)
+def test_planted_bug_is_caught(mutant_tree, emulation_build, mutation):
+    tree, build_dir = mutant_tree
+    path = tree / mutation.path
+    original = path.read_text()
+    assert original.count(mutation.old) == 1, f"{mutation.name}: the text to mutate moved"
+    path.write_text(original.replace(mutation.old, mutation.new))
+    try:
+        emulation.build(build_dir, source_dir=tree, target="mpt_emu_kernels", head_dims="64")
+        env = {**os.environ, "MPT_EXT_EMU_KERNELS_LIB": str(build_dir / emulation.KERNELS_LIB)}
+        run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                              mutation.test], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=600)
+    finally:
+        path.write_text(original)
+    output = run.stdout + run.stderr
+    assert run.returncode == 1, f"{mutation.name} was not caught:\n{output[-3000:]}"
+    assert re.search(mutation.expect, output), \
+        f"{mutation.name} failed for another reason:\n{output[-3000:]}"
+    print(next(line for line in output.splitlines() if line.startswith("E ")))
