@@ -15,41 +15,29 @@
 namespace cuda_emu {
 namespace {
 
-float bits_to_float(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
 uint32_t float_to_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
   return u;
 }
 
-// IEEE binary16 -> double, decoded from the format (exact).
-double f16_value(uint16_t h) {
-  const int sign = h >> 15, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+// A 16-bit float (1 sign bit, 16 - 1 - man_bits exponent bits, man_bits mantissa bits)
+// decoded from its fields into a double: exact, and no float on the way (DAZ would flush
+// subnormals). binary16: man_bits 10; bfloat16: man_bits 7.
+double half_bits_value(uint16_t h, int man_bits) {
+  const int exp_bits = 15 - man_bits, bias = (1 << (exp_bits - 1)) - 1;
+  const int sign = h >> 15, exp = (h >> man_bits) & ((1 << exp_bits) - 1);
+  const int man = h & ((1 << man_bits) - 1);
   double v;
-  if (exp == 0) v = std::ldexp(man, -24);
-  else if (exp == 31) v = man ? std::numeric_limits<double>::quiet_NaN() : INFINITY;
-  else v = std::ldexp(1024 + man, exp - 25);
-  return sign ? -v : v;
-}
-
-// bfloat16, decoded from the format (exact; no float on the way, which DAZ would flush).
-double bf16_value(uint16_t h) {
-  const int sign = h >> 15, exp = (h >> 7) & 0xff, man = h & 0x7f;
-  double v;
-  if (exp == 0) v = std::ldexp(man, -133);
-  else if (exp == 255) v = man ? std::numeric_limits<double>::quiet_NaN() : INFINITY;
-  else v = std::ldexp(128 + man, exp - 134);
+  if (exp == 0) v = std::ldexp(man, 1 - bias - man_bits);  // subnormal
+  else if (exp == (1 << exp_bits) - 1) v = man ? std::numeric_limits<double>::quiet_NaN() : INFINITY;
+  else v = std::ldexp((1 << man_bits) + man, exp - bias - man_bits);
   return sign ? -v : v;
 }
 
 double half_value(MmaInput type, uint32_t reg, int high) {
   const uint16_t h = static_cast<uint16_t>(high ? reg >> 16 : reg & 0xffff);
-  return type == MmaInput::kF16 ? f16_value(h) : bf16_value(h);
+  return half_bits_value(h, type == MmaInput::kF16 ? 10 : 7);
 }
 
 // Rounds toward zero to binary32; a sum past the fp32 range is +-inf (not FLT_MAX), so that an
