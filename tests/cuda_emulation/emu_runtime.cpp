@@ -62,8 +62,7 @@ struct Fiber {
 struct Warp {
   WarpSlot slots[2][32];
   uint32_t arrived[2] = {0, 0};
-  uint32_t lanes = 0;  // lanes this warp has (a partial last warp has fewer than 32)
-  uint32_t alive = 0;  // lanes not exited
+  uint32_t alive = 0;  // lanes not exited (a partial last warp has fewer than 32)
 };
 
 struct Barrier {
@@ -246,7 +245,7 @@ void run_block(Launch& L, unsigned n_threads, bool high_first) {
   L.warps.assign((n_threads + 31) / 32, Warp{});
   for (unsigned w = 0; w < L.warps.size(); ++w) {
     const unsigned lanes = std::min(32u, n_threads - 32 * w);
-    L.warps[w].lanes = L.warps[w].alive = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1;
+    L.warps[w].alive = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1;
   }
   for (auto& b : L.barriers) b = Barrier{};
   L.alive = static_cast<int>(n_threads);
