@@ -220,4 +220,3 @@ def check_varlen_bwd(q, k, v, cu_q, cu_k, alibi_slopes=None, **kw):
     for name, g, r, lo in zip(("dq", "dk", "dv", "dslopes"), ours, ref64, low):
         assert_close_to_ref(name, g, r, lo, dtype=q.dtype)
     return ours
-

@@ -3,6 +3,9 @@ import secrets
 import pytest
 import torch
 
+# the emulated GPU (tests/cuda_emulation): its build, and the public API routed to it
+from emulation import emulated, emulation_build  # noqa: F401  (fixtures)
+
 HAS_CUDA = torch.cuda.is_available()
 
 

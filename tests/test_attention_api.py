@@ -1,6 +1,5 @@
 """The attention API's contract beyond numerics: op registration (opcheck), torch.compile,
 MPT's ALiBi slopes, and clear errors for bad input."""
-import math
 
 import pytest
 import torch

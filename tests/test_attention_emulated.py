@@ -13,7 +13,6 @@ import torch
 
 from attention_helpers import (check_bwd, check_fwd, check_varlen_bwd, check_varlen_fwd,
                                cu_seqlens, make_slopes)
-from emulation import emulated, emulation_build  # noqa: F401  (fixtures)
 
 GUARD = 64  # NaN elements before and after every input
 

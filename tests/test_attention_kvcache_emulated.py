@@ -9,7 +9,6 @@ import itertools
 import pytest
 import torch
 
-from emulation import emulated, emulation_build  # noqa: F401  (fixtures)
 from test_attention_kvcache import _case, check_kvcache
 
 

@@ -8,7 +8,6 @@ import subprocess
 
 import torch
 
-from emulation import emulated, emulation_build  # noqa: F401  (fixtures)
 
 
 def test_emulator_self_test(emulation_build):

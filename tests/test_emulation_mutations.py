@@ -13,12 +13,10 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 import emulation
-from emulation import emulation_build  # noqa: F401  (fixture)
 
 ROOT = emulation.ROOT
 

@@ -1,6 +1,5 @@
 """mpt_ext.nn modules against their torch.nn counterparts, and mpt_ext.patch on real
 transformers models."""
-import copy
 
 import pytest
 import torch

@@ -7,7 +7,6 @@ backward CTA."""
 import pytest
 import torch
 
-from emulation import emulated, emulation_build  # noqa: F401  (fixtures)
 from norm_testing import assert_close_rule, check_against_reference, run_op, run_ref, run_torch
 
 b16, f16, f32 = torch.bfloat16, torch.float16, torch.float32
