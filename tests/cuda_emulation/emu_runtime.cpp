@@ -60,8 +60,10 @@ struct Fiber {
 };
 
 struct Warp {
-  WarpSlot slots[2][32];
-  uint32_t arrived[2] = {0, 0};
+  // One slot per lane suffices: a lane writes only its own slot, and only after the previous
+  // collective's compute has consumed every input; it then reads only its own outputs.
+  WarpSlot slots[32];
+  uint32_t arrived = 0;
   uint32_t alive = 0;  // lanes not exited (a partial last warp has fewer than 32)
 };
 
@@ -191,7 +193,7 @@ void thread_exit(Fiber& f) {
   Warp& w = L.warps[f.t.warp];
   const uint32_t bit = 1u << f.t.lane;
   w.alive &= ~bit;
-  if ((w.arrived[0] | w.arrived[1]) != 0) {
+  if (w.arrived != 0) {
     fail("exits while other lanes of its warp wait in a warp-collective instruction");
   }
   f.state = FiberState::kDone;
@@ -346,22 +348,20 @@ const WarpSlot& warp_collective(const WarpSlot& mine, WarpCompute compute) {
   Launch& L = *g_launch;
   Fiber& f = *L.running;
   Warp& w = L.warps[f.t.warp];
-  const int par = f.t.warp_parity;
-  f.t.warp_parity ^= 1;
-  WarpSlot& slot = w.slots[par][f.t.lane];
+  WarpSlot& slot = w.slots[f.t.lane];
   slot = mine;
   if (mine.mask != 0xffffffffu || w.alive != 0xffffffffu) {
     fail("warp-collective instruction with member mask " + std::to_string(mine.mask) +
          " on a warp whose live lanes are " + std::to_string(w.alive) +
          " (the emulator supports full warps with mask 0xffffffff)");
   }
-  w.arrived[par] |= 1u << f.t.lane;
-  if (w.arrived[par] != w.alive) {
+  w.arrived |= 1u << f.t.lane;
+  if (w.arrived != w.alive) {
     f.state = FiberState::kInWarpOp;
     yield();
   } else {
     for (unsigned l = 0; l < 32; ++l) {
-      const WarpSlot& s = w.slots[par][l];
+      const WarpSlot& s = w.slots[l];
       if (s.op != mine.op || s.variant != mine.variant) {
         fail("lanes of one warp execute different warp-collective instructions (lane " +
              std::to_string(l) + " op " + std::to_string(int(s.op)) + "/" +
@@ -372,9 +372,9 @@ const WarpSlot& warp_collective(const WarpSlot& mine, WarpCompute compute) {
     // the emulator's own arithmetic must not see the kernel's flush-to-zero mode
     const unsigned int mxcsr = _mm_getcsr();
     _mm_setcsr(mxcsr & ~0x8040u);
-    compute(w.slots[par], f.t.epoch);
+    compute(w.slots, f.t.epoch);
     _mm_setcsr(mxcsr);
-    w.arrived[par] = 0;
+    w.arrived = 0;
     for (unsigned l = 0; l < 32; ++l) {
       Fiber& other = L.fibers[f.t.warp * 32 + l];
       if (other.state == FiberState::kInWarpOp) other.state = FiberState::kRunnable;

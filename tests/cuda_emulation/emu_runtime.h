@@ -66,7 +66,6 @@ struct ThreadCtx {
   unsigned lane = 0;
   unsigned warp = 0;
   uint32_t epoch = 0;     // __syncthreads (bar 0, whole block) completed by this thread
-  int warp_parity = 0;    // which slot set its next warp collective uses
 };
 ThreadCtx& current();
 extern uint3 block_idx;
