@@ -13,7 +13,8 @@ import mpt_ext
 from mpt_ext.reference import attention_varlen_ref
 
 from attention_helpers import (DTYPE_IDS, MASK_IDS, MASKS, assert_close_to_ref, check_bwd,
-                               check_fwd, cu_seqlens, make_slopes, poison_allocator, random_qkv)
+                               check_dslopes_fp32_accurate, check_fwd, cu_seqlens, make_slopes,
+                               poison_allocator, random_qkv)
 from devices import cuda_only, devices
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -232,6 +233,22 @@ def test_backward_softcap_gqa(dtype):
         q.mul_(4)
     slopes = make_slopes("batch", 2, 6, requires_grad=True)
     check_bwd(q, k, v, alibi_slopes=slopes, causal=True, softcap=2.0, window_size=(20, -1))
+
+
+@pytest.mark.parametrize("device,dtype,causal,window_size,softcap,seqlen_q,seqlen_k", devices(
+    "attn", cpu=[(torch.bfloat16, False, (-1, -1), 0.0, 130, 130),
+                 (torch.float16, True, (-1, -1), 0.0, 113, 200),
+                 (torch.bfloat16, False, (7, 2), 20.0, 200, 64)],
+    cuda=[(dt, causal, (-1, -1), 0.0, 1000, 1000) for dt in CUDA_DTYPES
+          for causal in (False, True)]))
+@pytest.mark.parametrize("alibi", ["head", "batch"])
+def test_backward_dslopes_fp32_accurate(device, dtype, causal, window_size, softcap, seqlen_q,
+                                        seqlen_k, alibi):
+    q, k, v = random_qkv(2, seqlen_q, seqlen_k, 4, 2, 64, dtype, device=device,
+                         requires_grad=True)
+    slopes = make_slopes(alibi, 2, 4, device=device, requires_grad=True)
+    check_dslopes_fp32_accurate(q, k, v, slopes, causal=causal, window_size=window_size,
+                                softcap=softcap)
 
 
 def test_backward_slopes_without_grad():

@@ -11,8 +11,8 @@ import itertools
 import pytest
 import torch
 
-from attention_helpers import (check_bwd, check_fwd, check_varlen_bwd, check_varlen_fwd,
-                               cu_seqlens, make_slopes)
+from attention_helpers import (check_bwd, check_dslopes_fp32_accurate, check_fwd,
+                               check_varlen_bwd, check_varlen_fwd, cu_seqlens, make_slopes)
 
 GUARD = 64  # NaN elements before and after every input
 
@@ -61,6 +61,12 @@ FAST = {
 @pytest.mark.parametrize("case", list(FAST))
 def test_attention_emulated(emulated, case):
     run_case(**FAST[case])
+
+
+def test_dslopes_emulated_fp32_accurate(emulated):
+    q, k, v = qkv(2, 130, 97, 4, 2, 64, torch.bfloat16)
+    slopes = make_slopes("head", 2, 4, requires_grad=True)
+    check_dslopes_fp32_accurate(q, k, v, slopes, window_size=(-1, 20))
 
 
 def test_varlen_emulated_with_empty_sequence(emulated):

@@ -76,7 +76,8 @@ FWD_BLOCK_N = {d: _eval_cpp(_alias_args("FwdConfigFor", "attn_fwd_launch.cuh")[0
 # query rows per dK/dV step (BwdKVConfigFor<kD>::kBlockM)
 BWD_KV_ROWS = {d: _eval_cpp(_alias_args("BwdKVConfigFor", "attn_bwd_launch.cuh")[0], d)
                for d in HEAD_DIMS}
-BWD_KV_KEYS = _constant(r"constexpr int kBwdBlockN = (\d+);", "attn_bwd_workspace.h")
+BWD_KV_KEYS = _constant(r"struct BwdKVConfig \{[^}]*?static constexpr int kBlockN = (\d+);",
+                        "attn_bwd_kernels.cuh")
 BWD_Q_ROWS = _constant(r"struct BwdQConfig \{[^}]*?static constexpr int kBlockM = (\d+);",
                        "attn_bwd_kernels.cuh")
 
@@ -335,8 +336,8 @@ def model_bwd(q, k, v, o, do, lse, slope, scale, cap, mask, bm, bn):
         factor = (1 - np.tanh(acc * scale / cap) ** 2) if cap > 0 else 1.0
         return p, ds, ds * factor
 
-    dk, dv, dslope = np.full((sk, d), np.nan), np.full((sk, d), np.nan), 0.0
-    for n0 in range(0, sk, BWD_KV_KEYS):  # dK/dV kernel, kBwdBlockN keys per CTA
+    dk, dv = np.full((sk, d), np.nan), np.full((sk, d), np.nan)
+    for n0 in range(0, sk, BWD_KV_KEYS):  # dK/dV kernel, BwdKVConfig::kBlockN keys per CTA
         n1 = min(n0 + BWD_KV_KEYS, sk)
         right = 0 if causal else wr
         i_lo = max(n0 - shift - right if right >= 0 else 0, 0)
@@ -355,8 +356,8 @@ def model_bwd(q, k, v, o, do, lse, slope, scale, cap, mask, bm, bn):
                     if i < sq:
                         dv[j] += p * do[i]
                         dk[j] += dsr * q[i] * scale
-                        dslope -= ds * abs(i + shift - j)
     dq = np.full((sq, d), np.nan)
+    row_sums = np.zeros((sq, 3))
     for m0 in range(0, sq, BWD_Q_ROWS):  # dQ kernel, BwdQConfig::kBlockM rows per CTA
         m_last = min(m0 + BWD_Q_ROWS, sq) - 1
         n_min, n_max, first, last = key_tiles(m0, m_last, sq, sk, mask, bn)
@@ -366,7 +367,11 @@ def model_bwd(q, k, v, o, do, lse, slope, scale, cap, mask, bm, bn):
             masked = not (n0 >= last[0] and n0 + bn <= first[1])
             for i in range(m0, m_last + 1):
                 for j in range(n0, min(n0 + bn, sk)):
-                    dq[i] += p_ds(i, j, masked)[2] * k[j] * scale
+                    p, ds, dsr = p_ds(i, j, masked)
+                    dq[i] += dsr * k[j] * scale
+                    dist = abs(i + shift - j)  # DslopeRowSums: sum dS|d| - (sum dS)(sum P|d|)
+                    row_sums[i] += (ds * dist, ds, p * dist)
+    dslope = -sum(x - y * z for x, y, z in row_sums)
     return dq, dk, dv, dslope
 
 

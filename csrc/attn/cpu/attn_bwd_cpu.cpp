@@ -1,7 +1,7 @@
 // CPU flash attention backward, deterministic without atomics. P is recomputed from q, k
 // and the forward's lse, tile by tile, in two passes that each own their outputs:
 //   pass 1, one task per (batch, head, query block): D_i = rowsum(dout_i * out_i), dq, and
-//           the block's partial d(slope) into its own slot;
+//           the block's partial d(slope) into its own slot (see RowDslope);
 //   pass 2, one task per (batch, kv head, key block): dk and dv, looping over the query
 //           heads of the GQA group and the query blocks that see the key block.
 // The d(slope) partials are then summed in a fixed order. Extra memory: tiles per thread
@@ -29,16 +29,28 @@ struct BwdContext {
   double* dslope_partial; // one per pass-1 task; null: d(slope) not wanted
 };
 
+// One query row's d(slope) sums over its key tiles. With dS_ij = P_ij (dP_ij - D_i) and
+// R_i = sum_j P_ij |distance_ij|,
+//   sum_j dS_ij |distance_ij| - (sum_j dS_ij) R_i = sum_j P_ij (dP_ij - D'_i) |distance_ij|,
+// D'_i = sum_j P_ij dP_ij: the gradient with D_i, which reads the output rounded to the input
+// dtype, replaced by the value the recomputed P and dP imply. Otherwise D_i's rounding times
+// distances up to seqlen_k lands in every row's term (the CUDA dQ kernel does the same).
+struct RowDslope {
+  double ds_dist = 0, ds = 0, p_dist = 0;
+  double sum() const { return ds_dist - ds * p_dist; }
+};
+
 template <typename Acc>
 struct BwdScratch {
   TileMatmul<Acc> matmul = tile_matmul_for<Acc>(cpu_has_avx2_fma());
   std::vector<Acc> q, dout, kt, k, vt, s, dpv, th, pt, dst, acc0, acc1, lse2, delta, terms;
+  std::vector<RowDslope> row_dslope;
   explicit BwdScratch(int64_t dp)
       : q(kBlockQ * dp), dout(kBlockQ * dp), kt(dp * kBlockK, Acc(0)), k(kBlockK * dp),
         vt(dp * kBlockK, Acc(0)), s(kBlockQ * kBlockK), dpv(kBlockQ * kBlockK),
         th(kBlockQ * kBlockK, Acc(0)), pt(kBlockK * kBlockQ), dst(kBlockK * kBlockQ),
         acc0(std::max(kBlockQ, kBlockK) * dp), acc1(kBlockK * dp), lse2(kBlockQ), delta(kBlockQ),
-        terms(kBlockK) {}
+        terms(kBlockK), row_dslope(kBlockQ) {}
 };
 
 // Where one (batch, head) lives in the params' tensors.
@@ -73,10 +85,10 @@ MPT_CPU_INLINE HeadView head_view(const AttnBwdParams& p, int64_t b, int64_t h, 
 // For query rows [i0, i0 + nr) against key tile [j0, j0 + nc) whose K^T and V^T are in
 // w.kt / w.vt and whose q, dout, lse2, delta rows are loaded: leaves in w.s the gradient
 // with respect to the raw q.k products (dS * dscore/dqk) and, if p_out, P in w.dpv.
-// Returns sum_ij dS_ij * (-distance_ij) (the ALiBi slope gradient) when want_dslope, in
-// double: it sums up to seqlen_q * seqlen_k terms.
+// With want_dslope, adds the tile's terms to w.row_dslope (in double: a row sums up to
+// seqlen_k terms).
 template <typename Acc>
-MPT_CPU_INLINE double tile_score_grads(const BwdContext<Acc>& c, BwdScratch<Acc>& w,
+MPT_CPU_INLINE void tile_score_grads(const BwdContext<Acc>& c, BwdScratch<Acc>& w,
                                     const ScoreMath<Acc>& math, const BlockKeys& keys,
                                     int64_t i0, int64_t nr, int64_t mr, int64_t j0, int64_t nc,
                                     int64_t sq, int64_t sk, bool keep_p, bool want_dslope) {
@@ -84,7 +96,6 @@ MPT_CPU_INLINE double tile_score_grads(const BwdContext<Acc>& c, BwdScratch<Acc>
   w.matmul(mr, kBlockK, c.dp, w.q.data(), c.dp, w.kt.data(), kBlockK, w.s.data(), kBlockK, false);
   w.matmul(mr, kBlockK, c.dp, w.dout.data(), c.dp, w.vt.data(), kBlockK, w.dpv.data(), kBlockK,
               false);
-  double dslope = 0;
   for (int64_t r = 0; r < mr; ++r) {
     Acc* __restrict s = w.s.data() + r * kBlockK;
     Acc* __restrict dpv = w.dpv.data() + r * kBlockK;
@@ -99,6 +110,13 @@ MPT_CPU_INLINE double tile_score_grads(const BwdContext<Acc>& c, BwdScratch<Acc>
     const Acc delta = w.delta[r];
     // s -> dS = P * (dP - D) (d loss / d final score); with keep_p, dpv -> P.
     exp2_shifted_row(s, lse2, kBlockK);  // P
+    const Acc offset = static_cast<Acc>(alibi_row_offset(i0 + r, j0, sq, sk));
+    const Acc* iota = kColumnIota<Acc>.v;
+    Acc* terms = w.terms.data();  // times |distance|; masked columns have P = dS = 0
+    if (want_dslope) {
+      for (int64_t x = 0; x < kBlockK; ++x) terms[x] = s[x] * std::abs(offset - iota[x]);
+      w.row_dslope[r].p_dist += static_cast<double>(row_sum(terms, kBlockK));
+    }
     if (keep_p) {
       for (int64_t x = 0; x < kBlockK; ++x) {
         const Acc prob = s[x];
@@ -109,11 +127,9 @@ MPT_CPU_INLINE double tile_score_grads(const BwdContext<Acc>& c, BwdScratch<Acc>
       for (int64_t x = 0; x < kBlockK; ++x) s[x] *= dpv[x] - delta;
     }
     if (want_dslope) {
-      const Acc offset = static_cast<Acc>(alibi_row_offset(i0 + r, j0, sq, sk));
-      const Acc* iota = kColumnIota<Acc>.v;
-      Acc* terms = w.terms.data();  // dS * distance; masked columns have dS = 0
       for (int64_t x = 0; x < kBlockK; ++x) terms[x] = s[x] * std::abs(offset - iota[x]);
-      dslope -= static_cast<double>(row_sum(terms, kBlockK));
+      w.row_dslope[r].ds_dist += static_cast<double>(row_sum(terms, kBlockK));
+      w.row_dslope[r].ds += static_cast<double>(row_sum(s, kBlockK));
     }
     if (math.has_cap) {  // d(softcap * tanh(u)) / du = softcap * (1 - tanh^2) ... times 1/softcap
       for (int64_t x = 0; x < kBlockK; ++x) s[x] *= scale * (Acc(1) - th[x] * th[x]);
@@ -121,7 +137,6 @@ MPT_CPU_INLINE double tile_score_grads(const BwdContext<Acc>& c, BwdScratch<Acc>
       for (int64_t x = 0; x < kBlockK; ++x) s[x] *= scale;
     }
   }
-  return dslope;
 }
 
 template <typename T, typename Acc>
@@ -181,18 +196,21 @@ MPT_CPU_INLINE void dq_block(const BwdContext<Acc>& c, int64_t task, BwdScratch<
   const bool want_dslope = c.dslope_partial != nullptr;
   Acc* dq = w.acc0.data();
   std::fill(dq, dq + mr * dp, Acc(0));
-  double dslope = 0;
+  std::fill(w.row_dslope.begin(), w.row_dslope.end(), RowDslope{});
   for (int64_t j0 = keys.lo; j0 < keys.hi; j0 += kBlockK) {
     const int64_t nc = std::min(kBlockK, keys.hi - j0);
     if (!keys.touches(j0, j0 + nc, nr)) continue;
     load_key_tile<T>(c, w, hv, j0, nc, /*row_major_k=*/true);
-    dslope += tile_score_grads(c, w, math, keys, i0, nr, mr, j0, nc, hv.sq, hv.sk, false,
-                               want_dslope);
+    tile_score_grads(c, w, math, keys, i0, nr, mr, j0, nc, hv.sq, hv.sk, false, want_dslope);
     w.matmul(mr, dp, kBlockK, w.s.data(), kBlockK, w.k.data(), dp, dq, dp, true);
   }
   T* dq_out = static_cast<T*>(p.dq) + hv.dq_off + i0 * p.dq_strides.row;
   for (int64_t r = 0; r < nr; ++r) store_row(dq + r * dp, d, Acc(1), dq_out + r * p.dq_strides.row);
-  if (want_dslope) c.dslope_partial[task] = dslope;
+  if (want_dslope) {
+    double dslope = 0;  // d score / d slope = -|distance|
+    for (int64_t r = 0; r < nr; ++r) dslope -= w.row_dslope[r].sum();
+    c.dslope_partial[task] = dslope;
+  }
 }
 
 // Pass 2: dk and dv of one key block of one kv head.

@@ -7,10 +7,11 @@
 //                   block that can see its keys, recomputing S^T = K Q^T and dP^T = V dO^T
 //                   (keys as mma rows, so P^T and dS^T are already A operands), and
 //                   accumulates dV += P^T dO and dK += dS^T Q in registers: the GQA sum is in
-//                   registers too. Per (head, key block) partial d(slope) sums go to the
-//                   workspace.
+//                   registers too.
 //   3. dQ         : one CTA per (batch, head, 64-query block), the forward's shape:
-//                   recompute S = Q K^T and dP = dO V^T, dQ += dS K.
+//                   recompute S = Q K^T and dP = dO V^T, dQ += dS K. It sees whole query
+//                   rows, so it also sums each row's d(slope) (see dslope_row_sums); per
+//                   warp partials go to the workspace.
 //   4. d(slopes)  : the partial sums reduced in a fixed order.
 // Costs two extra matmuls per tile against the atomic-dQ FA2 variant; buys bitwise
 // reproducibility in every mode and no dQ fp32 accumulator.
@@ -30,9 +31,33 @@ struct BwdExtra {
   bool dq_pair_ok, dk_pair_ok, dv_pair_ok;
   float* lse2;    // [H][rows]
   float* dsum;    // [H][rows]
-  float* dslope;  // [B][H][n_key_blocks] or null
+  float* dslope;  // [B][H][dslope_parts] or null
   int64_t rows;
-  int n_key_blocks;
+  int dslope_parts;
+};
+
+// One query row's d(slope) sums, each thread over its own keys until sum() adds up the quad.
+// With dS_ij = P_ij (dP_ij - D_i) and R_i = sum_j P_ij |distance_ij|,
+//   sum_j dS_ij |distance_ij| - (sum_j dS_ij) R_i = sum_j P_ij (dP_ij - D'_i) |distance_ij|,
+// D'_i = sum_j P_ij dP_ij: the row's gradient with D_i replaced by the value this kernel's own
+// fp32 P and dP imply. D_i = dot(dO_i, O_i) reads the output rounded to 16 bits; its error,
+// times a distance of up to seqlen_k, would land in every row's term, and measured past
+// docs/DESIGN.md's 2x-PyTorch rule for d(slopes) about once in 40 runs. dQ and dK keep D_i,
+// as in FlashAttention: there the error meets keys or queries of either sign.
+struct DslopeRowSums {
+  float ds_dist = 0.f;  // sum_j dS_ij |distance_ij|
+  float ds = 0.f;       // sum_j dS_ij
+  float p_dist = 0.f;   // sum_j P_ij |distance_ij|
+
+  __device__ __forceinline__ void add(float p, float ds_ij, float dist) {
+    ds_dist += ds_ij * dist;
+    ds += ds_ij;
+    p_dist += p * dist;
+  }
+  // The row's sum_j dS'_ij |distance_ij| in every lane of the quad that holds the row.
+  __device__ __forceinline__ float sum() const {
+    return quad_sum(ds_dist) - quad_sum(ds) * quad_sum(p_dist);
+  }
 };
 
 __device__ __forceinline__ int64_t ws_row(const SeqInfo& si, int b, int i) {
@@ -70,13 +95,13 @@ __device__ __forceinline__ void store_rows(uint16_t* g, int64_t row_stride, cons
 template <int kD_, int kBlockM_>
 struct BwdKVConfig {
   static constexpr int kD = kD_;
-  static constexpr int kBlockN = 64;  // keys per CTA (== kBwdBlockN)
+  static constexpr int kBlockN = 64;  // keys per CTA
   static constexpr int kBlockM = kBlockM_;  // queries per step
   static constexpr int kStages = 2;
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kSmemBytes =
-      (2 * kBlockN * kD + 2 * kStages * kBlockM * kD) * 2 + 4 * kStages * kBlockM * 4 + 16 * 4;
+      (2 * kBlockN * kD + 2 * kStages * kBlockM * kD) * 2 + 4 * kStages * kBlockM * 4;
   static_assert(kBlockN == 16 * kWarps && kBlockM % 16 == 0 && kD % 64 == 0, "tile shapes");
 };
 
@@ -99,7 +124,6 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   float* sDs = sL + kStages * kBlockM;
   int* sLo = reinterpret_cast<int*>(sDs + kStages * kBlockM);  // visible keys [lo, hi) per query
   int* sHi = sLo + kStages * kBlockM;
-  float* sRed = reinterpret_cast<float*>(sHi + kStages * kBlockM);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
@@ -173,7 +197,6 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk[i][e] = dv[i][e] = 0.f;
   }
-  float dslope_acc = 0.f;  // sum of dS * |distance| over this thread's elements, one head
   const int key_local[2] = {warp * 16 + (lane >> 2), warp * 16 + (lane >> 2) + 8};
 
   for (int it = 0; it < n_iters; ++it) {
@@ -228,13 +251,11 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         const int j = n0 + key_local[e >> 1];
         const int il = qt * 8 + (lane & 3) * 2 + (e & 1);
         const int i = m0 + il;
-        const int dist = abs_dist(i, j, shift);
         float th = 0.f;
-        float s2 = mod(st[qt][e], dist, &th);
+        float s2 = mod(st[qt][e], abs_dist(i, j, shift), &th);
         if (masked && (j < tLo[il] || j >= tHi[il])) s2 = -INFINITY;
         const float pr = exp2f(s2 - tL[il]);
         float ds = pr * (dpt[qt][e] - tDs[il]);
-        dslope_acc += ds * static_cast<float>(dist);
         if (mod.softcap) ds *= 1.f - th * th;
         st[qt][e] = pr;
         dpt[qt][e] = ds;
@@ -257,21 +278,6 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         Ops::mma(dk[2 * dp], ads, bq[0], bq[1]);
         Ops::mma(dk[2 * dp + 1], ads, bq[2], bq[3]);
       }
-    }
-
-    // Last query block of this head: its d(slope) partial, reduced over the CTA in a fixed
-    // order. d score / d slope = -|distance|.
-    if (x.dslope != nullptr && it % m_count == m_count - 1) {
-      const float w = warp_sum(dslope_acc);
-      if (lane == 0) sRed[warp] = w;
-      __syncthreads();
-      if (tid == 0) {
-        float t = 0.f;
-        for (int k = 0; k < Cfg::kWarps; ++k) t += sRed[k];
-        x.dslope[(static_cast<int64_t>(b) * f.shape.num_heads + h) * x.n_key_blocks + n_block] = -t;
-      }
-      __syncthreads();
-      dslope_acc = 0.f;
     }
   }
   cp_async_wait<0>();
@@ -363,6 +369,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     row_dsum[r] = ok ? x.dsum[w] : 0.f;
   }
   const ScoreMod mod = ScoreMod::make(f.mask, b, h);
+  DslopeRowSums row_dslope[2];
 
   auto load_kv = [&](int tile) {
     const int n0 = (n_min + tile) * kBlockN;
@@ -430,11 +437,13 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         const int r = e >> 1;
         const int i = m0 + row_local[r];
         const int j = n0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+        const int dist = abs_dist(i, j, shift);
         float th = 0.f;
-        float s2 = mod(s[nt][e], abs_dist(i, j, shift), &th);
+        float s2 = mod(s[nt][e], dist, &th);
         if (masked && (j < row_keys[r].lo || j >= row_keys[r].hi)) s2 = -INFINITY;
         const float pr = exp2f(s2 - row_lse2[r]);
-        float ds = pr * (dp[nt][e] - row_dsum[r]);
+        float ds = pr * (dp[nt][e] - row_dsum[r]);  // d loss / d score, before the softcap
+        if (x.dslope != nullptr) row_dslope[r].add(pr, ds, static_cast<float>(dist));
         if (mod.softcap) ds *= 1.f - th * th;
         s[nt][e] = ds;
       }
@@ -458,6 +467,17 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 
   store_rows<T, kD>(gdq, p.dq_strides.row, dq, warp * 16, rows_here, d, f.mask.softmax_scale,
                     x.dq_pair_ok, lane);
+
+  // This warp's 16 rows' d(slope) partial; d score / d slope = -|distance|. Rows past the
+  // sequence have P = 0 and add nothing.
+  if (x.dslope != nullptr) {
+    const float rows = row_dslope[0].sum() + row_dslope[1].sum();
+    const float w = warp_sum((lane & 3) == 0 ? rows : 0.f);  // each row once, not per lane
+    if (lane == 0) {
+      const int64_t bh = static_cast<int64_t>(b) * f.shape.num_heads + h;
+      x.dslope[bh * x.dslope_parts + m_block * Cfg::kWarps + warp] = -w;
+    }
+  }
 }
 
 }  // namespace mpt_ext::attn::cuda

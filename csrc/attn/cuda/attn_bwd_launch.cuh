@@ -21,7 +21,8 @@ template <typename T, int kD>
 void run_attn_bwd(const AttnBwdParams& p) {
   using KV = BwdKVConfigFor<kD>;
   using Q = BwdQConfigFor<kD>;
-  static_assert(KV::kBlockN == kBwdBlockN, "workspace sizing assumes kBwdBlockN keys per CTA");
+  static_assert(Q::kBlockM == kBwdDqBlockM && Q::kWarps == kBwdDqWarps,
+                "the workspace holds one d(slope) partial per dQ warp");
   const AttnFwdParams& f = p.fwd;
   const AttnShape& s = f.shape;
   if (s.batch == 0 || s.num_heads == 0) return;
@@ -46,12 +47,12 @@ void run_attn_bwd(const AttnBwdParams& p) {
   x.dsum = ws + w.dsum_offset;
   x.dslope = p.dslopes != nullptr ? ws + w.dslope_offset : nullptr;
   x.rows = w.rows;
-  x.n_key_blocks = static_cast<int>(w.n_key_blocks);
+  x.dslope_parts = static_cast<int>(w.dslope_parts);
 
   if (x.dslope != nullptr) {
-    // Key blocks with no visible query write no partial: start from zeros.
+    // Query blocks past a varlen sequence's end write no partial: start from zeros.
     check_cuda(cudaMemsetAsync(x.dslope, 0,
-                               s.batch * s.num_heads * w.n_key_blocks * sizeof(float), stream),
+                               s.batch * s.num_heads * w.dslope_parts * sizeof(float), stream),
                "cudaMemsetAsync(dslope partials)");
   }
   launch_bwd_preprocess(p, x.lse2, x.dsum, w.rows);
@@ -59,7 +60,8 @@ void run_attn_bwd(const AttnBwdParams& p) {
   if (s.seqlen_k > 0) {
     auto kernel = attn_bwd_dkdv_kernel<T, KV>;
     set_smem(reinterpret_cast<const void*>(kernel), KV::kSmemBytes, "attn_bwd_dkdv_kernel");
-    const dim3 grid(static_cast<unsigned>(w.n_key_blocks), static_cast<unsigned>(s.num_heads_k),
+    const dim3 grid(static_cast<unsigned>(ceil_div(s.seqlen_k, KV::kBlockN)),
+                    static_cast<unsigned>(s.num_heads_k),
                     static_cast<unsigned>(s.batch));
     launch_kernel(kernel, grid, KV::kThreads, KV::kSmemBytes, stream, p, x);
     check_launch("attn_bwd_dkdv_kernel", stream);
@@ -72,7 +74,7 @@ void run_attn_bwd(const AttnBwdParams& p) {
     launch_kernel(kernel, grid, Q::kThreads, Q::kSmemBytes, stream, p, x);
     check_launch("attn_bwd_dq_kernel", stream);
   }
-  if (p.dslopes != nullptr) launch_bwd_dslope_reduce(p, x.dslope, w.n_key_blocks);
+  if (p.dslopes != nullptr) launch_bwd_dslope_reduce(p, x.dslope, w.dslope_parts);
 }
 
 }  // namespace mpt_ext::attn::cuda

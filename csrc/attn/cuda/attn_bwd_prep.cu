@@ -47,9 +47,9 @@ __global__ void __launch_bounds__(256)
 // ---- 4. d(slopes) ----------------------------------------------------------------------
 
 // dslopes has the slopes' shape, contiguous (the binding allocates it): (H,) sums over the
-// batch and key blocks, (B, H) over key blocks; always in the same order.
+// batch and the dQ warps' partials, (B, H) over the partials; always in the same order.
 __global__ void attn_bwd_dslope_reduce_kernel(const float* part, float* dslopes, int batch,
-                                              int heads, int n_key_blocks, bool per_batch) {
+                                              int heads, int parts, bool per_batch) {
   const int idx = blockIdx.x * blockDim.x + threadIdx.x;
   const int entries = per_batch ? batch * heads : heads;
   if (idx >= entries) return;
@@ -58,8 +58,8 @@ __global__ void attn_bwd_dslope_reduce_kernel(const float* part, float* dslopes,
   const int h = idx % heads;
   float sum = 0.f;
   for (int b = b_begin; b < b_end; ++b) {
-    const float* row = part + (static_cast<int64_t>(b) * heads + h) * n_key_blocks;
-    for (int n = 0; n < n_key_blocks; ++n) sum += row[n];
+    const float* row = part + (static_cast<int64_t>(b) * heads + h) * parts;
+    for (int n = 0; n < parts; ++n) sum += row[n];
   }
   dslopes[idx] = sum;
 }
@@ -80,7 +80,7 @@ void launch_bwd_preprocess(const AttnBwdParams& p, float* lse2, float* dsum, int
 }
 
 void launch_bwd_dslope_reduce(const AttnBwdParams& p, const float* part,
-                              int64_t n_key_blocks) {
+                              int64_t parts) {
   const AttnShape& s = p.fwd.shape;
   const bool per_batch = p.fwd.mask.alibi_batch_stride != 0;
   const int64_t entries = per_batch ? s.batch * s.num_heads : s.num_heads;
@@ -89,7 +89,7 @@ void launch_bwd_dslope_reduce(const AttnBwdParams& p, const float* part,
   launch_kernel(attn_bwd_dslope_reduce_kernel, static_cast<unsigned>(ceil_div(entries, threads)),
                 threads, 0, static_cast<cudaStream_t>(p.fwd.stream), part, p.dslopes,
                 static_cast<int>(s.batch), static_cast<int>(s.num_heads),
-                static_cast<int>(n_key_blocks), per_batch);
+                static_cast<int>(parts), per_batch);
   check_launch("attn_bwd_dslope_reduce_kernel", static_cast<cudaStream_t>(p.fwd.stream));
 }
 

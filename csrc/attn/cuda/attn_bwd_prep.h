@@ -10,8 +10,8 @@ namespace mpt_ext::attn::cuda {
 // lse2 / dsum: [H][rows] fp32 (see attn_bwd_workspace.h).
 void launch_bwd_preprocess(const AttnBwdParams& p, float* lse2, float* dsum, int64_t rows);
 
-// part: [B][H][n_key_blocks] partial sums -> p.dslopes (the slopes' shape, contiguous).
+// part: [B][H][parts] partial sums -> p.dslopes (the slopes' shape, contiguous).
 void launch_bwd_dslope_reduce(const AttnBwdParams& p, const float* part,
-                              int64_t n_key_blocks);
+                              int64_t parts);
 
 }  // namespace mpt_ext::attn::cuda
