@@ -103,15 +103,12 @@ Plan make_plan(const AttnKVCacheParams& p) {
   if (p.num_splits > 0) {
     plan.num_splits = std::min(p.num_splits, attn_kvcache::cuda::kMaxSplits);  // same result, capped
   } else {
-    int blocks_per_sm = 0;
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, plan.kernel,
-                                                             attn_kvcache::cuda::kThreads, 0),
-               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
     attn_kvcache::cuda::SplitHeuristicInput in;
     in.blocks_per_split = plan.blocks_per_split;
     in.max_keys = s.seqlen_k;
     in.num_sms = sm_count();
-    in.blocks_per_sm = blocks_per_sm;
+    in.blocks_per_sm = max_active_blocks_per_sm(reinterpret_cast<const void*>(plan.kernel),
+                                                attn_kvcache::cuda::kThreads, 0);
     plan.num_splits = attn_kvcache::cuda::choose_num_splits(in, attn_kvcache::cuda::kMaxSplits);
   }
   if (plan.num_splits > 1) {
