@@ -22,3 +22,9 @@ CUDA_NORM = "norm" in CUDA_FAMILIES
 CUDA_ATTN = "attn" in CUDA_FAMILIES
 #: the CUDA decode kernels (attn_kvcache: flash_attn_with_kvcache)
 CUDA_ATTN_KVCACHE = "attn_kvcache" in CUDA_FAMILIES
+#: the CUDA attention forward's tiles ("ROWSxKEYS") per compiled head-dim bucket (the largest
+#: head dim it serves), the default first; MPT_EXT_ATTN_FWD_TILE picks another for A/B runs.
+#: Empty without the CUDA attention kernels.
+ATTN_FWD_TILES = {int(bucket): tuple(tiles.split(","))
+                  for bucket, tiles in (item.split(":") for item in _C.attn_fwd_tiles.split(";")
+                                        if item)}

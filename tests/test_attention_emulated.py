@@ -11,6 +11,8 @@ import itertools
 import pytest
 import torch
 
+import mpt_ext
+
 from attention_helpers import (check_bwd, check_dslopes_fp32_accurate, check_fwd,
                                check_varlen_bwd, check_varlen_fwd, cu_seqlens, make_slopes)
 
@@ -53,6 +55,8 @@ FAST = {
     "d64_fp16_one_query": dict(d=64, seqlen_q=1, seqlen_k=64, dtype=torch.float16,
                                causal=True, heads=3, heads_k=1),
     "d200_bucket256": dict(d=200, seqlen_q=17, seqlen_k=33, slopes="head", batch=1),
+    "d64_windows_past_int32": dict(d=64, seqlen_q=40, seqlen_k=50, window=(2**40, 3),
+                                   slopes="head", batch=1),
     "d40_unaligned_causal_left": dict(d=40, seqlen_q=130, seqlen_k=64, causal=True,
                                       window=(9, -1), misalign=3, slopes="batch"),
 }
@@ -79,6 +83,58 @@ def test_varlen_emulated_with_empty_sequence(emulated):
     slopes = make_slopes("batch", len(lengths_q), heads, requires_grad=True)
     check_varlen_fwd(q, k, v, cu_q, cu_k, causal=True, alibi_slopes=slopes)
     check_varlen_bwd(q, k, v, cu_q, cu_k, causal=True, alibi_slopes=slopes)
+
+
+# ---- forward tile variants (MPT_EXT_ATTN_FWD_TILE, csrc/attn/cuda/fwd_tile.h) -------------
+TILE_VARIABLE = "MPT_EXT_ATTN_FWD_TILE"
+
+
+def fwd_tiles(head_dim: int) -> list[str]:
+    """The bucket's forward tiles, default first, as the launcher itself lists them in the
+    error for a tile it lacks."""
+    q = torch.randn(1, 1, 1, head_dim, dtype=torch.bfloat16)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(TILE_VARIABLE, "1x1")
+        with pytest.raises(ValueError, match=f"{TILE_VARIABLE}=1x1: head-dim bucket") as info:
+            mpt_ext.flash_attn_func(q, q, q)
+    return str(info.value).split("forward tiles ")[1].split(", ")
+
+
+def test_fwd_tile_choices(emulated, monkeypatch):
+    assert fwd_tiles(128) == ["64x64", "128x32", "128x64"]
+    assert fwd_tiles(64) == ["128x64"] and fwd_tiles(256) == ["64x32"]
+    q = torch.randn(1, 3, 2, 64, dtype=torch.bfloat16)
+    for bad in ("128", "x32", "128x32x1", "-64x64", "big"):
+        monkeypatch.setenv(TILE_VARIABLE, bad)
+        with pytest.raises(ValueError, match="expected ROWSxKEYS"):
+            mpt_ext.flash_attn_func(q, q, q)
+    monkeypatch.setenv(TILE_VARIABLE, "")  # empty: the default
+    mpt_ext.flash_attn_func(q, q, q)
+
+
+def test_fwd_default_tile_by_name_is_the_default(emulated, monkeypatch):
+    q, k, v = qkv(1, 70, 90, 2, 1, 128, torch.bfloat16)
+    slopes = make_slopes("head", 1, 2)
+    default = mpt_ext.flash_attn_func(q, k, v, causal=True, alibi_slopes=slopes)
+    monkeypatch.setenv(TILE_VARIABLE, fwd_tiles(128)[0])
+    named = mpt_ext.flash_attn_func(q, k, v, causal=True, alibi_slopes=slopes)
+    assert torch.equal(default, named)
+
+
+TILE_CASES = {
+    "causal_alibi_gqa": dict(seqlen_q=200, seqlen_k=200, causal=True, slopes="mpt", heads=4,
+                             heads_k=2),
+    "window_softcap_sq<sk": dict(seqlen_q=77, seqlen_k=300, window=(40, 7), softcap=20.0,
+                                 slopes="batch", dtype=torch.float16),
+    "sq>sk_unaligned": dict(seqlen_q=150, seqlen_k=33, misalign=3, slopes="head", batch=1),
+}
+
+
+@pytest.mark.parametrize("case", list(TILE_CASES))
+@pytest.mark.parametrize("tile", ["128x32", "128x64"])
+def test_fwd_tile_variant_emulated(emulated, monkeypatch, tile, case):
+    monkeypatch.setenv(TILE_VARIABLE, tile)
+    run_case(d=128, backward=False, **TILE_CASES[case])
 
 
 # ---- the full grid (slow) ---------------------------------------------------------------------

@@ -256,6 +256,40 @@ def test_attention_baselines_compute_alibi(adapter, sq, sk, h, hk, monkeypatch):
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
 
 
+def test_forward_tile_variants_are_contenders_where_their_bucket_has_them(monkeypatch):
+    """The A/B of the CUDA forward's tiles (MPT_EXT_ATTN_FWD_TILE): one contender per
+    non-default tile, set around each call and restored, unavailable at other head dims."""
+    import os
+
+    import mpt_ext
+    from mpt_ext import _library
+    from mpt_ext.bench.baselines import attention_impls, ours
+    from mpt_ext.bench.baselines.spec import AttnSpec
+    from mpt_ext.bench.core import Unavailable
+    monkeypatch.setattr(_library, "ATTN_FWD_TILES",
+                        {64: ("128x64",), 128: ("64x64", "128x32", "128x64"), 256: ("64x32",)})
+    monkeypatch.delenv(ours.FWD_TILE_VARIABLE, raising=False)
+    assert ours.fwd_tile_variants() == ["128x32", "128x64"]
+    names = [impl.name for impl in attention_impls()]
+    assert names[:3] == ["mpt_ext", "mpt_ext tile 128x32", "mpt_ext tile 128x64"]
+    seen = []
+    monkeypatch.setattr(mpt_ext, "flash_attn_func",
+                        lambda q, k, v, **kw: seen.append(os.environ.get(ours.FWD_TILE_VARIABLE)))
+    slopes = mpt_ext.alibi_slopes(2)
+    for head_dim, available in ((64, False), (96, True), (128, True), (200, False)):
+        spec = AttnSpec(1, 2, 2, 8, 8, head_dim, True, slopes, torch.float32, CPU)
+        if not available:
+            with pytest.raises(Unavailable, match="no forward tile 128x32"):
+                ours.build_attention_tile("128x32")(spec)
+            continue
+        ours.build_attention_tile("128x32")(spec)(None, None, None)
+        assert seen[-1] == "128x32" and ours.FWD_TILE_VARIABLE not in os.environ
+    monkeypatch.setenv(ours.FWD_TILE_VARIABLE, "64x64")
+    spec = AttnSpec(1, 2, 2, 8, 8, 128, True, slopes, torch.float32, CPU)
+    ours.build_attention_tile("128x64")(spec)(None, None, None)
+    assert seen[-1] == "128x64" and os.environ[ours.FWD_TILE_VARIABLE] == "64x64"
+
+
 # ---- one thread setting, interleaved rounds, reliability flags -----------------------------
 
 def _recording_norm_impls(log):

@@ -101,7 +101,7 @@ struct BwdKVConfig {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kSmemBytes =
-      (2 * kBlockN * kD + 2 * kStages * kBlockM * kD) * 2 + 4 * kStages * kBlockM * 4;
+      (2 * kBlockN * kD + 2 * kStages * kBlockM * kD) * 2 + 2 * kStages * kBlockM * 4;
   static_assert(kBlockN == 16 * kWarps && kBlockM % 16 == 0 && kD % 64 == 0, "tile shapes");
 };
 
@@ -122,8 +122,6 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   uint16_t* sdO = sQ + kStages * kBlockM * kD;
   float* sL = reinterpret_cast<float*>(sdO + kStages * kBlockM * kD);
   float* sDs = sL + kStages * kBlockM;
-  int* sLo = reinterpret_cast<int*>(sDs + kStages * kBlockM);  // visible keys [lo, hi) per query
-  int* sHi = sLo + kStages * kBlockM;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
@@ -176,10 +174,6 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       const int64_t w = h * x.rows + ws_row(si, b, m0 + r);
       sL[stage * kBlockM + r] = ok ? x.lse2[w] : INFINITY;  // padding rows: P = 0
       sDs[stage * kBlockM + r] = ok ? x.dsum[w] : 0.f;
-      const KeyRange kr = visible_keys(m0 + r, si.sq, si.sk, f.mask.causal, f.mask.window_left,
-                                       f.mask.window_right);
-      sLo[stage * kBlockM + r] = static_cast<int>(kr.lo);
-      sHi[stage * kBlockM + r] = static_cast<int>(kr.hi);
     }
   };
 
@@ -210,14 +204,13 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     const uint16_t* tdO = sdO + stage * kBlockM * kD;
     const float* tL = sL + stage * kBlockM;
     const float* tDs = sDs + stage * kBlockM;
-    const int* tLo = sLo + stage * kBlockM;
-    const int* tHi = sHi + stage * kBlockM;
     const int g_idx = it / m_count;
     const int h = hk * group + g_idx;
     const int m0 = (m_lo + it % m_count) * kBlockM;
     const int m_last = min(m0 + kBlockM, si.sq) - 1;
     const bool masked = !tile_keys(m0, m_last, si, f.mask).fully_visible(n0, kBlockN);
     const ScoreMod mod = ScoreMod::make(f.mask, b, h);
+    const DiagMask mask = DiagMask::make(f.mask, si);
 
     // S^T = K Q^T and dP^T = V dO^T (this warp's 16 keys x kBlockM queries)
     float st[kQT][4], dpt[kQT][4];
@@ -251,9 +244,10 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         const int j = n0 + key_local[e >> 1];
         const int il = qt * 8 + (lane & 3) * 2 + (e & 1);
         const int i = m0 + il;
+        const int signed_dist = i + shift - j;
         float th = 0.f;
-        float s2 = mod(st[qt][e], abs_dist(i, j, shift), &th);
-        if (masked && (j < tLo[il] || j >= tHi[il])) s2 = -INFINITY;
+        float s2 = mod(st[qt][e], abs(signed_dist), &th);
+        if (masked && mask.hidden(signed_dist, j)) s2 = -INFINITY;
         const float pr = exp2f(s2 - tL[il]);
         float ds = pr * (dpt[qt][e] - tDs[il]);
         if (mod.softcap) ds *= 1.f - th * th;
@@ -356,19 +350,17 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   const int n_tiles = n_max - n_min;
 
   const int row_local[2] = {warp * 16 + (lane >> 2), warp * 16 + (lane >> 2) + 8};
-  KeyRange row_keys[2];
   float row_lse2[2], row_dsum[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int i = m0 + row_local[r];
-    row_keys[r] = visible_keys(i, si.sq, si.sk, f.mask.causal, f.mask.window_left,
-                               f.mask.window_right);
     const bool ok = row_local[r] < rows_here;
     const int64_t w = h * x.rows + ws_row(si, b, i);
     row_lse2[r] = ok ? x.lse2[w] : INFINITY;
     row_dsum[r] = ok ? x.dsum[w] : 0.f;
   }
   const ScoreMod mod = ScoreMod::make(f.mask, b, h);
+  const DiagMask mask = DiagMask::make(f.mask, si);
   DslopeRowSums row_dslope[2];
 
   auto load_kv = [&](int tile) {
@@ -437,10 +429,11 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         const int r = e >> 1;
         const int i = m0 + row_local[r];
         const int j = n0 + nt * 8 + (lane & 3) * 2 + (e & 1);
-        const int dist = abs_dist(i, j, shift);
+        const int signed_dist = i + shift - j;
+        const int dist = abs(signed_dist);
         float th = 0.f;
         float s2 = mod(s[nt][e], dist, &th);
-        if (masked && (j < row_keys[r].lo || j >= row_keys[r].hi)) s2 = -INFINITY;
+        if (masked && mask.hidden(signed_dist, j)) s2 = -INFINITY;
         const float pr = exp2f(s2 - row_lse2[r]);
         float ds = pr * (dp[nt][e] - row_dsum[r]);  // d loss / d score, before the softcap
         if (x.dslope != nullptr) row_dslope[r].add(pr, ds, static_cast<float>(dist));

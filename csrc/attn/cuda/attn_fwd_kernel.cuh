@@ -97,19 +97,13 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   // This thread's rows: fragment rows g and g + 8 of each of the warp's m16 tiles.
   const int warp_row0 = warp * 16 * kMT;
   int row_local[kMT][2];
-  int row_lo[kMT][2], row_hi[kMT][2];  // visible keys [lo, hi); int: seqlens < 2^30
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      row_local[mt][r] = warp_row0 + mt * 16 + (lane >> 2) + 8 * r;
-      const KeyRange kr = visible_keys(m0 + row_local[mt][r], si.sq, si.sk, p.mask.causal,
-                                       p.mask.window_left, p.mask.window_right);
-      row_lo[mt][r] = static_cast<int>(kr.lo);
-      row_hi[mt][r] = static_cast<int>(kr.hi);
-    }
+    for (int r = 0; r < 2; ++r) row_local[mt][r] = warp_row0 + mt * 16 + (lane >> 2) + 8 * r;
   }
   const ScoreMod mod = ScoreMod::make(p.mask, b, h);
+  const DiagMask mask = DiagMask::make(p.mask, si);  // no per-row key ranges: registers
 
   auto load_kv = [&](int tile) {
     const int n0 = (n_min + tile) * kBlockN;
@@ -184,9 +178,10 @@ __global__ void __launch_bounds__(Cfg::kThreads)
           const int r = e >> 1;
           const int i = m0 + row_local[mt][r];
           const int j = n0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+          const int signed_dist = i + diag_shift - j;
           float unused;
-          float v = mod(s[mt][nt][e], abs_dist(i, j, diag_shift), &unused);
-          if (masked && (j < row_lo[mt][r] || j >= row_hi[mt][r])) v = -INFINITY;
+          float v = mod(s[mt][nt][e], abs(signed_dist), &unused);
+          if (masked && mask.hidden(signed_dist, j)) v = -INFINITY;
           s[mt][nt][e] = v;
         }
       }

@@ -3,6 +3,7 @@
 // ../attn_mask.h so that the CPU and CUDA paths can never disagree.
 #pragma once
 
+#include <climits>
 #include <cmath>
 #include <cstdint>
 
@@ -90,10 +91,25 @@ struct ScoreMod {
   }
 };
 
-__device__ __forceinline__ int abs_dist(int i, int j, int diag_shift) {
-  const int d = i + diag_shift - j;  // diag_shift = sk - sq
-  return d < 0 ? -d : d;
-}
+// visible_keys (attn_mask.h) as a test on one element, with no per-row state: key j is hidden
+// from query i when j - (i + sk - sq) lies outside [-window_left, right] (the bounds that are
+// set; right = 0 when causal) or j >= sk. Keys j < 0 do not occur.
+struct DiagMask {
+  int max_behind;  // keys up to this far before the query's diagonal: window_left, or INT_MAX
+  int max_ahead;   // keys up to this far after it: 0 (causal), window_right, or INT_MAX
+  int sk;
+
+  __device__ __forceinline__ static DiagMask make(const AttnMaskParams& m, const SeqInfo& si) {
+    return {bound(m.window_left), bound(m.causal ? 0 : m.window_right), si.sk};
+  }
+  __device__ __forceinline__ static int bound(int64_t window) {  // -1: unbounded
+    return window < 0 || window > INT_MAX ? INT_MAX : static_cast<int>(window);
+  }
+  // signed_dist = i + sk - sq - j (> 0: the key is behind the query's diagonal).
+  __device__ __forceinline__ bool hidden(int signed_dist, int j) const {
+    return signed_dist > max_behind || -signed_dist > max_ahead || j >= sk;
+  }
+};
 
 // Visible keys of the rows [m_first, m_last] of a tile (lo and hi both grow with the row).
 struct TileKeys {

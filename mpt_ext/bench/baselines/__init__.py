@@ -14,6 +14,9 @@ __all__ = ["attention_impls", "decode_impls", "norm_impls", "AttnSpec", "NormSpe
 def attention_impls() -> list[AttentionImpl]:
     return [
         AttentionImpl("mpt_ext", OURS, "bshd", ours.build_attention),
+        # the forward's other tiles, for the A/B that picks the default (issue 16)
+        *(AttentionImpl(f"mpt_ext tile {tile}", OURS, "bshd", ours.build_attention_tile(tile),
+                        cuda_only=True) for tile in ours.fwd_tile_variants()),
         AttentionImpl("flash-attn", BASELINE, "bshd", flash_attn_pkg.build, cuda_only=True),
         AttentionImpl("flex ALiBi", BASELINE, "bhsd", flex.build, cuda_only=True),
         AttentionImpl("SDPA+bias cuDNN", BASELINE, "bhsd", sdpa.build_with_bias("cudnn"),

@@ -1,12 +1,17 @@
 """mpt_ext's own kernels, called through the public API exactly as a user calls them."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 import mpt_ext
 from mpt_ext import _library
 
+from ..core import Unavailable
 from .spec import AttnFn, AttnSpec, NormFn, NormSpec
+
+FWD_TILE_VARIABLE = "MPT_EXT_ATTN_FWD_TILE"
 
 
 def _require_cuda_kernel(device: torch.device, built: bool, what: str) -> None:
@@ -23,6 +28,36 @@ def build_attention(spec: AttnSpec) -> AttnFn:
         return mpt_ext.flash_attn_func(q, k, v, softmax_scale=spec.scale, causal=spec.causal,
                                        alibi_slopes=spec.slopes)
     return fn
+
+
+def fwd_tile_variants() -> list[str]:
+    """The non-default forward tiles of any compiled head-dim bucket (empty without the CUDA
+    attention kernels)."""
+    tiles = {t for choices in _library.ATTN_FWD_TILES.values() for t in choices[1:]}
+    return sorted(tiles, key=lambda t: tuple(int(x) for x in t.split("x")))
+
+
+def build_attention_tile(tile: str):
+    """Ours with the forward tile `tile` (MPT_EXT_ATTN_FWD_TILE, set around each call), where
+    the spec's head-dim bucket has it: one run A/B's the variants against the default."""
+    def build(spec: AttnSpec) -> AttnFn:
+        buckets = [b for b in sorted(_library.ATTN_FWD_TILES) if b >= spec.head_dim]
+        if not buckets or tile not in _library.ATTN_FWD_TILES[buckets[0]][1:]:
+            raise Unavailable(f"no forward tile {tile} at head dim {spec.head_dim}")
+        fn = build_attention(spec)
+
+        def call(q, k, v):
+            saved = os.environ.get(FWD_TILE_VARIABLE)
+            os.environ[FWD_TILE_VARIABLE] = tile
+            try:
+                return fn(q, k, v)
+            finally:
+                if saved is None:
+                    del os.environ[FWD_TILE_VARIABLE]
+                else:
+                    os.environ[FWD_TILE_VARIABLE] = saved
+        return call
+    return build
 
 
 def build_kvcache(spec: AttnSpec) -> AttnFn:
