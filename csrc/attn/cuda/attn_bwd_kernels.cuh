@@ -236,18 +236,21 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       }
     }
 
-    // P^T = exp2(score2 - lse2), dS^T = P^T (dP^T - D) (times the softcap derivative)
+    // P^T = exp2(score2 - lse2), dS^T = P^T (dP^T - D) (times the softcap derivative). This
+    // lane's element (qt, e) is query m0 + col0 + col, col = 8 qt + (e & 1), against key j;
+    // key_offset: the key's signed distance past the diagonal of query m0 + col0 (alibi_dist).
+    const int col0 = (lane & 3) * 2;
+    const int key_offset[2] = {n0 + key_local[0] - (m0 + col0 + shift),
+                               n0 + key_local[1] - (m0 + col0 + shift)};
 #pragma unroll
     for (int qt = 0; qt < kQT; ++qt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int j = n0 + key_local[e >> 1];
-        const int il = qt * 8 + (lane & 3) * 2 + (e & 1);
-        const int i = m0 + il;
-        const int signed_dist = i + shift - j;
+        const int r = e >> 1, col = qt * 8 + (e & 1);
+        const int il = col0 + col;
         float th = 0.f;
-        float s2 = mod(st[qt][e], abs(signed_dist), &th);
-        if (masked && mask.hidden(signed_dist, j)) s2 = -INFINITY;
+        float s2 = mod(st[qt][e], alibi_dist(key_offset[r], col), &th);
+        if (masked && mask.hidden(col - key_offset[r], n0 + key_local[r])) s2 = -INFINITY;
         const float pr = exp2f(s2 - tL[il]);
         float ds = pr * (dpt[qt][e] - tDs[il]);
         if (mod.softcap) ds *= 1.f - th * th;
@@ -421,22 +424,23 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       }
     }
 
+    // This lane's element (nt, e) is key n0 + col0 + col, col = 8 nt + (e & 1) (alibi_dist).
     const bool masked = !tk.fully_visible(n0, kBlockN);
+    const int col0 = (lane & 3) * 2;
+    const int row_offset[2] = {m0 + row_local[0] + shift - n0 - col0,
+                               m0 + row_local[1] + shift - n0 - col0};
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int r = e >> 1;
-        const int i = m0 + row_local[r];
-        const int j = n0 + nt * 8 + (lane & 3) * 2 + (e & 1);
-        const int signed_dist = i + shift - j;
-        const int dist = abs(signed_dist);
+        const int r = e >> 1, col = nt * 8 + (e & 1);
+        const float dist = alibi_dist(row_offset[r], col);
         float th = 0.f;
         float s2 = mod(s[nt][e], dist, &th);
-        if (masked && mask.hidden(signed_dist, j)) s2 = -INFINITY;
+        if (masked && mask.hidden(row_offset[r] - col, n0 + col0 + col)) s2 = -INFINITY;
         const float pr = exp2f(s2 - row_lse2[r]);
         float ds = pr * (dp[nt][e] - row_dsum[r]);  // d loss / d score, before the softcap
-        if (x.dslope != nullptr) row_dslope[r].add(pr, ds, static_cast<float>(dist));
+        if (x.dslope != nullptr) row_dslope[r].add(pr, ds, dist);
         if (mod.softcap) ds *= 1.f - th * th;
         s[nt][e] = ds;
       }

@@ -167,21 +167,22 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       }
     }
 
-    // Score mod (every tile: ALiBi is everywhere), mask (boundary tiles only).
+    // Score mod (every tile: ALiBi is everywhere), mask (boundary tiles only). This lane's
+    // element (nt, e) is key n0 + col0 + col, col = 8 nt + (e & 1).
     const bool masked = !tk.fully_visible(n0, kBlockN);
+    const int col0 = (lane & 3) * 2;
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
+      const int row_offset[2] = {m0 + row_local[mt][0] + diag_shift - n0 - col0,
+                                 m0 + row_local[mt][1] + diag_shift - n0 - col0};
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int r = e >> 1;
-          const int i = m0 + row_local[mt][r];
-          const int j = n0 + nt * 8 + (lane & 3) * 2 + (e & 1);
-          const int signed_dist = i + diag_shift - j;
+          const int r = e >> 1, col = nt * 8 + (e & 1);
           float unused;
-          float v = mod(s[mt][nt][e], abs(signed_dist), &unused);
-          if (masked && mask.hidden(signed_dist, j)) v = -INFINITY;
+          float v = mod(s[mt][nt][e], alibi_dist(row_offset[r], col), &unused);
+          if (masked && mask.hidden(row_offset[r] - col, n0 + col0 + col)) v = -INFINITY;
           s[mt][nt][e] = v;
         }
       }

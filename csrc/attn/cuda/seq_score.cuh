@@ -76,9 +76,11 @@ struct ScoreMod {
     return s;
   }
 
-  // Log2-domain score before masking; *tanh_out receives tanh(scale * acc / softcap) (for
-  // the backward's chain rule) when softcap is on.
-  __device__ __forceinline__ float operator()(float acc, int dist, float* tanh_out) const {
+  // Log2-domain score before masking, for a key at |distance| dist (an integer as a float:
+  // alibi_dist); *tanh_out receives tanh(scale * acc / softcap) (for the backward's chain
+  // rule) when softcap is on. Without slopes the ALiBi term is a multiply by 0: a branch
+  // here would duplicate the score loop and cost the 128-row tiles their registers.
+  __device__ __forceinline__ float operator()(float acc, float dist, float* tanh_out) const {
     float s;
     if (softcap) {
       const float t = softcap_tanh(acc * cap_in);
@@ -87,9 +89,18 @@ struct ScoreMod {
     } else {
       s = acc * scale_log2;
     }
-    return s - slope_log2 * static_cast<float>(dist);
+    return s - slope_log2 * dist;
   }
 };
+
+// A key's distance to a query row's diagonal, per tile: the kernels convert one integer per
+// (row, tile), row_offset = i + sk - sq - (the column's first key), to float; the element
+// `col` keys further on is then at signed distance row_offset - col (exact integers below
+// 2^24, as a direct int-to-float conversion would be), so ALiBi costs a subtraction and an
+// FMA per score instead of integer work and a conversion.
+__device__ __forceinline__ float alibi_dist(int row_offset, int col) {
+  return fabsf(static_cast<float>(row_offset) - static_cast<float>(col));
+}
 
 // visible_keys (attn_mask.h) as a test on one element, with no per-row state: key j is hidden
 // from query i when j - (i + sk - sq) lies outside [-window_left, right] (the bounds that are
