@@ -48,7 +48,8 @@ MUTATIONS = [
              "swz<kCols>(k0 + ((lane & 15) ^ 1), n0 + (lane >> 4) * 8)",
              ATTN_FAST, "max error"),
     Mutation("alibi_distance_off_by_one", "csrc/attn/cuda/seq_score.cuh",
-             "const int d = i + diag_shift - j;", "const int d = i + diag_shift - j + 1;",
+             "return fabsf(static_cast<float>(row_offset) - static_cast<float>(col));",
+             "return fabsf(static_cast<float>(row_offset) - static_cast<float>(col) + 1.f);",
              ATTN_FAST, "max error"),
     Mutation("dkdv_drops_cp_async_wait", "csrc/attn/cuda/attn_bwd_kernels.cuh",
              "  for (int it = 0; it < n_iters; ++it) {\n    cp_async_wait<kStages - 2>();\n",
@@ -72,6 +73,14 @@ MUTATIONS = [
              "  __syncthreads();  // scratch may still be read by the previous row_sum\n", "",
              NORM_FAST, "y: max error"),
 ]
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=lambda m: m.name)
+def test_mutation_target_is_in_the_tree(mutation):
+    """Fast guard for the slow test below: an edit that moves a mutation's text fails here,
+    in every run, not only where the slow tests run."""
+    assert (ROOT / mutation.path).read_text().count(mutation.old) == 1, \
+        f"{mutation.name}: the text to mutate moved; update MUTATIONS"
 
 
 @pytest.fixture(scope="module")
