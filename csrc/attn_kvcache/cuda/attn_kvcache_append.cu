@@ -30,10 +30,12 @@ __global__ void append_kernel(const AppendArgs a) {
     const int64_t pos = int64_t(a.cache_seqlens[b]) + t;
     if (pos < 0 || pos >= a.seqlen_cache) continue;  // the host checked; never write outside
     const AppendSide& s = is_v ? a.v : a.k;
+    const TensorStrides& from = s.src_strides;
+    const TensorStrides& to = s.cache_strides;
     const char* src = static_cast<const char*>(s.src) +
-                      (b * s.src_batch + t * s.src_row + hk * s.src_head) * a.elem_bytes;
+                      (b * from.batch + t * from.row + hk * from.head) * a.elem_bytes;
     char* dst = static_cast<char*>(s.cache) +
-                (b * s.cache_batch + pos * s.cache_row + hk * s.cache_head) * a.elem_bytes;
+                (b * to.batch + pos * to.row + hk * to.head) * a.elem_bytes;
     reinterpret_cast<Chunk*>(dst)[c] = reinterpret_cast<const Chunk*>(src)[c];
   }
 }

@@ -39,7 +39,8 @@ __global__ void __launch_bounds__(kWarps * 32) combine_kernel(const SplitKvArgs 
   const int64_t bh = row / a.seqlen_q;
   const int h = static_cast<int>(bh % a.heads);
   const int64_t b = bh / a.heads;
-  T* out = static_cast<T*>(a.out) + b * a.out_batch + int64_t(i) * a.out_row + int64_t(h) * a.out_head;
+  const TensorStrides& os = a.out_strides;
+  T* out = static_cast<T*>(a.out) + b * os.batch + int64_t(i) * os.row + int64_t(h) * os.head;
   for (int d = lane; d < a.head_dim; d += 32) {
     float o = 0.f;
     for (int s = 0; s < a.num_splits; ++s) {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "../../attn/attn_params.h"
 #include "../../common/host_device.h"
 
 namespace mpt_ext::attn_kvcache::cuda {
@@ -26,10 +27,7 @@ struct SplitKvArgs {
   const void* v;
   void* out;
   float* lse;
-  int64_t q_batch, q_row, q_head;
-  int64_t k_batch, k_row, k_head;
-  int64_t v_batch, v_row, v_head;
-  int64_t out_batch, out_row, out_head;
+  TensorStrides q_strides, k_strides, v_strides, out_strides;  // in elements
   int64_t lse_batch, lse_head;
   const int32_t* cache_seqlens;  // null: the whole cache is valid
   int seqlen_new;

@@ -123,10 +123,8 @@ void run_append(const AttnKVCacheParams& p, cudaStream_t stream) {
   const AttnFwdParams& f = p.fwd;
   const AttnShape& s = f.shape;
   attn_kvcache::cuda::AppendArgs a{};
-  a.k = {p.k_new, const_cast<void*>(f.k), p.k_new_strides.batch, p.k_new_strides.row,
-         p.k_new_strides.head, f.k_strides.batch, f.k_strides.row, f.k_strides.head};
-  a.v = {p.v_new, const_cast<void*>(f.v), p.v_new_strides.batch, p.v_new_strides.row,
-         p.v_new_strides.head, f.v_strides.batch, f.v_strides.row, f.v_strides.head};
+  a.k = {p.k_new, const_cast<void*>(f.k), p.k_new_strides, f.k_strides};
+  a.v = {p.v_new, const_cast<void*>(f.v), p.v_new_strides, f.v_strides};
   a.cache_seqlens = p.cache_seqlens;
   a.batch = static_cast<int>(s.batch);
   a.seqlen_new = static_cast<int>(p.seqlen_new);
@@ -149,18 +147,10 @@ attn_kvcache::cuda::SplitKvArgs split_kv_args(const AttnKVCacheParams& p, const 
   a.v = f.v;
   a.out = f.out;
   a.lse = f.lse;
-  a.q_batch = f.q_strides.batch;
-  a.q_row = f.q_strides.row;
-  a.q_head = f.q_strides.head;
-  a.k_batch = f.k_strides.batch;
-  a.k_row = f.k_strides.row;
-  a.k_head = f.k_strides.head;
-  a.v_batch = f.v_strides.batch;
-  a.v_row = f.v_strides.row;
-  a.v_head = f.v_strides.head;
-  a.out_batch = f.out_strides.batch;
-  a.out_row = f.out_strides.row;
-  a.out_head = f.out_strides.head;
+  a.q_strides = f.q_strides;
+  a.k_strides = f.k_strides;
+  a.v_strides = f.v_strides;
+  a.out_strides = f.out_strides;
   a.lse_batch = f.lse_batch_stride;
   a.lse_head = f.lse_head_stride;
   a.cache_seqlens = p.cache_seqlens;

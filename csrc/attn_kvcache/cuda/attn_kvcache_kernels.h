@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "../../attn/attn_params.h"
+
 namespace mpt_ext::attn_kvcache::cuda {
 
 struct SplitKvArgs;  // attn_kvcache_common.cuh
@@ -13,8 +15,8 @@ struct SplitKvArgs;  // attn_kvcache_common.cuh
 struct AppendSide {
   const void* src;  // k_new or v_new (batch, seqlen_new, heads_k, d)
   void* cache;      // (batch_cache, seqlen_cache, heads_k, d)
-  int64_t src_batch, src_row, src_head;  // strides in elements
-  int64_t cache_batch, cache_row, cache_head;
+  TensorStrides src_strides;  // in elements
+  TensorStrides cache_strides;
 };
 
 struct AppendArgs {

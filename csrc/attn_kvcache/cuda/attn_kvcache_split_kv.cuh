@@ -82,7 +82,8 @@ __global__ void __launch_bounds__(kThreads, RowBucket<kM>::kMinBlocksPerSm) spli
       }
     }
     row_slope[r] = (valid && a.slopes) ? a.slopes[b * a.slopes_batch_stride + h] * kLog2e : 0.f;
-    const int64_t q_off = b * a.q_batch + int64_t(i) * a.q_row + int64_t(h) * a.q_head + d0;
+    const int64_t q_off =
+        b * a.q_strides.batch + int64_t(i) * a.q_strides.row + int64_t(h) * a.q_strides.head + d0;
 #pragma unroll
     for (int e = 0; e < kVec; ++e) {
       q[r][e] = (valid && lane_active && d0 + e < a.head_dim)
@@ -113,11 +114,11 @@ __global__ void __launch_bounds__(kThreads, RowBucket<kM>::kMinBlocksPerSm) spli
   }
 
   const char* k_base = static_cast<const char*>(a.k) +
-                       (b * a.k_batch + int64_t(hk) * a.k_head + d0) * int64_t(sizeof(T));
+                       (b * a.k_strides.batch + int64_t(hk) * a.k_strides.head + d0) * int64_t(sizeof(T));
   const char* v_base = static_cast<const char*>(a.v) +
-                       (b * a.v_batch + int64_t(hk) * a.v_head + d0) * int64_t(sizeof(T));
-  const int64_t k_row_bytes = a.k_row * int64_t(sizeof(T));
-  const int64_t v_row_bytes = a.v_row * int64_t(sizeof(T));
+                       (b * a.v_strides.batch + int64_t(hk) * a.v_strides.head + d0) * int64_t(sizeof(T));
+  const int64_t k_row_bytes = a.k_strides.row * int64_t(sizeof(T));
+  const int64_t v_row_bytes = a.v_strides.row * int64_t(sizeof(T));
 
   // start/end are block-uniform, so every thread runs the same iterations (the shuffles
   // below need the whole warp).
@@ -256,7 +257,8 @@ __global__ void __launch_bounds__(kThreads, RowBucket<kM>::kMinBlocksPerSm) spli
     const int i = rg / a.group;
     const int h = hk * a.group + rg % a.group;
     if (a.num_splits == 1) {
-      out_ptr[b * a.out_batch + int64_t(i) * a.out_row + int64_t(h) * a.out_head + d] =
+      const TensorStrides& os = a.out_strides;
+      out_ptr[b * os.batch + int64_t(i) * os.row + int64_t(h) * os.head + d] =
           ElemOps<T>::from_float(o);
     } else {
       const int64_t row = (b * a.heads + h) * a.seqlen_q + i;
