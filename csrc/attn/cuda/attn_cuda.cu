@@ -84,19 +84,16 @@ void attn_fwd_cuda(const AttnFwdParams& p) {
 std::string attn_fwd_tiles_cuda() {
   std::string tiles;
   const auto add = [&](int bucket, const std::string& names) {
-    tiles += (tiles.empty() ? "" : ";") + std::to_string(bucket) + ":";
-    for (char c : names) {
-      if (c != ' ') tiles += c;
-    }
+    tiles += (tiles.empty() ? "" : ";") + std::to_string(bucket) + ":" + names;
   };
 #if MPT_ATTN_HDIM_64
-  add(64, attn::cuda::fwd_tile_names<64>());
+  add(64, attn::cuda::fwd_tile_names<64>(","));
 #endif
 #if MPT_ATTN_HDIM_128
-  add(128, attn::cuda::fwd_tile_names<128>());
+  add(128, attn::cuda::fwd_tile_names<128>(","));
 #endif
 #if MPT_ATTN_HDIM_256
-  add(256, attn::cuda::fwd_tile_names<256>());
+  add(256, attn::cuda::fwd_tile_names<256>(","));
 #endif
   return tiles;
 }

@@ -55,16 +55,16 @@ void launch_attn_fwd(const AttnFwdParams& p) {
   check_launch("attn_fwd_kernel", static_cast<cudaStream_t>(p.stream));
 }
 
-// The bucket's tiles, default first, as "64x64, 128x32, ...".
+// The bucket's tiles, default first, joined by sep: "64x64, 128x32, ...".
 template <int kD, typename... Cfgs>
-std::string fwd_tile_names(FwdConfigList<Cfgs...>) {
+std::string fwd_tile_names(const char* sep, FwdConfigList<Cfgs...>) {
   std::string names = fwd_tile_of<FwdConfigFor<kD>>().name();
-  ((names += ", " + fwd_tile_of<Cfgs>().name()), ...);
+  ((names += sep + fwd_tile_of<Cfgs>().name()), ...);
   return names;
 }
 template <int kD>
-std::string fwd_tile_names() {
-  return fwd_tile_names<kD>(typename FwdTileVariants<kD>::type{});
+std::string fwd_tile_names(const char* sep = ", ") {
+  return fwd_tile_names<kD>(sep, typename FwdTileVariants<kD>::type{});
 }
 
 template <typename T, typename... Cfgs>
