@@ -57,7 +57,10 @@ MUTATIONS = [
     Mutation("dslopes_reduce_skips_first_partial", "csrc/attn/cuda/attn_bwd_prep.cu",
              "for (int n = 0; n < parts; ++n) sum += row[n];",
              "for (int n = 1; n < parts; ++n) sum += row[n];",
-             ATTN_FAST, "dslopes: max error"),
+             # not ATTN_FAST: under its causal mask the first partial (query rows 0..15, keys
+             # at distance <= 15) was at times inside the 2x-PyTorch tolerance
+             "tests/test_attention_emulated.py::test_dslopes_emulated_fp32_accurate",
+             "the fp32 bound"),
     Mutation("dslopes_with_the_outputs_delta", "csrc/attn/cuda/attn_bwd_kernels.cuh",
              "return quad_sum(ds_dist) - quad_sum(ds) * quad_sum(p_dist);",
              "return quad_sum(ds_dist);",
