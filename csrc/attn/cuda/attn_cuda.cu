@@ -1,6 +1,7 @@
 // CUDA attention entry points: validate what the kernels assume, pick the head-dim bucket
 // and element type, and call the instantiated launcher. Backward workspace sizing lives
-// here too so that query and use can never disagree.
+// here too so that query and use can never disagree. Only the launchers' declarations are
+// included (instantiations.h): the kernels compile in instantiations/, once.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -10,7 +11,6 @@
 
 #include "../attn.h"
 #include "attn_bwd_workspace.h"
-#include "attn_fwd_launch.cuh"
 #include "hdims.cuh"
 #include "instantiations.h"
 
@@ -79,23 +79,6 @@ void attn_fwd_cuda(const AttnFwdParams& p) {
   dispatch(p.dtype, head_dim_bucket(p.shape.head_dim), [&](auto t, auto d) {
     attn::cuda::run_attn_fwd<decltype(t), decltype(d)::value>(p);
   });
-}
-
-std::string attn_fwd_tiles_cuda() {
-  std::string tiles;
-  const auto add = [&](int bucket, const std::string& names) {
-    tiles += (tiles.empty() ? "" : ";") + std::to_string(bucket) + ":" + names;
-  };
-#if MPT_ATTN_HDIM_64
-  add(64, attn::cuda::fwd_tile_names<64>(","));
-#endif
-#if MPT_ATTN_HDIM_128
-  add(128, attn::cuda::fwd_tile_names<128>(","));
-#endif
-#if MPT_ATTN_HDIM_256
-  add(256, attn::cuda::fwd_tile_names<256>(","));
-#endif
-  return tiles;
 }
 
 int64_t attn_bwd_workspace_bytes_cuda(const AttnBwdParams& p) {
