@@ -7,6 +7,7 @@
 from ._library import CUDA_ATTN, CUDA_ATTN_KVCACHE, CUDA_FAMILIES, CUDA_NORM, WITH_CUDA
 from .attention import (
     alibi_slopes,
+    check_device_input_errors,
     flash_attn_func,
     flash_attn_varlen_func,
     flash_attn_with_kvcache,
@@ -22,6 +23,7 @@ __all__ = [
     "flash_attn_varlen_func",
     "flash_attn_with_kvcache",
     "alibi_slopes",
+    "check_device_input_errors",
     "layer_norm",
     "rms_norm",
     "nn",

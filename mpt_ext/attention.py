@@ -19,6 +19,7 @@ __all__ = [
     "flash_attn_varlen_func",
     "flash_attn_with_kvcache",
     "alibi_slopes",
+    "check_device_input_errors",
 ]
 
 
@@ -298,3 +299,24 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None,
                                     _scale(softmax_scale, q.shape[-1]), _flag("causal", causal),
                                     wl, wr, _float("softcap", softcap), num_splits)
     return (out, lse) if _flag("return_softmax_lse", return_softmax_lse) else out
+
+
+def check_device_input_errors(device=None) -> None:
+    """Raise now the ValueError a CUDA kernel noted for a bad cu_seqlens or cache_seqlens.
+
+    On CUDA the ops never read those tensors on the host: that would synchronise the stream
+    on every varlen call and every decode step, and cannot happen inside CUDA graph capture.
+    Their kernels check each sequence instead, run a bad one as empty (nothing is read or
+    written out of bounds) and note it; the next mpt_ext attention call on that device raises.
+    This synchronises `device` (default: the current CUDA device) and raises at once. On the
+    CPU the ops check on the host and raise in the call itself, so there is nothing to do."""
+    if device is None:
+        if not torch.cuda.is_available():
+            return
+        device = torch.device("cuda", torch.cuda.current_device())
+    device = torch.device(device)
+    if device.type != "cuda":
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch.cuda.synchronize(index)
+    ops.raise_device_input_errors(index)

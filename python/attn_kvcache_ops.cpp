@@ -59,7 +59,6 @@ std::tuple<at::Tensor, at::Tensor> attn_kvcache(
   }
   TORCH_CHECK_VALUE(k_cache.size(0) >= q.size(0), "k_cache must hold at least batch = ", q.size(0),
                     " sequences, got ", k_cache.size(0));
-  at::Tensor seqlens_host;
   if (cache_seqlens.has_value()) {
     const at::Tensor& cs = *cache_seqlens;
     TORCH_CHECK_TYPE(cs.scalar_type() == at::kInt, "cache_seqlens must be int32, got ",
@@ -69,13 +68,16 @@ std::tuple<at::Tensor, at::Tensor> attn_kvcache(
                       "cache_seqlens must have shape (batch,) = (", q.size(0), ",), got ",
                       cs.sizes());
     TORCH_CHECK_VALUE(cs.is_contiguous(), "cache_seqlens must be contiguous");
-    // Host check: an append past the end of the cache would write out of bounds.
-    seqlens_host = cs.to(at::kCPU).contiguous();
-    const int32_t* c = seqlens_host.data_ptr<int32_t>();
-    for (int64_t b = 0; b < cs.size(0); ++b) {
-      TORCH_CHECK_VALUE(c[b] >= 0 && int64_t(c[b]) + kp.seqlen_new <= k_cache.size(1),
-                        "cache_seqlens[", b, "] = ", c[b], " plus ", kp.seqlen_new,
-                        " new keys does not fit in the cache of ", k_cache.size(1), " positions");
+    // An append past the end of the cache would write out of bounds. The CUDA kernels check
+    // each length themselves (reading them here would sync every decode step).
+    if (!Kernels::kSeqlensOnDevice) {
+      const int32_t* c = cs.data_ptr<int32_t>();
+      for (int64_t b = 0; b < cs.size(0); ++b) {
+        TORCH_CHECK_VALUE(c[b] >= 0 && int64_t(c[b]) + kp.seqlen_new <= k_cache.size(1),
+                          "cache_seqlens[", b, "] = ", c[b], " plus ", kp.seqlen_new,
+                          " new keys does not fit in the cache of ", k_cache.size(1),
+                          " positions");
+      }
     }
     kp.cache_seqlens = cs.data_ptr<int32_t>();
   } else {
@@ -100,14 +102,17 @@ std::tuple<at::Tensor, at::Tensor> attn_kvcache(
   return {out, lse};
 }
 
-// The kernels each device runs.
+// The kernels each device runs. kSeqlensOnDevice: the kernels check cache_seqlens' values
+// themselves (csrc/common/device_input_errors.h).
 struct KVCacheCpu {
+  static constexpr bool kSeqlensOnDevice = false;
   static void run(const AttnKVCacheParams& p) { attn_kvcache_cpu(p); }
   static int64_t workspace_bytes(const AttnKVCacheParams&) { return 0; }
 };
 
 #ifdef MPT_EXT_CUDA_ATTN_KVCACHE
 struct KVCacheCuda {
+  static constexpr bool kSeqlensOnDevice = true;
   static void run(const AttnKVCacheParams& p) { attn_kvcache_cuda(p); }
   static int64_t workspace_bytes(const AttnKVCacheParams& p) {
     return attn_kvcache_workspace_bytes_cuda(p);
@@ -115,6 +120,7 @@ struct KVCacheCuda {
 };
 #else
 struct KVCacheCuda {  // the family is not enabled in this build
+  static constexpr bool kSeqlensOnDevice = true;
   static void run(const AttnKVCacheParams&) {
     cuda_family_not_enabled("attn_kvcache", "flash_attn_with_kvcache");
   }

@@ -19,19 +19,25 @@ namespace mpt_ext {
 namespace {
 
 // cu_seqlens: int32 (batch + 1) on q's device, starting at 0, non-decreasing, each length
-// <= max_seqlen, last <= total. Checked on the host: a bad one would index out of bounds.
+// <= max_seqlen, last <= total. Its type, device and shape are checked here; its values on the
+// host by the CPU kernels' path (check_cu_seqlens_values) and on the device by the CUDA
+// kernels (csrc/common/device_input_errors.h), so that a CUDA call never syncs.
+void check_cu_seqlens_tensor(const at::Tensor& cu, const char* name, const at::Tensor& q) {
+  TORCH_CHECK_TYPE(cu.scalar_type() == at::kInt, name, " must be int32, got ", cu.scalar_type());
+  check_same_device(cu, name, q, "q");
+  TORCH_CHECK_VALUE(cu.dim() == 1 && cu.size(0) >= 1, name,
+                    " must be 1-D of size batch + 1, got shape ", cu.sizes());
+}
+
 struct CuSeqlensInfo {
   int64_t last = 0;     // cu[-1]: the number of rows the sequences cover
   int64_t max_len = 0;  // the longest sequence: the kernels' real max_seqlen
 };
 
-CuSeqlensInfo check_cu_seqlens(const at::Tensor& cu, const char* name, const at::Tensor& q,
-                               int64_t total, int64_t max_seqlen, const char* max_name) {
-  TORCH_CHECK_TYPE(cu.scalar_type() == at::kInt, name, " must be int32, got ", cu.scalar_type());
-  check_same_device(cu, name, q, "q");
-  TORCH_CHECK_VALUE(cu.dim() == 1 && cu.size(0) >= 1, name,
-                    " must be 1-D of size batch + 1, got shape ", cu.sizes());
-  const at::Tensor host = cu.is_cpu() ? cu.contiguous() : cu.to(at::kCPU).contiguous();
+// A bad value would index out of bounds: every one is checked (cu on the CPU, no sync).
+CuSeqlensInfo check_cu_seqlens_values(const at::Tensor& cu, const char* name, int64_t total,
+                                      int64_t max_seqlen, const char* max_name) {
+  const at::Tensor host = cu.contiguous();
   const int32_t* c = host.data_ptr<int32_t>();
   TORCH_CHECK_VALUE(c[0] == 0, name, "[0] must be 0, got ", c[0]);
   CuSeqlensInfo info;
@@ -60,16 +66,19 @@ struct Prepared {
   at::Tensor cu_q, cu_k;
   // Varlen rows past cu_seqlens[-1] belong to no sequence: the kernels never touch them, so
   // their outputs and gradients are filled here (out 0, lse -inf, grads 0), not left as garbage.
+  // (The CUDA kernels find and fill them on the device: these stay false there.)
   bool uncovered_q = false, uncovered_k = false;
   std::optional<at::Tensor> slopes;
 };
 
+// seqlens_on_device: the kernels check cu_seqlens' values themselves (CUDA), so nothing here
+// reads them.
 Prepared prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const std::optional<at::Tensor>& cu_seqlens_q,
                      const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
                      int64_t max_seqlen_k, const std::optional<at::Tensor>& alibi_slopes,
                      double softmax_scale, bool causal, int64_t window_left,
-                     int64_t window_right, double softcap) {
+                     int64_t window_right, double softcap, bool seqlens_on_device) {
   TORCH_CHECK_VALUE(cu_seqlens_q.has_value() == cu_seqlens_k.has_value(),
                     "cu_seqlens_q and cu_seqlens_k must be given together");
   Prepared r;
@@ -85,21 +94,32 @@ Prepared prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     TORCH_CHECK_VALUE(max_seqlen_q >= 0 && max_seqlen_k >= 0,
                       "max_seqlen_q and max_seqlen_k must be >= 0, got ", max_seqlen_q, " and ",
                       max_seqlen_k);
-    const CuSeqlensInfo info_q = check_cu_seqlens(*cu_seqlens_q, "cu_seqlens_q", q, q.size(0),
-                                                  max_seqlen_q, "max_seqlen_q");
-    const CuSeqlensInfo info_k = check_cu_seqlens(*cu_seqlens_k, "cu_seqlens_k", q, k.size(0),
-                                                  max_seqlen_k, "max_seqlen_k");
-    r.uncovered_q = info_q.last < q.size(0);
-    r.uncovered_k = info_k.last < k.size(0);
+    check_cu_seqlens_tensor(*cu_seqlens_q, "cu_seqlens_q", q);
+    check_cu_seqlens_tensor(*cu_seqlens_k, "cu_seqlens_k", q);
     TORCH_CHECK_VALUE(cu_seqlens_q->size(0) == cu_seqlens_k->size(0),
                       "cu_seqlens_q and cu_seqlens_k must have the same size (batch + 1), got ",
                       cu_seqlens_q->size(0), " and ", cu_seqlens_k->size(0));
     s.batch = cu_seqlens_q->size(0) - 1;
-    // max_seqlen is only an upper bound (callers pass the padded length, or anything larger):
-    // the kernels get the real longest sequence, so their work (a task per block of
-    // max_seqlen_q rows, per batch and head) is bounded by the tokens, not by the hint.
-    s.seqlen_q = info_q.max_len;
-    s.seqlen_k = info_k.max_len;
+    s.total_q = q.size(0);
+    s.total_k = k.size(0);
+    if (seqlens_on_device) {
+      // max_seqlen is an upper bound; no sequence is longer than the tensor. The grid has a
+      // block row per max_seqlen_q rows: blocks past a sequence's end return at once.
+      s.seqlen_q = std::min(max_seqlen_q, s.total_q);
+      s.seqlen_k = std::min(max_seqlen_k, s.total_k);
+    } else {
+      const CuSeqlensInfo info_q = check_cu_seqlens_values(*cu_seqlens_q, "cu_seqlens_q",
+                                                           s.total_q, max_seqlen_q, "max_seqlen_q");
+      const CuSeqlensInfo info_k = check_cu_seqlens_values(*cu_seqlens_k, "cu_seqlens_k",
+                                                           s.total_k, max_seqlen_k, "max_seqlen_k");
+      r.uncovered_q = info_q.last < s.total_q;
+      r.uncovered_k = info_k.last < s.total_k;
+      // max_seqlen is only an upper bound (callers pass the padded length, or anything
+      // larger): the CPU kernels get the real longest sequence, so their work (a task per
+      // block of max_seqlen_q rows, per batch and head) is bounded by the tokens.
+      s.seqlen_q = info_q.max_len;
+      s.seqlen_k = info_k.max_len;
+    }
     r.cu_q = cu_seqlens_q->contiguous();
     r.cu_k = cu_seqlens_k->contiguous();
     s.cu_seqlens_q = r.cu_q.data_ptr<int32_t>();
@@ -125,7 +145,8 @@ std::tuple<at::Tensor, at::Tensor> attn_fwd(
     bool deterministic) {
   c10::DeviceGuard guard(q.device());
   Prepared r = prepare_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                           alibi_slopes, softmax_scale, causal, window_left, window_right, softcap);
+                           alibi_slopes, softmax_scale, causal, window_left, window_right, softcap,
+                           Kernels::kSeqlensOnDevice);
   at::Tensor out = at::empty_like(q, at::MemoryFormat::Contiguous);
   at::Tensor lse = at::empty(lse_shape(q, r.p.shape, r.varlen), q.options().dtype(at::kFloat));
   set_out(r.p, out, lse, r.varlen);
@@ -153,7 +174,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_bwd(
       alibi_slopes.has_value() ? std::optional<at::Tensor>(alibi_slopes->contiguous())
                                : std::nullopt;
   Prepared r = prepare_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                           slopes, softmax_scale, causal, window_left, window_right, softcap);
+                           slopes, softmax_scale, causal, window_left, window_right, softcap,
+                           Kernels::kSeqlensOnDevice);
   TORCH_CHECK_VALUE(dout.sizes() == q.sizes(), "dout must have q's shape ", q.sizes(), ", got ",
                     dout.sizes());
   TORCH_CHECK_VALUE(out.sizes() == q.sizes(), "out must have q's shape ", q.sizes(), ", got ",
@@ -211,8 +233,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_bwd(
   return {dq, dk, dv, dslopes};
 }
 
-// The kernels each device runs.
+// The kernels each device runs. kSeqlensOnDevice: the kernels check cu_seqlens' values
+// themselves (the host reading them would sync the stream).
 struct AttnCpu {
+  static constexpr bool kSeqlensOnDevice = false;
   static void fwd(const AttnFwdParams& p) { attn_fwd_cpu(p); }
   static void bwd(const AttnBwdParams& p) { attn_bwd_cpu(p); }
   static int64_t bwd_workspace_bytes(const AttnBwdParams&) { return 0; }
@@ -220,6 +244,7 @@ struct AttnCpu {
 
 #ifdef MPT_EXT_CUDA_ATTN
 struct AttnCuda {
+  static constexpr bool kSeqlensOnDevice = true;
   static void fwd(const AttnFwdParams& p) { attn_fwd_cuda(p); }
   static void bwd(const AttnBwdParams& p) { attn_bwd_cuda(p); }
   static int64_t bwd_workspace_bytes(const AttnBwdParams& p) {
@@ -228,6 +253,7 @@ struct AttnCuda {
 };
 #else
 struct AttnCuda {  // the family is not enabled in this build
+  static constexpr bool kSeqlensOnDevice = true;
   static void fwd(const AttnFwdParams&) {
     cuda_family_not_enabled("attn", "flash_attn_func / flash_attn_varlen_func");
   }

@@ -19,12 +19,15 @@
 // MPT_EXT_CUDA_EMULATION) compiles the CUDA kernels for the CPU and registers the bodies with
 // them alone, under the CPU key of its own namespace, mpt_ext_emu (loadable beside mpt_ext):
 // CPU tensors in, the CUDA kernels' code run. register_ops<Kernels>(m) m.impl()s a family's ops.
+// MPT_EXT_OPS_ANY_DEVICE(m) registers ops that take no tensor (CompositeExplicitAutograd).
 #ifdef MPT_EXT_CUDA_EMULATION
 #define MPT_EXT_OPS_LIBRARY(m) TORCH_LIBRARY(mpt_ext_emu, m)
+#define MPT_EXT_OPS_ANY_DEVICE(m) TORCH_LIBRARY_IMPL(mpt_ext_emu, CompositeExplicitAutograd, m)
 #define MPT_EXT_REGISTER_DEVICES(register_ops, CpuKernels, CudaKernels) \
   TORCH_LIBRARY_IMPL(mpt_ext_emu, CPU, m) { register_ops<CudaKernels>(m); }
 #else
 #define MPT_EXT_OPS_LIBRARY(m) TORCH_LIBRARY(mpt_ext, m)
+#define MPT_EXT_OPS_ANY_DEVICE(m) TORCH_LIBRARY_IMPL(mpt_ext, CompositeExplicitAutograd, m)
 #define MPT_EXT_REGISTER_DEVICES(register_ops, CpuKernels, CudaKernels) \
   TORCH_LIBRARY_IMPL(mpt_ext, CPU, m) { register_ops<CpuKernels>(m); }  \
   TORCH_LIBRARY_IMPL(mpt_ext, CUDA, m) { register_ops<CudaKernels>(m); }

@@ -22,6 +22,9 @@ MPT_EXT_OPS_LIBRARY(m) {
       "Tensor? cache_seqlens, Tensor? alibi_slopes, float softmax_scale, bool causal, "
       "int window_left, int window_right, float softcap, int num_splits) "
       "-> (Tensor out, Tensor lse)");
+  // A bad cu_seqlens / cache_seqlens the CUDA kernels noted on `device` since the last check
+  // (csrc/common/device_input_errors.h), raised as a ValueError; the caller synchronises first.
+  m.def("raise_device_input_errors(int device) -> ()");
   m.def(
       "norm_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, float eps, "
       "bool is_rms) -> (Tensor y, Tensor residual_out, Tensor mean, Tensor rstd)");

@@ -23,6 +23,7 @@ ROOT = emulation.ROOT
 ATTN_FAST = "tests/test_attention_emulated.py::test_attention_emulated[d64_causal_alibi_gqa]"
 KVCACHE_FAST = "tests/test_attention_kvcache_emulated.py::test_kvcache_emulated[decode_gqa_splits3]"
 NORM_FAST = "tests/test_norm_emulated.py::test_norm_emulated[scalar_multi_warp]"
+SEQLENS_ON_DEVICE = "tests/test_seqlens_on_device_emulated.py::"
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,18 @@ MUTATIONS = [
              "for (int s = 0; s < a.num_splits; ++s) {",
              "for (int s = 1; s < a.num_splits; ++s) {", KVCACHE_FAST,
              "out: max error"),
+    Mutation("varlen_bad_sequence_used_unchecked", "csrc/attn/cuda/seq_score.cuh",
+             "    if (q_ok && k_ok) {", "    if (true) {",
+             SEQLENS_ON_DEVICE + "test_bad_cu_seqlens_run_as_empty_and_are_reported[q_longer_than_max]",
+             "DID NOT RAISE"),
+    Mutation("varlen_tail_left_unfilled", "csrc/attn/cuda/attn_varlen_tail.cu",
+             "static_cast<uint16_t*>(t.data)[off] = 0;", "(void)off;",
+             SEQLENS_ON_DEVICE + "test_uncovered_rows_are_filled_on_the_device",
+             r"assert torch\.equal\(out\[7:\]"),
+    Mutation("decode_cache_length_used_unchecked", "csrc/attn_kvcache/cuda/attn_kvcache_split_kv.cuh",
+             "seqlen_k = fits ? cached + a.seqlen_new : 0;", "seqlen_k = cached + a.seqlen_new;",
+             SEQLENS_ON_DEVICE + "test_bad_cache_seqlens_attend_to_nothing_and_are_reported[no_room]",
+             r"assert torch\.equal\(out\[1\]"),
     Mutation("norm_row_sum_drops_barrier", "csrc/norm/cuda/norm_cuda_common.cuh",
              "  __syncthreads();  // scratch may still be read by the previous row_sum\n", "",
              NORM_FAST, "y: max error"),

@@ -19,13 +19,18 @@ namespace mpt_ext {
 
 struct AttnShape {
   int64_t batch = 0;
-  int64_t seqlen_q = 0;  // batched: the length; varlen: max_seqlen_q
-  int64_t seqlen_k = 0;  // batched: the length; varlen: max_seqlen_k
+  int64_t seqlen_q = 0;  // batched: the length; varlen: an upper bound (max_seqlen_q)
+  int64_t seqlen_k = 0;  // batched: the length; varlen: an upper bound (max_seqlen_k)
   int64_t num_heads = 0;
   int64_t num_heads_k = 0;  // num_heads % num_heads_k == 0 (GQA / MQA)
   int64_t head_dim = 0;
   const int32_t* cu_seqlens_q = nullptr;  // (batch + 1), device of q; null when batched
   const int32_t* cu_seqlens_k = nullptr;
+  int64_t total_q = 0;  // varlen: rows of q and k, the bound every cu_seqlens value must keep
+  int64_t total_k = 0;
+  // CUDA varlen: the host never reads cu_seqlens; the kernels check each sequence and note a
+  // bad one here (../common/device_input_errors.h). Null on the CPU, which checks on the host.
+  int32_t* input_errors = nullptr;
 };
 
 struct AttnMaskParams {

@@ -16,6 +16,7 @@
 #include <string>
 #include <tuple>
 
+#include "device_input_errors.h"
 #include "host_device.h"
 
 namespace mpt_ext {
@@ -45,15 +46,20 @@ inline bool sync_after_launch() {
   return on;
 }
 
+inline int current_device();
+
 // After every kernel launch: surfaces a bad launch configuration (and, under
-// MPT_EXT_CUDA_SYNC, any fault the kernel hit) as an exception naming the kernel.
+// MPT_EXT_CUDA_SYNC, any fault the kernel hit and any bad sequence length it noted) as an
+// exception naming the kernel.
 inline void check_launch(const char* kernel, cudaStream_t stream) {
   cudaError_t e = cudaGetLastError();
-  if (e == cudaSuccess && sync_after_launch()) e = cudaStreamSynchronize(stream);
+  const bool synced = e == cudaSuccess && sync_after_launch();
+  if (synced) e = cudaStreamSynchronize(stream);
   if (e != cudaSuccess) {
     throw std::runtime_error(std::string("mpt_ext: CUDA kernel ") + kernel + " failed: " +
                              cudaGetErrorString(e));
   }
+  if (synced) raise_input_errors(current_device());
 }
 
 inline void check_cuda(cudaError_t e, const char* what) {

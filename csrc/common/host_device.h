@@ -5,8 +5,10 @@
 
 #if defined(__CUDACC__)
 #define MPT_HOST_DEVICE __host__ __device__ __forceinline__
+#define MPT_NOINLINE __noinline__
 #else
 #define MPT_HOST_DEVICE inline
+#define MPT_NOINLINE __attribute__((noinline))  // g++ (the emulation build) has no __noinline__
 #endif
 
 namespace mpt_ext {

@@ -28,6 +28,8 @@
   ::cuda_emu::runtime::cudaOccupancyMaxActiveBlocksPerMultiprocessor
 #define cudaMemsetAsync ::cuda_emu::runtime::cudaMemsetAsync
 #define cudaStreamSynchronize ::cuda_emu::runtime::cudaStreamSynchronize
+#define cudaHostAlloc ::cuda_emu::runtime::cudaHostAlloc
+#define cudaHostGetDevicePointer ::cuda_emu::runtime::cudaHostGetDevicePointer
 
 // ---- keywords and built-in variables --------------------------------------------------------
 // Static __shared__ variables are shared by all fibers of a block (blocks run one at a time);

@@ -3,6 +3,7 @@
 // host memory (every "device" pointer in the emulation build is a CPU tensor's).
 #include "emu_cuda_runtime.h"
 
+#include <cstdlib>
 #include <cstring>
 
 #include "emu_runtime.h"
@@ -55,5 +56,17 @@ cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t) {
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+
+// Pinned host memory is host memory; mapped, the device sees it at the same address (UVA).
+cudaError_t cudaHostAlloc(void** ptr, size_t size, unsigned int) {
+  *ptr = std::calloc(size == 0 ? 1 : size, 1);
+  return *ptr != nullptr ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+
+cudaError_t cudaHostGetDevicePointer(void** device_ptr, void* host_ptr, unsigned int flags) {
+  if (flags != 0 || host_ptr == nullptr) return cudaErrorInvalidValue;
+  *device_ptr = host_ptr;
+  return cudaSuccess;
+}
 
 }  // namespace cuda_emu::runtime

@@ -4,7 +4,8 @@
 //   dsum  [H][rows]        D_i = dot(dO_i, O_i)
 //   dslope[B][H][parts]    per dQ warp partial d(slope) sums (parts = query blocks x warps),
 //                          reduced in a fixed order
-// rows = batch * seqlen_q bounds every row index: batched b * sq + i, varlen cu_seqlens_q[b] + i.
+// rows bounds every row index: batched b * sq + i (rows = batch * seqlen_q), varlen
+// cu_seqlens_q[b] + i (rows = total_q: the kernels run a sequence past it as empty).
 #pragma once
 
 #include <cstdint>
@@ -28,7 +29,7 @@ struct BwdWorkspaceLayout {
 inline BwdWorkspaceLayout bwd_workspace_layout(const AttnBwdParams& p) {
   const AttnShape& s = p.fwd.shape;
   BwdWorkspaceLayout w;
-  w.rows = s.batch * s.seqlen_q;
+  w.rows = s.cu_seqlens_q != nullptr ? s.total_q : s.batch * s.seqlen_q;
   w.dslope_parts = (s.seqlen_q + kBwdDqBlockM - 1) / kBwdDqBlockM * kBwdDqWarps;
   const int64_t per_row = s.num_heads * w.rows;
   w.lse2_offset = 0;

@@ -10,7 +10,10 @@
 #include <type_traits>
 
 #include "../attn.h"
+#include "../../common/cuda_host.h"
+#include "../../common/device_input_errors.h"
 #include "attn_bwd_workspace.h"
+#include "attn_varlen_tail.h"
 #include "hdims.cuh"
 #include "instantiations.h"
 
@@ -71,12 +74,34 @@ void dispatch(DType dtype, int bucket, F&& f) {
   return with_type(__half{});
 }
 
+// Varlen: the host never reads cu_seqlens. A bad sequence an earlier call's kernels noted is
+// raised here; this call's kernels note theirs in the words the params now point at.
+AttnShape checked_on_device(const AttnShape& s) {
+  raise_input_errors(current_device());
+  AttnShape c = s;
+  if (s.cu_seqlens_q != nullptr) c.input_errors = input_error_words();
+  return c;
+}
+
+cudaStream_t stream_of(const AttnFwdParams& p) { return static_cast<cudaStream_t>(p.stream); }
+
 }  // namespace
 
-void attn_fwd_cuda(const AttnFwdParams& p) {
-  check_dtype(p.dtype);
-  check_heads(p.shape);
-  dispatch(p.dtype, head_dim_bucket(p.shape.head_dim), [&](auto t, auto d) {
+void attn_fwd_cuda(const AttnFwdParams& params) {
+  check_dtype(params.dtype);
+  check_heads(params.shape);
+  AttnFwdParams p = params;
+  p.shape = checked_on_device(params.shape);
+  const AttnShape& s = p.shape;
+  if (s.cu_seqlens_q != nullptr) {
+    const attn::cuda::VarlenTail tails[] = {
+        attn::cuda::varlen_tail_rows(p.out, p.out_strides, s.cu_seqlens_q, s.batch, s.total_q,
+                                     s.num_heads, s.head_dim),
+        attn::cuda::varlen_tail_lse(p.lse, s.cu_seqlens_q, s.batch, s.total_q, s.num_heads,
+                                    p.lse_head_stride)};
+    attn::cuda::launch_varlen_tails(tails, 2, stream_of(p));
+  }
+  dispatch(p.dtype, head_dim_bucket(s.head_dim), [&](auto t, auto d) {
     attn::cuda::run_attn_fwd<decltype(t), decltype(d)::value>(p);
   });
 }
@@ -85,12 +110,25 @@ int64_t attn_bwd_workspace_bytes_cuda(const AttnBwdParams& p) {
   return attn::cuda::bwd_workspace_layout(p).total_bytes;
 }
 
-void attn_bwd_cuda(const AttnBwdParams& p) {
-  check_dtype(p.fwd.dtype);
-  check_heads(p.fwd.shape);
-  const int bucket = head_dim_bucket(p.fwd.shape.head_dim);
-  if (p.workspace_bytes < attn::cuda::bwd_workspace_layout(p).total_bytes) {
+void attn_bwd_cuda(const AttnBwdParams& params) {
+  check_dtype(params.fwd.dtype);
+  check_heads(params.fwd.shape);
+  const int bucket = head_dim_bucket(params.fwd.shape.head_dim);
+  if (params.workspace_bytes < attn::cuda::bwd_workspace_layout(params).total_bytes) {
     throw std::invalid_argument("mpt_ext attention (CUDA): backward workspace too small");
+  }
+  AttnBwdParams p = params;
+  p.fwd.shape = checked_on_device(params.fwd.shape);
+  const AttnShape& s = p.fwd.shape;
+  if (s.cu_seqlens_q != nullptr) {
+    const attn::cuda::VarlenTail tails[] = {
+        attn::cuda::varlen_tail_rows(p.dq, p.dq_strides, s.cu_seqlens_q, s.batch, s.total_q,
+                                     s.num_heads, s.head_dim),
+        attn::cuda::varlen_tail_rows(p.dk, p.dk_strides, s.cu_seqlens_k, s.batch, s.total_k,
+                                     s.num_heads_k, s.head_dim),
+        attn::cuda::varlen_tail_rows(p.dv, p.dv_strides, s.cu_seqlens_k, s.batch, s.total_k,
+                                     s.num_heads_k, s.head_dim)};
+    attn::cuda::launch_varlen_tails(tails, 3, stream_of(p.fwd));
   }
   dispatch(p.fwd.dtype, bucket, [&](auto t, auto d) {
     attn::cuda::run_attn_bwd<decltype(t), decltype(d)::value>(p);

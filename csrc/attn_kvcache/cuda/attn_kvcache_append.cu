@@ -27,8 +27,14 @@ __global__ void append_kernel(const AppendArgs a) {
     rest /= a.heads_k;
     const int64_t t = rest % a.seqlen_new;
     const int64_t b = rest / a.seqlen_new;
-    const int64_t pos = int64_t(a.cache_seqlens[b]) + t;
-    if (pos < 0 || pos >= a.seqlen_cache) continue;  // the host checked; never write outside
+    const int64_t cached = a.cache_seqlens[b];
+    if (!cache_len_fits(cached, a.seqlen_new, a.seqlen_cache)) {  // never write outside
+      if (t == 0 && hk == 0 && c == 0 && !is_v) {
+        note_bad_sequence(a.input_errors, SeqlensArg::kCacheSeqlens, b);
+      }
+      continue;
+    }
+    const int64_t pos = cached + t;
     const AppendSide& s = is_v ? a.v : a.k;
     const TensorStrides& from = s.src_strides;
     const TensorStrides& to = s.cache_strides;

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "../../attn/attn_params.h"
+#include "../../common/device_input_errors.h"
 #include "../../common/host_device.h"
 
 namespace mpt_ext::attn_kvcache::cuda {
@@ -30,6 +31,7 @@ struct SplitKvArgs {
   TensorStrides q_strides, k_strides, v_strides, out_strides;  // in elements
   int64_t lse_batch, lse_head;
   const int32_t* cache_seqlens;  // null: the whole cache is valid
+  int32_t* input_errors;         // where a cache_seqlens that does not fit is noted
   int seqlen_new;
   int seqlen_cache;
   int seqlen_q;
@@ -52,6 +54,13 @@ struct SplitKvArgs {
   float* partial_lse;
   int64_t rows;  // batch * heads * seqlen_q
 };
+
+// The host never reads cache_seqlens (device_input_errors.h): sequence b's length is used
+// only when it and its new keys fit the cache; otherwise the sequence gets no append, attends
+// to no key, and is noted.
+MPT_HOST_DEVICE bool cache_len_fits(int64_t cached, int64_t seqlen_new, int64_t seqlen_cache) {
+  return cached >= 0 && cached + seqlen_new <= seqlen_cache;
+}
 
 template <typename T>
 struct ElemOps;

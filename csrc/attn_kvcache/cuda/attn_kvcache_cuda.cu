@@ -7,6 +7,7 @@
 #include <string>
 
 #include "../../common/cuda_host.h"
+#include "../../common/device_input_errors.h"
 #include "../attn_kvcache.h"
 #include "attn_kvcache_common.cuh"
 #include "attn_kvcache_heuristic.h"
@@ -126,6 +127,7 @@ void run_append(const AttnKVCacheParams& p, cudaStream_t stream) {
   a.k = {p.k_new, const_cast<void*>(f.k), p.k_new_strides, f.k_strides};
   a.v = {p.v_new, const_cast<void*>(f.v), p.v_new_strides, f.v_strides};
   a.cache_seqlens = p.cache_seqlens;
+  a.input_errors = input_error_words();
   a.batch = static_cast<int>(s.batch);
   a.seqlen_new = static_cast<int>(p.seqlen_new);
   a.heads_k = static_cast<int>(s.num_heads_k);
@@ -154,6 +156,7 @@ attn_kvcache::cuda::SplitKvArgs split_kv_args(const AttnKVCacheParams& p, const 
   a.lse_batch = f.lse_batch_stride;
   a.lse_head = f.lse_head_stride;
   a.cache_seqlens = p.cache_seqlens;
+  a.input_errors = p.cache_seqlens != nullptr ? input_error_words() : nullptr;
   a.seqlen_new = static_cast<int>(p.seqlen_new);
   a.seqlen_cache = static_cast<int>(s.seqlen_k);
   a.seqlen_q = static_cast<int>(s.seqlen_q);
@@ -191,6 +194,7 @@ int64_t attn_kvcache_workspace_bytes_cuda(const AttnKVCacheParams& p) {
 }
 
 void attn_kvcache_cuda(const AttnKVCacheParams& p) {
+  raise_input_errors(current_device());  // a bad cache_seqlens an earlier call's kernels noted
   validate(p);
   const AttnShape& s = p.fwd.shape;
   cudaStream_t stream = static_cast<cudaStream_t>(p.fwd.stream);

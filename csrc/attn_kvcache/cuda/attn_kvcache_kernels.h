@@ -22,6 +22,7 @@ struct AppendSide {
 struct AppendArgs {
   AppendSide k, v;
   const int32_t* cache_seqlens;  // never null when appending
+  int32_t* input_errors;         // where a cache_seqlens that does not fit is noted
   int batch;
   int seqlen_new;
   int heads_k;

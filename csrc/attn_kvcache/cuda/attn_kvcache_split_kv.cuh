@@ -49,10 +49,17 @@ __global__ void __launch_bounds__(kThreads, RowBucket<kM>::kMinBlocksPerSm) spli
   const int d0 = lane * kVec;
   const bool lane_active = d0 < a.head_dim;  // padded head-dim bucket: spare lanes idle
 
-  // Keys of sequence b: the cached ones plus the just-appended ones. Clamped to the cache
-  // so that a bad length can never make us read outside it.
-  int64_t seqlen_k = a.cache_seqlens ? int64_t(a.cache_seqlens[b]) + a.seqlen_new : a.seqlen_cache;
-  seqlen_k = seqlen_k < 0 ? 0 : (seqlen_k > a.seqlen_cache ? a.seqlen_cache : seqlen_k);
+  // Keys of sequence b: the cached ones plus the just-appended ones, or none when they do not
+  // fit the cache (cache_len_fits), so that a bad length never makes us read outside it.
+  int64_t seqlen_k = a.seqlen_cache;
+  if (a.cache_seqlens != nullptr) {
+    const int64_t cached = a.cache_seqlens[b];
+    const bool fits = cache_len_fits(cached, a.seqlen_new, a.seqlen_cache);
+    seqlen_k = fits ? cached + a.seqlen_new : 0;
+    if (!fits && threadIdx.x == 0 && tile == 0 && hk == 0 && split == 0) {
+      note_bad_sequence(a.input_errors, SeqlensArg::kCacheSeqlens, b);
+    }
+  }
 
   // Per-row state: q slice (scaled), visible key range, ALiBi slope (log2 domain).
   const int rows_in_seq = a.group * a.seqlen_q;

@@ -1,0 +1,89 @@
+// The words kernels note bad cu_seqlens / cache_seqlens in (device_input_errors.h): one block
+// of mapped, pinned host memory per device, so that kernels write it directly and the host
+// reads it without a copy or a sync.
+#include "device_input_errors.h"
+
+#include <cuda_runtime.h>
+
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+
+#include "cuda_host.h"
+
+namespace mpt_ext {
+namespace {
+
+struct Words {
+  volatile int32_t* host = nullptr;
+  int32_t* device = nullptr;
+};
+
+std::mutex words_mutex;
+std::map<int, Words> words_by_device;  // never freed: kernels may still write them at exit
+
+// The words of `device`, or null ones if none were allocated (allocate: make them).
+Words words_of(int device, bool allocate) {
+  std::lock_guard<std::mutex> lock(words_mutex);
+  const auto it = words_by_device.find(device);
+  if (it != words_by_device.end() || !allocate) {
+    return it != words_by_device.end() ? it->second : Words{};
+  }
+  void* host = nullptr;
+  check_cuda(cudaHostAlloc(&host, kSeqlensArgs * sizeof(int32_t),
+                           cudaHostAllocMapped | cudaHostAllocPortable),
+             "cudaHostAlloc(input error words)");
+  void* device_ptr = nullptr;
+  check_cuda(cudaHostGetDevicePointer(&device_ptr, host, 0),
+             "cudaHostGetDevicePointer(input error words)");
+  Words w{static_cast<volatile int32_t*>(host), static_cast<int32_t*>(device_ptr)};
+  for (int i = 0; i < kSeqlensArgs; ++i) w.host[i] = 0;
+  return words_by_device.emplace(device, w).first->second;
+}
+
+std::string what_was_wrong(SeqlensArg arg, int device, int64_t b) {
+  const std::string seq = "sequence " + std::to_string(b);
+  const std::string where =
+      " (checked on the device, without a host sync, so it is reported by the next mpt_ext "
+      "attention call on cuda:" + std::to_string(device) +
+      " or by mpt_ext.check_device_input_errors())";
+  switch (arg) {
+    case SeqlensArg::kCuSeqlensQ:
+    case SeqlensArg::kCuSeqlensK: {
+      const char* name = arg == SeqlensArg::kCuSeqlensQ ? "cu_seqlens_q" : "cu_seqlens_k";
+      const char* max = arg == SeqlensArg::kCuSeqlensQ ? "max_seqlen_q" : "max_seqlen_k";
+      return std::string("mpt_ext: an earlier varlen attention call was given an invalid ") +
+             name + ": " + seq + " needs 0 <= " + name + "[b] <= " + name + "[b + 1] <= the "
+             "number of tokens, a length <= " + max + ", and " + name + "[0] == 0. That "
+             "sequence ran as empty: its rows of the outputs and gradients were not written" +
+             where;
+    }
+    case SeqlensArg::kCacheSeqlens:
+      return "mpt_ext: an earlier flash_attn_with_kvcache call was given an invalid "
+             "cache_seqlens: " + seq + " needs 0 <= cache_seqlens[b] and cache_seqlens[b] + "
+             "seqlen_new <= seqlen_cache. That sequence attended to no key (out 0, lse -inf) "
+             "and its new keys were not appended" + where;
+  }
+  return "mpt_ext: invalid sequence lengths" + where;
+}
+
+}  // namespace
+
+int32_t* input_error_words() { return words_of(current_device(), /*allocate=*/true).device; }
+
+void raise_input_errors(int device) {
+  const Words w = words_of(device, /*allocate=*/false);
+  if (w.host == nullptr) return;
+  std::string message;  // every argument one call got wrong, in one error
+  for (int i = 0; i < kSeqlensArgs; ++i) {
+    const int32_t noted = w.host[i];
+    if (noted == 0) continue;
+    w.host[i] = 0;
+    message += (message.empty() ? "" : "\n") +
+               what_was_wrong(static_cast<SeqlensArg>(i), device, noted - 1);
+  }
+  if (!message.empty()) throw std::invalid_argument(message);
+}
+
+}  // namespace mpt_ext
