@@ -181,7 +181,10 @@ _SLOPES = "a float32 torch.Tensor of shape (nheads,) or (batch, nheads)"
 
 
 # cu_seqlens are int32, so no sequence is longer than this: a larger max_seqlen (legal, an
-# upper bound) is cut to it here, and the binding cuts it further to the longest sequence.
+# upper bound) is cut to it here. The binding cuts it further: on the CPU to the longest
+# sequence; on CUDA (which never reads cu_seqlens on the host) to the tensor's rows, and the
+# grid then has a block row per 64 of them for every sequence, as in flash-attn: pass the
+# true longest length where it is known.
 _MAX_SEQLEN_CAP = 2**31 - 1
 
 

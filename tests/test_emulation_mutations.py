@@ -55,11 +55,11 @@ MUTATIONS = [
     Mutation("dkdv_drops_cp_async_wait", "csrc/attn/cuda/attn_bwd_kernels.cuh",
              "  for (int it = 0; it < n_iters; ++it) {\n    cp_async_wait<kStages - 2>();\n",
              "  for (int it = 0; it < n_iters; ++it) {\n", ATTN_FAST, "has not been waited for"),
-    Mutation("dslopes_reduce_skips_first_partial", "csrc/attn/cuda/attn_bwd_prep.cu",
-             "for (int n = 0; n < parts; ++n) sum += row[n];",
-             "for (int n = 1; n < parts; ++n) sum += row[n];",
-             # not ATTN_FAST: under its causal mask the first partial (query rows 0..15, keys
-             # at distance <= 15) was at times inside the 2x-PyTorch tolerance
+    Mutation("dslopes_reduce_drops_the_last_tree_level", "csrc/attn/cuda/attn_bwd_prep.cu",
+             "for (int n = kReduceThreads / 2; n > 0; n /= 2) {",
+             "for (int n = kReduceThreads / 2; n > 1; n /= 2) {",
+             # the fp32-accurate test: a small loss (a partial of a few early query rows)
+             # can sit inside ATTN_FAST's 2x-PyTorch tolerance
              "tests/test_attention_emulated.py::test_dslopes_emulated_fp32_accurate",
              "the fp32 bound"),
     Mutation("dslopes_with_the_outputs_delta", "csrc/attn/cuda/attn_bwd_kernels.cuh",

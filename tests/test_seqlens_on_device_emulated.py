@@ -14,7 +14,7 @@ import torch
 import mpt_ext
 from mpt_ext.reference import attention_ref
 
-from attention_helpers import assert_close_to_ref, cu_seqlens, one_thread
+from attention_helpers import assert_close_to_ref, cu_seqlens, make_slopes, one_thread
 from test_attention_emulated import guarded
 from test_attention_kvcache import _case
 
@@ -33,6 +33,8 @@ BAD_VARLEN = {
                     "cu_seqlens_q: sequence [12]"),
     "k_decreasing": (GOOD_CU_Q, [0, 5, 4, 12], MAX_Q, [0], "cu_seqlens_k: sequence [12]"),
     "k_negative": (GOOD_CU_Q, [0, 5, 9, -1], MAX_Q, [0, 1], "cu_seqlens_k: sequence 2"),
+    # max_seqlen_q 0: the grid still has a block row, so every sequence is seen and noted
+    "max_seqlen_zero": (GOOD_CU_Q, GOOD_CU_K, 0, [], "cu_seqlens_q: sequence [012]"),
 }
 
 
@@ -68,31 +70,35 @@ def test_bad_cu_seqlens_run_as_empty_and_are_reported(emulated, case):
     ops = emulated
     cu_q, cu_k, max_q, good, match = BAD_VARLEN[case]
     q, k, v = _inputs()
-    out, lse = ops.attn_fwd(q, k, v, _as_cu(cu_q), _as_cu(cu_k), max_q, MAX_K, None, D ** -0.5,
-                            True, -1, -1, 0.0)
+    slopes = make_slopes("batch", len(cu_q) - 1, HEADS)  # per sequence: d(slopes) per sequence
+    out, lse = ops.attn_fwd(q, k, v, _as_cu(cu_q), _as_cu(cu_k), max_q, MAX_K, slopes,
+                            D ** -0.5, True, -1, -1, 0.0)
     _assert_reported(ops, match)
 
     dout = torch.randn_like(q)
-    dq, dk, dv, _ = ops.attn_bwd(dout, q, k, v, out, lse, _as_cu(cu_q), _as_cu(cu_k), max_q,
-                                 MAX_K, None, D ** -0.5, True, -1, -1, 0.0, False, False)
+    dq, dk, dv, dslopes = ops.attn_bwd(dout, q, k, v, out, lse, _as_cu(cu_q), _as_cu(cu_k),
+                                       max_q, MAX_K, slopes, D ** -0.5, True, -1, -1, 0.0, False,
+                                       True)
     _assert_reported(ops, match)
 
     for b in good:
         qs, ks, vs = (_rows(t, cu, b).detach()[None].requires_grad_()
                       for t, cu in ((q, cu_q), (k, cu_k), (v, cu_k)))
+        sl = slopes[b].detach().clone().requires_grad_()
         dos = _rows(dout, cu_q, b)[None]
+        kw = dict(causal=True, alibi_slopes=sl)
         with one_thread():
-            ref, ref_lse = attention_ref(qs, ks, vs, causal=True)
-            low, low_lse = attention_ref(qs, ks, vs, causal=True, compute_dtype=q.dtype)
-            grads64 = torch.autograd.grad(ref, (qs, ks, vs), dos.double())
-            grads_low = torch.autograd.grad(low, (qs, ks, vs), dos)
+            ref, ref_lse = attention_ref(qs, ks, vs, **kw)
+            low, low_lse = attention_ref(qs, ks, vs, compute_dtype=q.dtype, **kw)
+            grads64 = torch.autograd.grad(ref, (qs, ks, vs, sl), dos.double())
+            grads_low = torch.autograd.grad(low, (qs, ks, vs, sl), dos)
         assert_close_to_ref(f"out of sequence {b}", _rows(out, cu_q, b)[None], ref, low)
         assert_close_to_ref(f"lse of sequence {b}", lse[None, :, cu_q[b]:cu_q[b + 1]], ref_lse,
                             low_lse, dtype=q.dtype)
-        for name, ours, cu, r, lo in zip(("dq", "dk", "dv"), (dq, dk, dv), (cu_q, cu_k, cu_k),
-                                         grads64, grads_low):
-            assert_close_to_ref(f"{name} of sequence {b}", _rows(ours, cu, b)[None], r, lo,
-                                dtype=q.dtype)
+        ours = (_rows(dq, cu_q, b)[None], _rows(dk, cu_k, b)[None], _rows(dv, cu_k, b)[None],
+                dslopes[b])
+        for name, g, r, lo in zip(("dq", "dk", "dv", "dslopes"), ours, grads64, grads_low):
+            assert_close_to_ref(f"{name} of sequence {b}", g, r, lo, dtype=q.dtype)
 
 
 def test_the_next_call_raises(emulated):
@@ -123,9 +129,11 @@ def test_uncovered_rows_are_filled_on_the_device(emulated):
     assert not torch.isnan(dq).any() and not torch.isnan(dk).any()
 
 
-def test_no_sequence_fills_every_row(emulated):
+@pytest.mark.parametrize("start", [0, 3])
+def test_no_sequence_fills_every_row(emulated, start):
+    # batch 0: every row belongs to no sequence, wherever cu_seqlens[0] points
     q, k, v = _inputs()
-    empty = _as_cu([0])
+    empty = _as_cu([start])
     out, lse, _ = mpt_ext.flash_attn_varlen_func(q, k, v, empty, empty, 0, 0,
                                                  return_attn_probs=True)
     assert torch.equal(out, torch.zeros_like(out)) and torch.isneginf(lse).all()

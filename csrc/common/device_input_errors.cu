@@ -30,13 +30,19 @@ Words words_of(int device, bool allocate) {
   if (it != words_by_device.end() || !allocate) {
     return it != words_by_device.end() ? it->second : Words{};
   }
+  // Not a stream operation: allowed even if this first call happens inside a CUDA graph
+  // capture (which would otherwise refuse a pinned allocation in its global mode).
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  check_cuda(cudaThreadExchangeStreamCaptureMode(&mode), "cudaThreadExchangeStreamCaptureMode");
   void* host = nullptr;
-  check_cuda(cudaHostAlloc(&host, kSeqlensArgs * sizeof(int32_t),
-                           cudaHostAllocMapped | cudaHostAllocPortable),
-             "cudaHostAlloc(input error words)");
+  const cudaError_t alloc = cudaHostAlloc(&host, kSeqlensArgs * sizeof(int32_t),
+                                          cudaHostAllocMapped | cudaHostAllocPortable);
   void* device_ptr = nullptr;
-  check_cuda(cudaHostGetDevicePointer(&device_ptr, host, 0),
-             "cudaHostGetDevicePointer(input error words)");
+  const cudaError_t map =
+      alloc == cudaSuccess ? cudaHostGetDevicePointer(&device_ptr, host, 0) : cudaSuccess;
+  check_cuda(cudaThreadExchangeStreamCaptureMode(&mode), "cudaThreadExchangeStreamCaptureMode");
+  check_cuda(alloc, "cudaHostAlloc(input error words)");
+  check_cuda(map, "cudaHostGetDevicePointer(input error words)");
   Words w{static_cast<volatile int32_t*>(host), static_cast<int32_t*>(device_ptr)};
   for (int i = 0; i < kSeqlensArgs; ++i) w.host[i] = 0;
   return words_by_device.emplace(device, w).first->second;
@@ -77,9 +83,10 @@ void raise_input_errors(int device) {
   if (w.host == nullptr) return;
   std::string message;  // every argument one call got wrong, in one error
   for (int i = 0; i < kSeqlensArgs; ++i) {
-    const int32_t noted = w.host[i];
+    // Exchanged, not read then cleared: a kernel's note landing in between is not lost.
+    const int32_t noted = __atomic_exchange_n(const_cast<int32_t*>(&w.host[i]), 0,
+                                              __ATOMIC_SEQ_CST);
     if (noted == 0) continue;
-    w.host[i] = 0;
     message += (message.empty() ? "" : "\n") +
                what_was_wrong(static_cast<SeqlensArg>(i), device, noted - 1);
   }

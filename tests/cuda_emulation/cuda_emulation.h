@@ -30,6 +30,7 @@
 #define cudaStreamSynchronize ::cuda_emu::runtime::cudaStreamSynchronize
 #define cudaHostAlloc ::cuda_emu::runtime::cudaHostAlloc
 #define cudaHostGetDevicePointer ::cuda_emu::runtime::cudaHostGetDevicePointer
+#define cudaThreadExchangeStreamCaptureMode ::cuda_emu::runtime::cudaThreadExchangeStreamCaptureMode
 
 // ---- keywords and built-in variables --------------------------------------------------------
 // Static __shared__ variables are shared by all fibers of a block (blocks run one at a time);

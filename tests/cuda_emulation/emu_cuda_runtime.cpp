@@ -63,6 +63,11 @@ cudaError_t cudaHostAlloc(void** ptr, size_t size, unsigned int) {
   return *ptr != nullptr ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 
+// Nothing is ever captured here: the mode is accepted and handed back unchanged.
+cudaError_t cudaThreadExchangeStreamCaptureMode(cudaStreamCaptureMode* mode) {
+  return mode != nullptr ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 cudaError_t cudaHostGetDevicePointer(void** device_ptr, void* host_ptr, unsigned int flags) {
   if (flags != 0 || host_ptr == nullptr) return cudaErrorInvalidValue;
   *device_ptr = host_ptr;

@@ -10,9 +10,9 @@
 //                   registers too.
 //   3. dQ         : one CTA per (batch, head, 64-query block), the forward's shape:
 //                   recompute S = Q K^T and dP = dO V^T, dQ += dS K. It sees whole query
-//                   rows, so it also sums each row's d(slope) (see dslope_row_sums); per
-//                   warp partials go to the workspace.
-//   4. d(slopes)  : the partial sums reduced in a fixed order.
+//                   rows, so it also sums each row's d(slope) term (see DslopeRowSums)
+//                   into the workspace, one float per query row like lse and D.
+//   4. d(slopes)  : the row terms reduced per (head) or (batch, head) in a fixed order.
 // Costs two extra matmuls per tile against the atomic-dQ FA2 variant; buys bitwise
 // reproducibility in every mode and no dQ fp32 accumulator.
 #pragma once
@@ -31,9 +31,8 @@ struct BwdExtra {
   bool dq_pair_ok, dk_pair_ok, dv_pair_ok;
   float* lse2;    // [H][rows]
   float* dsum;    // [H][rows]
-  float* dslope;  // [B][H][dslope_parts] or null
+  float* dslope;  // [H][rows] per-row terms, or null
   int64_t rows;
-  int dslope_parts;
 };
 
 // One query row's d(slope) sums, each thread over its own keys until sum() adds up the quad.
@@ -465,14 +464,15 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   store_rows<T, kD>(gdq, p.dq_strides.row, dq, warp * 16, rows_here, d, f.mask.softmax_scale,
                     x.dq_pair_ok, lane);
 
-  // This warp's 16 rows' d(slope) partial; d score / d slope = -|distance|. Rows past the
-  // sequence have P = 0 and add nothing.
+  // Each row's d(slope) term, written once (by the quad's first lane) at the row's workspace
+  // index; d score / d slope = -|distance|. Rows no sequence covers stay 0 (memset).
   if (x.dslope != nullptr) {
-    const float rows = row_dslope[0].sum() + row_dslope[1].sum();
-    const float w = warp_sum((lane & 3) == 0 ? rows : 0.f);  // each row once, not per lane
-    if (lane == 0) {
-      const int64_t bh = static_cast<int64_t>(b) * f.shape.num_heads + h;
-      x.dslope[bh * x.dslope_parts + m_block * Cfg::kWarps + warp] = -w;
+    const float term[2] = {row_dslope[0].sum(), row_dslope[1].sum()};
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      if ((lane & 3) == 0 && row_local[r] < rows_here) {
+        x.dslope[h * x.rows + ws_row(si, b, m0 + row_local[r])] = -term[r];
+      }
     }
   }
 }

@@ -21,8 +21,6 @@ template <typename T, int kD>
 void run_attn_bwd(const AttnBwdParams& p) {
   using KV = BwdKVConfigFor<kD>;
   using Q = BwdQConfigFor<kD>;
-  static_assert(Q::kBlockM == kBwdDqBlockM && Q::kWarps == kBwdDqWarps,
-                "the workspace holds one d(slope) partial per dQ warp");
   const AttnFwdParams& f = p.fwd;
   const AttnShape& s = f.shape;
   if (s.batch == 0 || s.num_heads == 0) return;
@@ -47,34 +45,33 @@ void run_attn_bwd(const AttnBwdParams& p) {
   x.dsum = ws + w.dsum_offset;
   x.dslope = p.dslopes != nullptr ? ws + w.dslope_offset : nullptr;
   x.rows = w.rows;
-  x.dslope_parts = static_cast<int>(w.dslope_parts);
 
   if (x.dslope != nullptr) {
-    // Query blocks past a varlen sequence's end write no partial: start from zeros.
-    check_cuda(cudaMemsetAsync(x.dslope, 0,
-                               s.batch * s.num_heads * w.dslope_parts * sizeof(float), stream),
-               "cudaMemsetAsync(dslope partials)");
+    // Varlen rows no sequence covers get no term: start from zeros.
+    check_cuda(cudaMemsetAsync(x.dslope, 0, s.num_heads * w.rows * sizeof(float), stream),
+               "cudaMemsetAsync(dslope row terms)");
   }
   launch_bwd_preprocess(p, x.lse2, x.dsum, w.rows);
 
-  if (s.seqlen_k > 0) {
+  const int64_t seqlen_q = grid_seqlen(s, s.seqlen_q), seqlen_k = grid_seqlen(s, s.seqlen_k);
+  if (seqlen_k > 0) {
     auto kernel = attn_bwd_dkdv_kernel<T, KV>;
     set_smem(reinterpret_cast<const void*>(kernel), KV::kSmemBytes, "attn_bwd_dkdv_kernel");
-    const dim3 grid(static_cast<unsigned>(ceil_div(s.seqlen_k, KV::kBlockN)),
+    const dim3 grid(static_cast<unsigned>(ceil_div(seqlen_k, KV::kBlockN)),
                     static_cast<unsigned>(s.num_heads_k),
                     static_cast<unsigned>(s.batch));
     launch_kernel(kernel, grid, KV::kThreads, KV::kSmemBytes, stream, p, x);
     check_launch("attn_bwd_dkdv_kernel", stream);
   }
-  if (s.seqlen_q > 0) {
+  if (seqlen_q > 0) {
     auto kernel = attn_bwd_dq_kernel<T, Q>;
     set_smem(reinterpret_cast<const void*>(kernel), Q::kSmemBytes, "attn_bwd_dq_kernel");
-    const dim3 grid(static_cast<unsigned>(ceil_div(s.seqlen_q, Q::kBlockM)),
+    const dim3 grid(static_cast<unsigned>(ceil_div(seqlen_q, Q::kBlockM)),
                     static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.batch));
     launch_kernel(kernel, grid, Q::kThreads, Q::kSmemBytes, stream, p, x);
     check_launch("attn_bwd_dq_kernel", stream);
   }
-  if (p.dslopes != nullptr) launch_bwd_dslope_reduce(p, x.dslope, w.dslope_parts);
+  if (p.dslopes != nullptr) launch_bwd_dslope_reduce(p, x.dslope, w.rows);
 }
 
 }  // namespace mpt_ext::attn::cuda

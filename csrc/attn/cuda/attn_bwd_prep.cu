@@ -3,6 +3,9 @@
 // here rather than in every bucket's file.
 #include <cuda_runtime.h>
 
+#include <climits>
+#include <stdexcept>
+
 #include "attn_bwd_prep.h"
 #include "launch.cuh"
 #include "seq_score.cuh"
@@ -46,31 +49,45 @@ __global__ void __launch_bounds__(256)
 
 // ---- 4. d(slopes) ----------------------------------------------------------------------
 
-// dslopes has the slopes' shape, contiguous (the binding allocates it): (H,) sums over the
-// batch and the dQ warps' partials, (B, H) over the partials; always in the same order.
-__global__ void attn_bwd_dslope_reduce_kernel(const float* part, float* dslopes, int batch,
-                                              int heads, int parts, bool per_batch) {
-  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-  const int entries = per_batch ? batch * heads : heads;
-  if (idx >= entries) return;
-  const int b_begin = per_batch ? idx / heads : 0;
-  const int b_end = per_batch ? b_begin + 1 : batch;
-  const int h = idx % heads;
-  float sum = 0.f;
-  for (int b = b_begin; b < b_end; ++b) {
-    const float* row = part + (static_cast<int64_t>(b) * heads + h) * parts;
-    for (int n = 0; n < parts; ++n) sum += row[n];
+constexpr int kReduceThreads = 256;
+
+// One block per entry of dslopes (the slopes' shape, contiguous; the binding allocates it):
+// (H,) sums every row of head h (the rows of all sequences; rows no sequence covers hold 0),
+// (B, H) the rows of sequence b. Strided per-thread sums, then a fixed tree: the same order,
+// so the same bits, on every run.
+__global__ void __launch_bounds__(kReduceThreads)
+    attn_bwd_dslope_reduce_kernel(const AttnBwdParams p, const float* terms, int64_t rows,
+                                  bool per_batch) {
+  const int heads = static_cast<int>(p.fwd.shape.num_heads);
+  const int h = blockIdx.x % heads;
+  int64_t lo = 0, hi = rows;
+  if (per_batch) {
+    const int b = blockIdx.x / heads;
+    const SeqInfo si = seq_info(p.fwd.shape, b);  // a bad varlen sequence has no rows
+    lo = si.varlen ? si.q_row0 : static_cast<int64_t>(b) * si.sq;
+    hi = lo + si.sq;
   }
-  dslopes[idx] = sum;
+  const float* t = terms + h * rows;
+  float sum = 0.f;
+  for (int64_t r = lo + threadIdx.x; r < hi; r += kReduceThreads) sum += t[r];
+  float* partial = reinterpret_cast<float*>(dynamic_smem());  // kReduceThreads floats
+  partial[threadIdx.x] = sum;
+  __syncthreads();
+  for (int n = kReduceThreads / 2; n > 0; n /= 2) {
+    if (static_cast<int>(threadIdx.x) < n) partial[threadIdx.x] += partial[threadIdx.x + n];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) p.dslopes[blockIdx.x] = partial[0];
 }
 
 }  // namespace
 
 void launch_bwd_preprocess(const AttnBwdParams& p, float* lse2, float* dsum, int64_t rows) {
   const AttnShape& s = p.fwd.shape;
-  if (s.batch == 0 || s.num_heads == 0 || s.seqlen_q == 0) return;
+  const int64_t seqlen_q = grid_seqlen(s, s.seqlen_q);
+  if (s.batch == 0 || s.num_heads == 0 || seqlen_q == 0) return;
   check_grid_yz(s.num_heads, s.batch, "attention backward");
-  const dim3 grid(static_cast<unsigned>(ceil_div(s.seqlen_q, kPreRowsPerCta)),
+  const dim3 grid(static_cast<unsigned>(ceil_div(seqlen_q, kPreRowsPerCta)),
                   static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.batch));
   const auto stream = static_cast<cudaStream_t>(p.fwd.stream);
   const auto kernel = p.fwd.dtype == DType::kBFloat16 ? attn_bwd_preprocess_kernel<__nv_bfloat16>
@@ -79,18 +96,19 @@ void launch_bwd_preprocess(const AttnBwdParams& p, float* lse2, float* dsum, int
   check_launch("attn_bwd_preprocess_kernel", stream);
 }
 
-void launch_bwd_dslope_reduce(const AttnBwdParams& p, const float* part,
-                              int64_t parts) {
+void launch_bwd_dslope_reduce(const AttnBwdParams& p, const float* terms, int64_t rows) {
   const AttnShape& s = p.fwd.shape;
   const bool per_batch = p.fwd.mask.alibi_batch_stride != 0;
   const int64_t entries = per_batch ? s.batch * s.num_heads : s.num_heads;
   if (entries == 0) return;
-  const int threads = 128;
-  launch_kernel(attn_bwd_dslope_reduce_kernel, static_cast<unsigned>(ceil_div(entries, threads)),
-                threads, 0, static_cast<cudaStream_t>(p.fwd.stream), part, p.dslopes,
-                static_cast<int>(s.batch), static_cast<int>(s.num_heads),
-                static_cast<int>(parts), per_batch);
-  check_launch("attn_bwd_dslope_reduce_kernel", static_cast<cudaStream_t>(p.fwd.stream));
+  if (entries > INT32_MAX) {
+    throw std::invalid_argument("mpt_ext attention (CUDA): batch * heads must be < 2^31 for "
+                                "per-sequence ALiBi slope gradients");
+  }
+  const auto stream = static_cast<cudaStream_t>(p.fwd.stream);
+  launch_kernel(attn_bwd_dslope_reduce_kernel, static_cast<unsigned>(entries), kReduceThreads,
+                kReduceThreads * sizeof(float), stream, p, terms, rows, per_batch);
+  check_launch("attn_bwd_dslope_reduce_kernel", stream);
 }
 
 }  // namespace mpt_ext::attn::cuda

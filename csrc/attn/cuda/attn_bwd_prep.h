@@ -10,8 +10,7 @@ namespace mpt_ext::attn::cuda {
 // lse2 / dsum: [H][rows] fp32 (see attn_bwd_workspace.h).
 void launch_bwd_preprocess(const AttnBwdParams& p, float* lse2, float* dsum, int64_t rows);
 
-// part: [B][H][parts] partial sums -> p.dslopes (the slopes' shape, contiguous).
-void launch_bwd_dslope_reduce(const AttnBwdParams& p, const float* part,
-                              int64_t parts);
+// terms: [H][rows] per-row d(slope) terms -> p.dslopes (the slopes' shape, contiguous).
+void launch_bwd_dslope_reduce(const AttnBwdParams& p, const float* terms, int64_t rows);
 
 }  // namespace mpt_ext::attn::cuda

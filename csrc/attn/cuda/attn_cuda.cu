@@ -75,11 +75,14 @@ void dispatch(DType dtype, int bucket, F&& f) {
 }
 
 // Varlen: the host never reads cu_seqlens. A bad sequence an earlier call's kernels noted is
-// raised here; this call's kernels note theirs in the words the params now point at.
+// raised here; this call's kernels note theirs in the words the params now point at. The
+// words are made on every call (a lookup after the first), so that any attention call as a
+// warm-up makes them before a CUDA graph capture.
 AttnShape checked_on_device(const AttnShape& s) {
   raise_input_errors(current_device());
+  int32_t* words = input_error_words();
   AttnShape c = s;
-  if (s.cu_seqlens_q != nullptr) c.input_errors = input_error_words();
+  if (s.cu_seqlens_q != nullptr) c.input_errors = words;
   return c;
 }
 

@@ -49,7 +49,7 @@ void launch_attn_fwd(const AttnFwdParams& p) {
   x.out_pair_ok = pairs_4b_aligned(p.out, p.out_strides, varlen);
   auto kernel = attn_fwd_kernel<T, Cfg>;
   set_smem(reinterpret_cast<const void*>(kernel), Cfg::kSmemBytes, "attn_fwd_kernel");
-  const dim3 grid(static_cast<unsigned>(ceil_div(s.seqlen_q, Cfg::kBlockM)),
+  const dim3 grid(static_cast<unsigned>(ceil_div(grid_seqlen(s, s.seqlen_q), Cfg::kBlockM)),
                   static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.batch));
   launch_kernel(kernel, grid, Cfg::kThreads, Cfg::kSmemBytes, static_cast<cudaStream_t>(p.stream), p, x);
   check_launch("attn_fwd_kernel", static_cast<cudaStream_t>(p.stream));
@@ -77,7 +77,7 @@ void run_attn_fwd(const AttnFwdParams& p) {
   const FwdTile want = requested_fwd_tile();  // before the empty-input return: a bad value
                                               // fails on every call alike
   const AttnShape& s = p.shape;
-  if (s.batch == 0 || s.num_heads == 0 || s.seqlen_q == 0) return;
+  if (s.batch == 0 || s.num_heads == 0 || grid_seqlen(s, s.seqlen_q) == 0) return;
   if (want.rows == 0 || want == fwd_tile_of<FwdConfigFor<kD>>()) {
     launch_attn_fwd<T, FwdConfigFor<kD>>(p);
   } else if (!launch_attn_fwd_variant<T>(p, want, typename FwdTileVariants<kD>::type{})) {

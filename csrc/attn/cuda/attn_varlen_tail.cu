@@ -20,7 +20,7 @@ constexpr int kTailMaxBlocks = 1024;
 
 __global__ void __launch_bounds__(kTailThreads) attn_varlen_tail_kernel(const VarlenTails tails) {
   const VarlenTail& t = tails.t[blockIdx.y];
-  int64_t first = *t.start;
+  int64_t first = t.start != nullptr ? *t.start : 0;
   first = first < 0 ? 0 : (first > t.rows ? t.rows : first);  // a bad value is noted elsewhere
   const int64_t per_row = t.heads * t.cols;
   const int64_t n = (t.rows - first) * per_row;
@@ -43,7 +43,7 @@ VarlenTail varlen_tail_rows(void* data, const TensorStrides& st, const int32_t* 
                             int64_t batch, int64_t rows, int64_t heads, int64_t head_dim) {
   VarlenTail t;
   t.data = data;
-  t.start = cu_seqlens + batch;
+  t.start = batch > 0 ? cu_seqlens + batch : nullptr;
   t.rows = rows;
   t.heads = heads;
   t.cols = head_dim;
@@ -57,7 +57,7 @@ VarlenTail varlen_tail_lse(float* lse, const int32_t* cu_seqlens_q, int64_t batc
   VarlenTail t;
   t.data = lse;
   t.lse = true;
-  t.start = cu_seqlens_q + batch;
+  t.start = batch > 0 ? cu_seqlens_q + batch : nullptr;
   t.rows = total_q;
   t.heads = heads;
   t.cols = 1;

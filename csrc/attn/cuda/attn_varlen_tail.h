@@ -17,7 +17,7 @@ namespace mpt_ext::attn::cuda {
 struct VarlenTail {
   void* data = nullptr;
   bool lse = false;                // fp32, filled with -inf; else 16-bit, filled with zeros
-  const int32_t* start = nullptr;  // &cu_seqlens[batch]
+  const int32_t* start = nullptr;  // &cu_seqlens[batch]; null (no sequence): every row
   int64_t rows = 0;
   int64_t heads = 0;
   int64_t cols = 0;

@@ -24,6 +24,13 @@ inline bool pairs_4b_aligned(const void* ptr, const TensorStrides& s, bool varle
   return ptr != nullptr && reinterpret_cast<uintptr_t>(ptr) % 4 == 0 && strides_ok;
 }
 
+// Query (or key) rows per sequence the grid covers. Varlen: at least one block row even when
+// max_seqlen is 0, so that the kernels still see, and note, a sequence longer than that
+// (the host never reads cu_seqlens).
+inline int64_t grid_seqlen(const AttnShape& s, int64_t seqlen) {
+  return s.cu_seqlens_q != nullptr && seqlen == 0 ? 1 : seqlen;
+}
+
 // Grid y / z carry heads and batch: both must fit CUDA's 65535 limit.
 inline void check_grid_yz(int64_t y, int64_t z, const char* name) {
   if (y > 65535 || z > 65535) {

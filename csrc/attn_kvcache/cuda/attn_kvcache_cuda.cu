@@ -195,6 +195,7 @@ int64_t attn_kvcache_workspace_bytes_cuda(const AttnKVCacheParams& p) {
 
 void attn_kvcache_cuda(const AttnKVCacheParams& p) {
   raise_input_errors(current_device());  // a bad cache_seqlens an earlier call's kernels noted
+  input_error_words();  // made on every call, so that any warm-up makes them before a capture
   validate(p);
   const AttnShape& s = p.fwd.shape;
   cudaStream_t stream = static_cast<cudaStream_t>(p.fwd.stream);
