@@ -49,6 +49,37 @@ def test_varlen_forward_and_backward_do_not_sync():
     mpt_ext.check_device_input_errors()
 
 
+@cuda_only("attn")
+def test_varlen_forward_and_backward_captured_in_a_cuda_graph():
+    # The ops themselves (no autograd), so the replay can be compared bit for bit with eager
+    # calls: both the forward and the backward are deterministic.
+    q, k, v, cu_q, cu_k, max_q, max_k, slopes = _varlen_inputs()
+    q, k, v, slopes = (t.detach() for t in (q, k, v, slopes))
+    dout = torch.randn_like(q)
+    args = (cu_q, cu_k, max_q, max_k, slopes, q.shape[-1] ** -0.5, True, -1, -1, 0.0)
+
+    def step():
+        out, lse = torch.ops.mpt_ext.attn_fwd(q, k, v, *args)
+        grads = torch.ops.mpt_ext.attn_bwd(dout, q, k, v, out, lse, *args, True, True)
+        return (out, lse) + tuple(grads)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    for _ in range(2):
+        for t in (q, k, v, dout):
+            t.copy_(torch.randn_like(t))
+        graph.replay()
+        for name, got, want in zip(("out", "lse", "dq", "dk", "dv", "dslopes"), captured, step()):
+            torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
+    mpt_ext.check_device_input_errors()
+
+
 def _decode_inputs(batch=3, seqlen_cache=512, heads=8, heads_k=2, d=128):
     kw = dict(device="cuda", dtype=torch.bfloat16)
     return dict(q=torch.randn(batch, 1, heads, d, **kw),
@@ -106,6 +137,14 @@ def test_bad_cu_seqlens_reported_on_cuda():
         mpt_ext.check_device_input_errors()
     assert not torch.isnan(out[:130]).any()
     mpt_ext.check_device_input_errors()  # reported once
+
+
+@cuda_only("attn")
+def test_max_seqlen_zero_with_tokens_reported_on_cuda():
+    q, k, v, cu_q, cu_k, _, max_k, _ = _varlen_inputs()
+    mpt_ext.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 0, max_k)
+    with pytest.raises(ValueError, match="cu_seqlens_q: sequence"):
+        mpt_ext.check_device_input_errors()
 
 
 @cuda_only("attn_kvcache")
