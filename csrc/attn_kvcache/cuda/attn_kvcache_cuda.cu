@@ -120,14 +120,14 @@ Plan make_plan(const AttnKVCacheParams& p) {
   return plan;
 }
 
-void run_append(const AttnKVCacheParams& p, cudaStream_t stream) {
+void run_append(const AttnKVCacheParams& p, int32_t* input_errors, cudaStream_t stream) {
   const AttnFwdParams& f = p.fwd;
   const AttnShape& s = f.shape;
   attn_kvcache::cuda::AppendArgs a{};
   a.k = {p.k_new, const_cast<void*>(f.k), p.k_new_strides, f.k_strides};
   a.v = {p.v_new, const_cast<void*>(f.v), p.v_new_strides, f.v_strides};
   a.cache_seqlens = p.cache_seqlens;
-  a.input_errors = input_error_words();
+  a.input_errors = input_errors;
   a.batch = static_cast<int>(s.batch);
   a.seqlen_new = static_cast<int>(p.seqlen_new);
   a.heads_k = static_cast<int>(s.num_heads_k);
@@ -140,7 +140,8 @@ void run_append(const AttnKVCacheParams& p, cudaStream_t stream) {
   attn_kvcache::cuda::launch_append(a, vectorised, stream);
 }
 
-attn_kvcache::cuda::SplitKvArgs split_kv_args(const AttnKVCacheParams& p, const Plan& plan) {
+attn_kvcache::cuda::SplitKvArgs split_kv_args(const AttnKVCacheParams& p, const Plan& plan,
+                                              int32_t* input_errors) {
   const AttnFwdParams& f = p.fwd;
   const AttnShape& s = f.shape;
   attn_kvcache::cuda::SplitKvArgs a{};
@@ -156,7 +157,7 @@ attn_kvcache::cuda::SplitKvArgs split_kv_args(const AttnKVCacheParams& p, const 
   a.lse_batch = f.lse_batch_stride;
   a.lse_head = f.lse_head_stride;
   a.cache_seqlens = p.cache_seqlens;
-  a.input_errors = p.cache_seqlens != nullptr ? input_error_words() : nullptr;
+  a.input_errors = input_errors;
   a.seqlen_new = static_cast<int>(p.seqlen_new);
   a.seqlen_cache = static_cast<int>(s.seqlen_k);
   a.seqlen_q = static_cast<int>(s.seqlen_q);
@@ -195,7 +196,8 @@ int64_t attn_kvcache_workspace_bytes_cuda(const AttnKVCacheParams& p) {
 
 void attn_kvcache_cuda(const AttnKVCacheParams& p) {
   raise_input_errors(current_device());  // a bad cache_seqlens an earlier call's kernels noted
-  input_error_words();  // made on every call, so that any warm-up makes them before a capture
+  // Made (or looked up) on every call, so that any warm-up makes them before a capture.
+  int32_t* input_errors = input_error_words();
   validate(p);
   const AttnShape& s = p.fwd.shape;
   cudaStream_t stream = static_cast<cudaStream_t>(p.fwd.stream);
@@ -203,8 +205,8 @@ void attn_kvcache_cuda(const AttnKVCacheParams& p) {
   // Plan (which can throw) before the append, so a failing call leaves the cache untouched.
   const Plan plan = make_plan(p);
   attn_kvcache::cuda::SplitKvArgs args;
-  if (plan.rows > 0) args = split_kv_args(p, plan);
-  if (p.seqlen_new > 0) run_append(p, stream);
+  if (plan.rows > 0) args = split_kv_args(p, plan, input_errors);
+  if (p.seqlen_new > 0) run_append(p, input_errors, stream);
   if (plan.rows == 0) return;
   const dim3 grid(static_cast<unsigned>(plan.blocks_per_split), static_cast<unsigned>(plan.num_splits));
   launch_kernel(plan.kernel, grid, attn_kvcache::cuda::kThreads, 0, stream, args);
