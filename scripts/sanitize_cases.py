@@ -1,5 +1,6 @@
 """Small calls of every CUDA op, for compute-sanitizer (scripts/gpu-check): odd sizes so
 that tile edges, masks and GQA are all exercised, forward and backward."""
+import itertools
 import os
 
 import torch
@@ -17,8 +18,10 @@ def attention_cases():
             q = torch.randn(b, sq, h, d, device=dev, dtype=dtype, requires_grad=True)
             k = torch.randn(b, sk, hk, d, device=dev, dtype=dtype, requires_grad=True)
             v = torch.randn(b, sk, hk, d, device=dev, dtype=dtype, requires_grad=True)
-            slopes = mpt_ext.alibi_slopes(h, device=dev).requires_grad_()
-            for causal, window in ((True, (-1, -1)), (False, (8, 3))):
+            # trainable slopes: the backward's separate dQ kernel; frozen: the atomic dQ
+            for slopes_grad, (causal, window) in itertools.product(
+                    (True, False), ((True, (-1, -1)), (False, (8, 3)))):
+                slopes = mpt_ext.alibi_slopes(h, device=dev).requires_grad_(slopes_grad)
                 out = mpt_ext.flash_attn_func(q, k, v, causal=causal, window_size=window,
                                               alibi_slopes=slopes, softcap=0.0)
                 out.float().square().sum().backward()

@@ -86,16 +86,19 @@ def build(build_dir: Path = BUILD, source_dir: Path = ROOT, target: str | None =
 
 
 _LOADED: Path | None = None
+_KERNELS: ctypes.CDLL | None = None  # the kernels library the ops run (a mutant's or the build's)
 
 
 def load(build_dir: Path = BUILD, kernels_lib: Path | None = None):
     """Loads the emulated ops (torch.ops.mpt_ext_emu) once per process. kernels_lib: a
     libmpt_emu_kernels.so to use in place of build_dir's (a mutant's); it must be the first
     load in the process."""
-    global _LOADED
+    global _LOADED, _KERNELS
     if _LOADED is None:
-        if kernels_lib is not None:  # found by soname when the ops library asks for it
-            ctypes.CDLL(str(kernels_lib), mode=ctypes.RTLD_GLOBAL)
+        # A mutant's is found by soname when the ops library asks for it.
+        _KERNELS = ctypes.CDLL(str(kernels_lib or build_dir / KERNELS_LIB),
+                               mode=ctypes.RTLD_GLOBAL)
+        _KERNELS.cuda_emu_take_launch_log.restype = ctypes.c_char_p
         torch.ops.load_library(str(build_dir / OPS_LIB))
         for op, backward, setup in (
                 ("attn_fwd", mpt_ext.attention._attn_backward,
@@ -104,6 +107,12 @@ def load(build_dir: Path = BUILD, kernels_lib: Path | None = None):
             torch.library.register_autograd(f"mpt_ext_emu::{op}", backward, setup_context=setup)
         _LOADED = build_dir
     return torch.ops.mpt_ext_emu
+
+
+def take_launched_kernels() -> list[str]:
+    """The kernels (demangled names, template arguments included) launched since the last
+    call, oldest first: which variant a call ran."""
+    return _KERNELS.cuda_emu_take_launch_log().decode().splitlines()
 
 
 @contextlib.contextmanager

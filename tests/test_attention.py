@@ -251,6 +251,19 @@ def test_backward_dslopes_fp32_accurate(device, dtype, causal, window_size, soft
                                 softcap=softcap)
 
 
+@pytest.mark.parametrize("device,dtype,head_dim", devices(
+    "attn", cpu=[], cuda=[(dt, d) for dt in CUDA_DTYPES for d in (64, 128, 256)]))
+@pytest.mark.parametrize("dq", ["atomic", "separate"])
+def test_backward_dq_variants(device, dtype, head_dim, dq, monkeypatch):
+    # The CUDA backward's two ways to dQ (csrc/attn/cuda/bwd_dq_mode.h), at sizes with many
+    # key blocks adding into each dQ row; frozen slopes, as MPT has them.
+    monkeypatch.setenv("MPT_EXT_ATTN_BWD_DQ", dq)
+    q, k, v = random_qkv(2, 1000, 1100, 4, 2, head_dim, dtype, device=device, requires_grad=True)
+    slopes = make_slopes("mpt", 2, 4, device=device)
+    check_bwd(q, k, v, alibi_slopes=slopes, causal=True)
+    check_bwd(q, k, v, alibi_slopes=slopes, window_size=(300, 40), softcap=30.0)
+
+
 def test_backward_slopes_without_grad():
     # Slopes given but frozen: no d(slopes), q/k/v grads still right.
     q, k, v = random_qkv(2, 17, 17, 3, 3, 32, torch.float32, requires_grad=True)
@@ -298,18 +311,20 @@ def test_gradcheck(kw, slopes_shape, seqlen_q, seqlen_k):
 
 @pytest.mark.parametrize("device,dtype", devices(
     "attn", cpu=[(torch.float32,), (torch.bfloat16,)], cuda=[(dt,) for dt in CUDA_DTYPES]))
-def test_deterministic_backward(device, dtype):
+@pytest.mark.parametrize("slopes_grad", [True, False])
+def test_deterministic_backward(device, dtype, slopes_grad):
+    # Frozen slopes: on CUDA deterministic=True alone keeps dQ off the atomic path.
     seqlen_q, seqlen_k, nheads, head_dim = {"cpu": (113, 77, 6, 64),
                                             "cuda": (1000, 1000, 8, 128)}[device]
     q, k, v = random_qkv(2, seqlen_q, seqlen_k, nheads, 2, head_dim, dtype, device=device,
                          requires_grad=True)
-    slopes = make_slopes("batch", 2, nheads, device=device, requires_grad=True)
+    slopes = make_slopes("batch", 2, nheads, device=device, requires_grad=slopes_grad)
     dout = torch.randn_like(q)
 
     def grads():
         out = mpt_ext.flash_attn_func(q, k, v, causal=True, alibi_slopes=slopes,
                                       deterministic=True)
-        return torch.autograd.grad(out, (q, k, v, slopes), dout)
+        return torch.autograd.grad(out, (q, k, v, slopes)[:4 if slopes_grad else 3], dout)
 
     first, second = grads(), grads()
     for name, a, b in zip(("dq", "dk", "dv", "dslopes"), first, second):

@@ -11,6 +11,7 @@ import itertools
 import pytest
 import torch
 
+import emulation
 import mpt_ext
 
 from attention_helpers import (check_bwd, check_dslopes_fp32_accurate, check_fwd,
@@ -36,9 +37,9 @@ def qkv(batch, seqlen_q, seqlen_k, heads, heads_k, d, dtype, misalign=0):
 
 def run_case(d, seqlen_q, seqlen_k, dtype=torch.bfloat16, heads=4, heads_k=2, batch=2,
              causal=False, window=(-1, -1), softcap=0.0, slopes=None, misalign=0,
-             backward=True):
+             backward=True, dslopes=True):
     q, k, v = qkv(batch, seqlen_q, seqlen_k, heads, heads_k, d, dtype, misalign)
-    s = make_slopes(slopes, batch, heads, requires_grad=backward)
+    s = make_slopes(slopes, batch, heads, requires_grad=backward and dslopes)
     kw = dict(causal=causal, window_size=window, softcap=softcap)
     check_fwd(q, k, v, alibi_slopes=s, **kw)
     if backward:
@@ -135,6 +136,73 @@ TILE_CASES = {
 def test_fwd_tile_variant_emulated(emulated, monkeypatch, tile, case):
     monkeypatch.setenv(TILE_VARIABLE, tile)
     run_case(d=128, backward=False, **TILE_CASES[case])
+
+
+# ---- backward dQ variants (MPT_EXT_ATTN_BWD_DQ, csrc/attn/cuda/bwd_dq_mode.h) ---------------
+DQ_VARIABLE = "MPT_EXT_ATTN_BWD_DQ"
+
+
+def bwd_kernels(deterministic=False, dslopes=False) -> list[str]:
+    """The attention backward kernels one small call runs (names with their template
+    arguments, from the emulator's launch log)."""
+    q, k, v = qkv(1, 40, 40, 2, 1, 64, torch.bfloat16)
+    slopes = make_slopes("head", 1, 2, requires_grad=dslopes)
+    out = mpt_ext.flash_attn_func(q, k, v, alibi_slopes=slopes, deterministic=deterministic)
+    emulation.take_launched_kernels()
+    out.sum().backward()
+    return [n.split("(")[0] for n in emulation.take_launched_kernels() if "attn_bwd" in n]
+
+
+def test_bwd_dq_variant_choice(emulated, monkeypatch):
+    atomic = lambda names: (any("attn_bwd_dkdv_kernel" in n and "true>" in n for n in names)
+                            and not any("attn_bwd_dq_kernel" in n for n in names))
+    separate = lambda names: (any("attn_bwd_dkdv_kernel" in n and "false>" in n for n in names)
+                              and any("attn_bwd_dq_kernel" in n for n in names))
+    monkeypatch.delenv(DQ_VARIABLE, raising=False)
+    assert atomic(bwd_kernels())  # the default
+    monkeypatch.setenv(DQ_VARIABLE, "separate")
+    assert separate(bwd_kernels())
+    monkeypatch.setenv(DQ_VARIABLE, "atomic")
+    assert atomic(bwd_kernels())
+    # deterministic=True and d(slopes) are honoured whatever the variable says
+    assert separate(bwd_kernels(deterministic=True))
+    assert separate(bwd_kernels(dslopes=True))
+    monkeypatch.setenv(DQ_VARIABLE, "fast")
+    with pytest.raises(ValueError, match=f"{DQ_VARIABLE}: expected 'atomic' or 'separate'"):
+        bwd_kernels()
+
+
+DQ_CASES = {
+    "d64_causal_alibi_gqa": dict(d=64, seqlen_q=130, seqlen_k=130, causal=True, slopes="mpt"),
+    "d128_fp16_sq<sk_softcap_batch_slopes": dict(d=128, seqlen_q=17, seqlen_k=130,
+                                                 dtype=torch.float16, softcap=30.0,
+                                                 slopes="batch"),
+    "d96_sq>sk_window": dict(d=96, seqlen_q=64, seqlen_k=17, window=(7, 2), slopes="head"),
+    "d200_bucket256_causal": dict(d=200, seqlen_q=40, seqlen_k=33, causal=True, slopes="head",
+                                  batch=1, heads=3, heads_k=1),
+    "d40_unaligned_causal_left": dict(d=40, seqlen_q=130, seqlen_k=64, causal=True,
+                                      window=(9, -1), misalign=3),
+}
+
+
+@pytest.mark.parametrize("case", list(DQ_CASES))
+@pytest.mark.parametrize("dq", ["atomic", "separate"])
+def test_bwd_dq_variant_emulated(emulated, monkeypatch, dq, case):
+    monkeypatch.setenv(DQ_VARIABLE, dq)
+    run_case(dslopes=False, **DQ_CASES[case])
+
+
+@pytest.mark.parametrize("dq", ["atomic", "separate"])
+def test_bwd_dq_variant_varlen_emulated(emulated, monkeypatch, dq):
+    monkeypatch.setenv(DQ_VARIABLE, dq)
+    lengths_q, lengths_k = [17, 0, 130, 1], [30, 5, 64, 0]
+    heads, heads_k, d = 4, 2, 128
+    q = guarded(torch.randn(sum(lengths_q), heads, d, dtype=torch.bfloat16))
+    k = guarded(torch.randn(sum(lengths_k), heads_k, d, dtype=torch.bfloat16))
+    v = guarded(torch.randn(sum(lengths_k), heads_k, d, dtype=torch.bfloat16))
+    cu_q, cu_k = cu_seqlens(lengths_q), cu_seqlens(lengths_k)
+    slopes = make_slopes("batch", len(lengths_q), heads)
+    check_varlen_bwd(q, k, v, cu_q, cu_k, causal=True, alibi_slopes=slopes)
 
 
 # ---- the full grid (slow) ---------------------------------------------------------------------

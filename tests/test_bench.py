@@ -1,6 +1,7 @@
 """mpt-bench: the counting rules, the statistics, failure handling, one thread setting and
 interleaved rounds for every contender, the reliability flags, and a CPU smoke run of every
 subcommand (tiny sizes, in-process so that torch is imported once)."""
+import dataclasses
 import json
 import math
 import os
@@ -207,6 +208,8 @@ def test_failing_baseline_is_reported_and_the_run_goes_on(tmp_path, monkeypatch,
         AttentionImpl("broken", BASELINE, "bhsd", broken),
         AttentionImpl("ooms", BASELINE, "bhsd", raises_in_call),
         *[i for i in real() if i.name == "eager (HF MPT)"],
+        *[dataclasses.replace(i, name="eager, fwd+bwd only", passes=("fwd+bwd",))
+          for i in real() if i.name == "eager (HF MPT)"],
     ])
     rc = cli.main(["attention", "--out", str(tmp_path), *FAST, *TINY["attention"],
                    "--no-plot"])
@@ -220,6 +223,7 @@ def test_failing_baseline_is_reported_and_the_run_goes_on(tmp_path, monkeypatch,
     assert all(r["status"] == "OOM" for r in by_impl["ooms"])
     assert len(by_impl["eager (HF MPT)"]) == 4  # 2 seqlens x 2 passes, all ran
     assert all(r["status"] == "ok" and r["value"] > 0 for r in by_impl["eager (HF MPT)"])
+    assert [r["params"]["pass"] for r in by_impl["eager, fwd+bwd only"]] == ["fwd+bwd"] * 2
     out = capsys.readouterr().out
     assert "this baseline is broken" in out and "OOM" in out
 
@@ -288,6 +292,23 @@ def test_forward_tile_variants_are_contenders_where_their_bucket_has_them(monkey
     spec = AttnSpec(1, 2, 2, 8, 8, 128, True, slopes, torch.float32, CPU)
     ours.build_attention_tile("128x64")(spec)(None, None, None)
     assert seen[-1] == "128x64" and os.environ[ours.FWD_TILE_VARIABLE] == "64x64"
+
+
+def test_deterministic_contender_is_timed_forward_backward_only(monkeypatch):
+    """The backward's separate dQ kernel (deterministic=True) A/B's against the default atomic
+    dQ in the forward+backward pass; its forward is the default's, so it is not timed twice."""
+    import mpt_ext
+    from mpt_ext.bench import counting
+    from mpt_ext.bench.baselines import attention_impls, ours
+    from mpt_ext.bench.baselines.spec import AttnSpec
+    impl = {i.name: i for i in attention_impls()}["mpt_ext deterministic"]
+    assert impl.passes == (counting.FWD_BWD,) and impl.cuda_only
+    seen = []
+    monkeypatch.setattr(mpt_ext, "flash_attn_func", lambda q, k, v, **kw: seen.append(kw))
+    spec = AttnSpec(1, 2, 2, 8, 8, 64, True, mpt_ext.alibi_slopes(2), torch.float32, CPU)
+    impl.build(spec)(None, None, None)
+    ours.build_attention(spec)(None, None, None)
+    assert [kw["deterministic"] for kw in seen] == [True, False]
 
 
 # ---- one thread setting, interleaved rounds, reliability flags -----------------------------

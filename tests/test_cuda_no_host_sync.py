@@ -38,8 +38,10 @@ def _varlen_inputs(lengths_q=(17, 0, 113, 64), lengths_k=(30, 5, 113, 64), heads
 
 
 @cuda_only("attn")
-def test_varlen_forward_and_backward_do_not_sync():
+@pytest.mark.parametrize("slopes_grad", [True, False], ids=["separate_dq", "atomic_dq"])
+def test_varlen_forward_and_backward_do_not_sync(slopes_grad):
     q, k, v, cu_q, cu_k, max_q, max_k, slopes = _varlen_inputs()
+    slopes.requires_grad_(slopes_grad)
     step = lambda: mpt_ext.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k,
                                                   causal=True, alibi_slopes=slopes)
     step().sum().backward()  # warm-up: first-call allocations and opt-ins

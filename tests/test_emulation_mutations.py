@@ -24,6 +24,7 @@ ATTN_FAST = "tests/test_attention_emulated.py::test_attention_emulated[d64_causa
 KVCACHE_FAST = "tests/test_attention_kvcache_emulated.py::test_kvcache_emulated[decode_gqa_splits3]"
 NORM_FAST = "tests/test_norm_emulated.py::test_norm_emulated[scalar_multi_warp]"
 SEQLENS_ON_DEVICE = "tests/test_seqlens_on_device_emulated.py::"
+DQ_ATOMIC = "tests/test_attention_emulated.py::test_bwd_dq_variant_emulated[atomic-d64_causal_alibi_gqa]"
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,14 @@ MUTATIONS = [
              "return quad_sum(ds_dist);",
              "tests/test_attention_emulated.py::test_dslopes_emulated_fp32_accurate",
              "the fp32 bound"),
+    Mutation("dq_atomic_add_becomes_a_store", "csrc/attn/cuda/attn_bwd_kernels.cuh",
+             "if (col < d) red_add_f32(dq + row * kD + col, acc[nt][e]);",
+             "if (col < d) dq[row * kD + col] = acc[nt][e];",  # the last key block wins
+             DQ_ATOMIC, "dq: max error"),
+    Mutation("dq_atomic_reads_ds_without_barrier", "csrc/attn/cuda/attn_bwd_kernels.cuh",
+             "      __syncthreads();  // every warp's dS^T rows written; the loop-top barrier",
+             "      // every warp's dS^T rows written; the loop-top barrier",
+             DQ_ATOMIC, "nothing has written|dq: max error"),
     Mutation("decode_drops_barrier_before_merge", "csrc/attn_kvcache/cuda/attn_kvcache_split_kv.cuh",
              "  __syncthreads();\n\n  T* out_ptr", "\n  T* out_ptr", KVCACHE_FAST, "out: max error"),
     Mutation("decode_combine_drops_first_split", "csrc/attn_kvcache/cuda/attn_kvcache_combine.cu",

@@ -135,6 +135,8 @@ def run(ctx: Context, args) -> dict:
     cases = []
     for pr, long_only in problems(shapes, seqlens, long_seqlens, tokens, passes):
         for impl in impls:
+            if impl.passes is not None and pr.params["pass"] not in impl.passes:
+                continue
             skip = None
             if long_only and impl.kind not in (OURS, CEILING):
                 skip = "ours and the no-ALiBi ceilings only at this length"

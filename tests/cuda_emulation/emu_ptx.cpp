@@ -269,6 +269,19 @@ void cp_async_wait_all() {
   async_wait(0);
 }
 
+// ---- 9.7.13.6: red (reduction operations on global and shared memory) ----------------------
+// red.global.add.f32: "rounds to nearest even and flushes subnormal inputs and results to
+// sign-preserving zero"; the address must be naturally aligned (4 bytes) and, with .global,
+// outside shared memory. Atomic here by construction: a fiber switches only at barriers and
+// warp collectives, so no other thread's update can fall between this read and write.
+void red_global_add_f32(float* addr, float value) {
+  if (reinterpret_cast<uintptr_t>(addr) % 4 != 0) {
+    fail("red.global.add.f32 address is not 4-byte aligned");
+  }
+  if (in_dynamic_smem(addr, 4)) fail("red.global.add.f32 on a shared-memory address");
+  *addr = ftz(ftz(*addr) + ftz(value));
+}
+
 uint32_t shfl_sync(ShflMode mode, unsigned membermask, uint32_t a, uint32_t b, uint32_t c) {
   WarpSlot mine;
   mine.op = WarpOp::kShflBfly;  // one op for every mode: the variant says which

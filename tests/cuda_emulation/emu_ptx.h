@@ -28,6 +28,10 @@ void cp_async_commit_group();
 void cp_async_wait_group(int n);
 void cp_async_wait_all();
 
+// ---- global-memory reduction (red) -------------------------------------------------------------
+// red.global.add.f32 [addr], value: atomic, round to nearest even, subnormals flushed.
+void red_global_add_f32(float* addr, float value);
+
 // ---- warp shuffles (shfl.sync) --------------------------------------------------------------
 enum class ShflMode { kBfly, kIdx, kUp, kDown };
 // shfl.sync.{mode}.b32 d, a, b, c, membermask

@@ -283,6 +283,7 @@ void run_block(Launch& L, unsigned n_threads, bool high_first) {
 // Launch-configuration errors are reported the way CUDA does: a sticky error for
 // cudaGetLastError, and nothing runs.
 cudaError_t g_last_error = cudaSuccess;
+std::string g_launch_log;  // the kernels launched since the last cuda_emu_take_launch_log()
 
 }  // namespace
 
@@ -439,6 +440,8 @@ void launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem_bytes
   auto L = std::make_unique<Launch>();
   L->kernel = kernel;
   L->name = kernel_name(kernel);
+  if (g_launch_log.size() > (1u << 20)) g_launch_log.clear();  // nobody is asking
+  g_launch_log += L->name + "\n";
   L->body = std::move(body);
   L->smem_bytes = dynamic_smem_bytes;
   L->smem_storage.assign(dynamic_smem_bytes + 128, kPoison);
@@ -476,3 +479,12 @@ cudaError_t take_last_error() {
 cudaError_t peek_last_error() { return g_last_error; }
 
 }  // namespace cuda_emu
+
+// The names of the kernels launched since the last call, one per line, oldest first (the
+// tests ask which variant a call ran). The text stays valid until the next call.
+extern "C" const char* cuda_emu_take_launch_log() {
+  static std::string taken;
+  taken = std::move(cuda_emu::g_launch_log);
+  cuda_emu::g_launch_log.clear();
+  return taken.c_str();
+}

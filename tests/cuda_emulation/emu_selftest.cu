@@ -213,6 +213,32 @@ void check_shuffles() {
   report("shfl.sync bfly / idx / up / down with widths 32, 8, 16", ok, err);
 }
 
+// ---- red.global.add.f32: every update lands once, rounded to nearest even, subnormals flushed --
+void check_red_add() {
+  float sums[4] = {0.f, 1.f, 0.f, 1.5f * FLT_MIN};
+  std::string err = run(3, 64, 0, [&] {
+    cuda_emu::red_global_add_f32(&sums[0], 1.f);  // 192 exact updates
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+      cuda_emu::red_global_add_f32(&sums[1], 3 * std::ldexp(1.f, -24));  // 1.5 ulp of 1
+      cuda_emu::red_global_add_f32(&sums[2], 1e-40f);                    // subnormal input
+      cuda_emu::red_global_add_f32(&sums[3], -FLT_MIN);                  // subnormal result
+    }
+  });
+  report("red.global.add.f32: 192 updates, round to nearest even, subnormals flushed",
+         err.empty() && sums[0] == 192.f && sums[1] == 1.f + std::ldexp(1.f, -22) &&
+             sums[2] == 0.f && !std::signbit(sums[2]) && sums[3] == 0.f,
+         err);
+  alignas(8) float pair[2] = {0.f, 0.f};
+  err = run(1, 32, 0, [&] {
+    cuda_emu::red_global_add_f32(reinterpret_cast<float*>(reinterpret_cast<char*>(pair) + 2), 1.f);
+  });
+  expect_error("planted: red.global.add.f32 on a misaligned address", err, "not 4-byte aligned");
+  err = run(1, 32, 64, [&] {
+    cuda_emu::red_global_add_f32(reinterpret_cast<float*>(cuda_emu::dynamic_smem()), 1.f);
+  });
+  expect_error("planted: red.global.add.f32 on shared memory", err, "shared-memory address");
+}
+
 // ---- control flow the emulator must refuse ---------------------------------------------------
 void check_control_flow() {
   std::string err = run(1, 64, 0, [&] {
@@ -227,12 +253,16 @@ void check_control_flow() {
   });
   expect_error("planted: divergent warp-collective instructions", err, "divergent");
 
+  // Low lanes first: they wait in the shuffle when the high ones leave (high first, the
+  // exit is seen by the shuffle instead: a different message for the same bug).
+  cuda_emu::set_schedule(cuda_emu::Schedule::kLowFirst);
   err = run(1, 32, 0, [&] {
     if (threadIdx.x >= 16) return;
     (void)__shfl_xor_sync(0xffffffffu, 1.f, 1);
   });
   expect_error("planted: lanes exit while the others wait in a shuffle", err,
                "exits while other lanes");
+  cuda_emu::set_schedule(cuda_emu::Schedule::kSkewAlternating);
 
   err = run(1, 64, 0, [&] {
     if (threadIdx.x == 0) return;  // lane 0 of warp 0 leaves; the block barrier does not wait
@@ -351,6 +381,7 @@ int main() {
   }
   check_cp_async();
   check_shuffles();
+  check_red_add();
   check_control_flow();
   check_launch_config();
   check_math();

@@ -1,5 +1,4 @@
-// Flash attention backward (FA2 recomputation scheme), deterministic by construction: no
-// floating-point atomics anywhere.
+// Flash attention backward (FA2 recomputation scheme).
 //
 //   1. preprocess : D_i = dot(dO_i, O_i) and lse in log2 units, into the workspace.
 //   2. dK/dV      : one CTA per (batch, kv head, 64-key block); warp w owns keys
@@ -7,14 +6,16 @@
 //                   block that can see its keys, recomputing S^T = K Q^T and dP^T = V dO^T
 //                   (keys as mma rows, so P^T and dS^T are already A operands), and
 //                   accumulates dV += P^T dO and dK += dS^T Q in registers: the GQA sum is in
-//                   registers too.
-//   3. dQ         : one CTA per (batch, head, 64-query block), the forward's shape:
-//                   recompute S = Q K^T and dP = dO V^T, dQ += dS K. It sees whole query
-//                   rows, so it also sums each row's d(slope) term (see DslopeRowSums)
-//                   into the workspace, one float per query row like lse and D.
+//                   registers too. With BwdDq::kAtomic (bwd_dq_mode.h) it also stores dS^T
+//                   to shared memory and adds dQ += dS K for its keys into an fp32 workspace
+//                   (red.global.add): five matmuls per tile, as FlashAttention-2.
+//   3. dQ         : BwdDq::kAtomic: a conversion of the fp32 sums (attn_bwd_prep.cu).
+//                   BwdDq::kSeparate: one CTA per (batch, head, 64-query block), the
+//                   forward's shape: recompute S = Q K^T and dP = dO V^T, dQ += dS K. It sees
+//                   whole query rows, so it also sums each row's d(slope) term (see
+//                   DslopeRowSums) into the workspace, one float per query row like lse and
+//                   D. Two extra matmuls per tile; no float atomics, so bitwise reproducible.
 //   4. d(slopes)  : the row terms reduced per (head) or (batch, head) in a fixed order.
-// Costs two extra matmuls per tile against the atomic-dQ FA2 variant; buys bitwise
-// reproducibility in every mode and no dQ fp32 accumulator.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -31,7 +32,8 @@ struct BwdExtra {
   bool dq_pair_ok, dk_pair_ok, dv_pair_ok;
   float* lse2;    // [H][rows]
   float* dsum;    // [H][rows]
-  float* dslope;  // [H][rows] per-row terms, or null
+  float* dslope;    // [H][rows] per-row terms, or null
+  float* dq_accum;  // [H][rows][kD] (BwdDq::kAtomic), or null
   int64_t rows;
 };
 
@@ -58,10 +60,6 @@ struct DslopeRowSums {
     return quad_sum(ds_dist) - quad_sum(ds) * quad_sum(p_dist);
   }
 };
-
-__device__ __forceinline__ int64_t ws_row(const SeqInfo& si, int b, int i) {
-  return si.varlen ? si.q_row0 + i : static_cast<int64_t>(b) * si.sq + i;
-}
 
 // Writes a warp's 16 x kD fp32 accumulator (rows row0 + g, row0 + g + 8) times `scale` as T,
 // rows < rows_valid, cols < d.
@@ -91,18 +89,74 @@ __device__ __forceinline__ void store_rows(uint16_t* g, int64_t row_stride, cons
 
 // ---- 2. dK / dV ------------------------------------------------------------------------
 
-template <int kD_, int kBlockM_>
+template <int kD_, int kBlockM_, bool kDqAtomic_>
 struct BwdKVConfig {
   static constexpr int kD = kD_;
   static constexpr int kBlockN = 64;  // keys per CTA
   static constexpr int kBlockM = kBlockM_;  // queries per step
+  static constexpr bool kDqAtomic = kDqAtomic_;
   static constexpr int kStages = 2;
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
+  // dS^T (kBlockN keys x kBlockM queries) in rows of 64: the narrowest swizzled tile.
+  static constexpr int kDsCols = 64;
+  static constexpr int kDsElems = kDqAtomic ? kBlockN * kDsCols : 0;
   static constexpr int kSmemBytes =
-      (2 * kBlockN * kD + 2 * kStages * kBlockM * kD) * 2 + 2 * kStages * kBlockM * 4;
+      (2 * kBlockN * kD + 2 * kStages * kBlockM * kD + kDsElems) * 2 + 2 * kStages * kBlockM * 4;
   static_assert(kBlockN == 16 * kWarps && kBlockM % 16 == 0 && kD % 64 == 0, "tile shapes");
+  static_assert(kBlockM <= kDsCols && kD % (16 * kWarps) == 0, "dQ split over the warps");
 };
+
+// dQ += dS K for one key block and one query block, added into the fp32 rows `dq` ([row][kD],
+// rows < rows_valid, columns < d). sdS holds dS^T (keys as rows) and comes back as the A
+// operand through ldmatrix.trans; warp w takes the head-dim columns [w kD / 4, (w + 1) kD / 4)
+// of every query row, so each sum lands once per key block.
+template <typename T, typename Cfg>
+__device__ __forceinline__ void add_dq_block(float* dq, const uint16_t* sdS, const uint16_t* sK,
+                                             int rows_valid, int d, int warp, int lane) {
+  constexpr int kD = Cfg::kD;
+  constexpr int kCols = kD / Cfg::kWarps;            // this warp's head-dim columns
+  constexpr int kChunk = kCols < 32 ? kCols : 32;    // summed at a time
+  constexpr int kNT = kChunk / 8;
+  // One m16 row tile and at most 32 columns at a time: 16 fp32 sums next to dK and dV leave
+  // ptxas room (all row tiles at once spilled 76 bytes at hd128); the operands are re-read
+  // per piece.
+#pragma unroll 1
+  for (int mt = 0; mt < Cfg::kBlockM / 16; ++mt) {
+#pragma unroll 1
+    for (int c0 = warp * kCols; c0 < (warp + 1) * kCols; c0 += kChunk) {
+      if (c0 >= d) break;  // columns past head_dim (zero-padded K): nothing to add
+      float acc[kNT][4];
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+      }
+#pragma unroll
+      for (int ks = 0; ks < Cfg::kBlockN / 16; ++ks) {
+        uint32_t a[4];
+        load_a_kn<Cfg::kDsCols>(a, sdS, ks * 16, mt * 16, lane);
+#pragma unroll
+        for (int np = 0; np < kNT / 2; ++np) {
+          uint32_t b[4];
+          load_b_kn<kD>(b, sK, ks * 16, c0 + np * 16, lane);
+          ElemOps<T>::mma(acc[2 * np], a, b[0], b[1]);
+          ElemOps<T>::mma(acc[2 * np + 1], a, b[2], b[3]);
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = mt * 16 + (lane >> 2) + 8 * (e >> 1);
+        if (row >= rows_valid) continue;
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          const int col = c0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+          if (col < d) red_add_f32(dq + row * kD + col, acc[nt][e]);
+        }
+      }
+    }
+  }
+}
 
 template <typename T, typename Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads)
@@ -119,7 +173,8 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   uint16_t* sV = sK + kBlockN * kD;
   uint16_t* sQ = sV + kBlockN * kD;
   uint16_t* sdO = sQ + kStages * kBlockM * kD;
-  float* sL = reinterpret_cast<float*>(sdO + kStages * kBlockM * kD);
+  uint16_t* sdS = sdO + kStages * kBlockM * kD;  // Cfg::kDsElems: none unless kDqAtomic
+  float* sL = reinterpret_cast<float*>(sdS + Cfg::kDsElems);
   float* sDs = sL + kStages * kBlockM;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -257,6 +312,16 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         dpt[qt][e] = ds;
       }
     }
+    if constexpr (Cfg::kDqAtomic) {  // dS^T as the mma will round it, keys as rows
+#pragma unroll
+      for (int qt = 0; qt < kQT; ++qt) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          *reinterpret_cast<uint32_t*>(sdS + swz<Cfg::kDsCols>(key_local[r], qt * 8 + col0)) =
+              Ops::pack(dpt[qt][2 * r], dpt[qt][2 * r + 1]);
+        }
+      }
+    }
 
     // dV += P^T dO, dK += dS^T Q
 #pragma unroll
@@ -274,6 +339,12 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         Ops::mma(dk[2 * dp], ads, bq[0], bq[1]);
         Ops::mma(dk[2 * dp + 1], ads, bq[2], bq[3]);
       }
+    }
+
+    if constexpr (Cfg::kDqAtomic) {
+      __syncthreads();  // every warp's dS^T rows written; the loop-top barrier frees sdS again
+      add_dq_block<T, Cfg>(x.dq_accum + (h * x.rows + ws_row(si, b, m0)) * kD, sdS, sK,
+                           si.sq - m0, d, warp, lane);
     }
   }
   cp_async_wait<0>();

@@ -1,6 +1,6 @@
-// Launches the backward for one (element type, head-dim bucket): preprocess, dK/dV, dQ and
-// the d(slopes) reduction, all on p.fwd.stream. Instantiated in
-// instantiations/attn_bwd_hdim*_*.cu.
+// Launches the backward for one (element type, head-dim bucket): preprocess, dK/dV (adding dQ
+// atomically, or followed by a dQ kernel: bwd_dq_mode.h) and the d(slopes) reduction, all on
+// p.fwd.stream. Instantiated in instantiations/attn_bwd_hdim*_*.cu.
 #pragma once
 
 #include "attn_bwd_kernels.cuh"
@@ -12,14 +12,25 @@ namespace mpt_ext::attn::cuda {
 
 // Query rows per dK/dV step shrink with the head dim: the dK and dV accumulators (kD fp32
 // registers per thread together) leave less room for the S^T / dP^T tiles.
-template <int kD>
-using BwdKVConfigFor = BwdKVConfig<kD, (kD <= 64 ? 64 : (kD <= 128 ? 32 : 16))>;
+template <int kD, bool kDqAtomic>
+using BwdKVConfigFor = BwdKVConfig<kD, (kD <= 64 ? 64 : (kD <= 128 ? 32 : 16)), kDqAtomic>;
 template <int kD>
 using BwdQConfigFor = BwdQConfig<kD, (kD <= 64 ? 64 : 32)>;
 
+template <typename T, typename KV>
+void launch_bwd_dkdv(const AttnBwdParams& p, const BwdExtra& x, int64_t seqlen_k) {
+  const AttnShape& s = p.fwd.shape;
+  auto kernel = attn_bwd_dkdv_kernel<T, KV>;
+  set_smem(reinterpret_cast<const void*>(kernel), KV::kSmemBytes, "attn_bwd_dkdv_kernel");
+  const dim3 grid(static_cast<unsigned>(ceil_div(seqlen_k, KV::kBlockN)),
+                  static_cast<unsigned>(s.num_heads_k), static_cast<unsigned>(s.batch));
+  const auto stream = static_cast<cudaStream_t>(p.fwd.stream);
+  launch_kernel(kernel, grid, KV::kThreads, KV::kSmemBytes, stream, p, x);
+  check_launch("attn_bwd_dkdv_kernel", stream);
+}
+
 template <typename T, int kD>
 void run_attn_bwd(const AttnBwdParams& p) {
-  using KV = BwdKVConfigFor<kD>;
   using Q = BwdQConfigFor<kD>;
   const AttnFwdParams& f = p.fwd;
   const AttnShape& s = f.shape;
@@ -28,10 +39,17 @@ void run_attn_bwd(const AttnBwdParams& p) {
   const bool varlen = s.cu_seqlens_q != nullptr;
   const auto stream = static_cast<cudaStream_t>(f.stream);
 
-  const BwdWorkspaceLayout w = bwd_workspace_layout(p);
+  // The one layout this run uses, checked here: MPT_EXT_ATTN_BWD_DQ could have changed
+  // since the binding sized the workspace (attn_bwd_workspace_bytes_cuda).
+  const BwdWorkspaceLayout w = bwd_workspace_layout(p, kD);
+  const bool dq_atomic = w.dq == BwdDq::kAtomic;
   float* ws = static_cast<float*>(p.workspace);
-  if (w.total_bytes > 0 && ws == nullptr) {
-    throw std::invalid_argument("mpt_ext attention (CUDA): backward workspace is null");
+  if (p.workspace_bytes < w.total_bytes || (w.total_bytes > 0 && ws == nullptr)) {
+    throw std::invalid_argument(
+        "mpt_ext attention (CUDA): backward workspace of " + std::to_string(p.workspace_bytes) +
+        " bytes, this run needs " + std::to_string(w.total_bytes) + " (dQ " +
+        (dq_atomic ? "atomic" : "separate") + "; did " + kBwdDqVariable +
+        " change between the sizing and the run?)");
   }
   BwdExtra x;
   x.q_vec_ok = rows_16b_aligned(f.q, f.q_strides, varlen);
@@ -44,6 +62,7 @@ void run_attn_bwd(const AttnBwdParams& p) {
   x.lse2 = ws + w.lse2_offset;
   x.dsum = ws + w.dsum_offset;
   x.dslope = p.dslopes != nullptr ? ws + w.dslope_offset : nullptr;
+  x.dq_accum = dq_atomic ? ws + w.dq_accum_offset : nullptr;
   x.rows = w.rows;
 
   if (x.dslope != nullptr) {
@@ -51,19 +70,23 @@ void run_attn_bwd(const AttnBwdParams& p) {
     check_cuda(cudaMemsetAsync(x.dslope, 0, s.num_heads * w.rows * sizeof(float), stream),
                "cudaMemsetAsync(dslope row terms)");
   }
+  if (dq_atomic) {
+    check_cuda(cudaMemsetAsync(x.dq_accum, 0, s.num_heads * w.rows * kD * sizeof(float), stream),
+               "cudaMemsetAsync(dq_accum)");
+  }
   launch_bwd_preprocess(p, x.lse2, x.dsum, w.rows);
 
   const int64_t seqlen_q = grid_seqlen(s, s.seqlen_q), seqlen_k = grid_seqlen(s, s.seqlen_k);
   if (seqlen_k > 0) {
-    auto kernel = attn_bwd_dkdv_kernel<T, KV>;
-    set_smem(reinterpret_cast<const void*>(kernel), KV::kSmemBytes, "attn_bwd_dkdv_kernel");
-    const dim3 grid(static_cast<unsigned>(ceil_div(seqlen_k, KV::kBlockN)),
-                    static_cast<unsigned>(s.num_heads_k),
-                    static_cast<unsigned>(s.batch));
-    launch_kernel(kernel, grid, KV::kThreads, KV::kSmemBytes, stream, p, x);
-    check_launch("attn_bwd_dkdv_kernel", stream);
+    if (dq_atomic) {
+      launch_bwd_dkdv<T, BwdKVConfigFor<kD, true>>(p, x, seqlen_k);
+    } else {
+      launch_bwd_dkdv<T, BwdKVConfigFor<kD, false>>(p, x, seqlen_k);
+    }
   }
-  if (seqlen_q > 0) {
+  if (dq_atomic) {
+    launch_bwd_dq_convert(p, x.dq_accum, w.rows, kD);
+  } else if (seqlen_q > 0) {
     auto kernel = attn_bwd_dq_kernel<T, Q>;
     set_smem(reinterpret_cast<const void*>(kernel), Q::kSmemBytes, "attn_bwd_dq_kernel");
     const dim3 grid(static_cast<unsigned>(ceil_div(seqlen_q, Q::kBlockM)),

@@ -1,6 +1,7 @@
-// Backward steps 1 and 4 (see attn_bwd_kernels.cuh): the D = dot(dO, O) / lse2 preprocess and
-// the fixed-order d(slopes) reduction. Small and head-dim independent, so compiled once
-// here rather than in every bucket's file.
+// Backward steps 1, 3 (atomic dQ) and 4 (see attn_bwd_kernels.cuh): the D = dot(dO, O) /
+// lse2 preprocess, the conversion of the fp32 dQ sums and the fixed-order d(slopes)
+// reduction. Small and head-dim independent, so compiled once here rather than in every
+// bucket's file.
 #include <cuda_runtime.h>
 
 #include <climits>
@@ -39,12 +40,32 @@ __global__ void __launch_bounds__(256)
   for (int c = lane; c < f.shape.head_dim; c += 32) acc += Ops::to_float(o[c]) * Ops::to_float(g[c]);
   acc = warp_sum(acc);
   if (lane == 0) {
-    const int64_t row = si.varlen ? si.q_row0 + i : static_cast<int64_t>(b) * si.sq + i;
+    const int64_t row = ws_row(si, b, i);
     const float lse = f.lse[lse_offset(f, si, b, h) + i];
     // A row that saw no key (lse -inf) gets +inf: exp2(score - inf) = 0 for every key.
     lse2[h * rows + row] = lse == -INFINITY ? INFINITY : lse * kLog2e;
     dsum[h * rows + row] = acc;
   }
+}
+
+// ---- 3. dQ from its fp32 sums (BwdDq::kAtomic) --------------------------------------------
+
+template <typename T>
+__global__ void __launch_bounds__(256)
+    attn_bwd_dq_convert_kernel(const AttnBwdParams p, const float* dq_accum, int64_t rows,
+                               int cols) {
+  using Ops = ElemOps<T>;
+  const int lane = threadIdx.x & 31;
+  const int i = blockIdx.x * kPreRowsPerCta + (threadIdx.x >> 5);
+  const int h = blockIdx.y, b = blockIdx.z;
+  const AttnFwdParams& f = p.fwd;
+  const SeqInfo si = seq_info(f.shape, b);
+  if (i >= si.sq) return;
+  const float* a = dq_accum + (h * rows + ws_row(si, b, i)) * cols;
+  uint16_t* g = static_cast<uint16_t*>(p.dq) + seq_offset(p.dq_strides, b, si.q_row0, si.varlen) +
+                h * p.dq_strides.head + i * p.dq_strides.row;
+  const float scale = f.mask.softmax_scale;
+  for (int c = lane; c < f.shape.head_dim; c += 32) g[c] = Ops::from_float(a[c] * scale);
 }
 
 // ---- 4. d(slopes) ----------------------------------------------------------------------
@@ -94,6 +115,20 @@ void launch_bwd_preprocess(const AttnBwdParams& p, float* lse2, float* dsum, int
                                                        : attn_bwd_preprocess_kernel<__half>;
   launch_kernel(kernel, grid, 32 * kPreRowsPerCta, 0, stream, p, lse2, dsum, rows);
   check_launch("attn_bwd_preprocess_kernel", stream);
+}
+
+void launch_bwd_dq_convert(const AttnBwdParams& p, const float* dq_accum, int64_t rows, int cols) {
+  const AttnShape& s = p.fwd.shape;
+  const int64_t seqlen_q = grid_seqlen(s, s.seqlen_q);
+  if (s.batch == 0 || s.num_heads == 0 || seqlen_q == 0) return;
+  check_grid_yz(s.num_heads, s.batch, "attention backward");
+  const dim3 grid(static_cast<unsigned>(ceil_div(seqlen_q, kPreRowsPerCta)),
+                  static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.batch));
+  const auto stream = static_cast<cudaStream_t>(p.fwd.stream);
+  const auto kernel = p.fwd.dtype == DType::kBFloat16 ? attn_bwd_dq_convert_kernel<__nv_bfloat16>
+                                                       : attn_bwd_dq_convert_kernel<__half>;
+  launch_kernel(kernel, grid, 32 * kPreRowsPerCta, 0, stream, p, dq_accum, rows, cols);
+  check_launch("attn_bwd_dq_convert_kernel", stream);
 }
 
 void launch_bwd_dslope_reduce(const AttnBwdParams& p, const float* terms, int64_t rows) {

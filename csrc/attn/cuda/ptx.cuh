@@ -1,6 +1,7 @@
 // Thin wrappers over the sm80+ PTX the attention kernels use: cp.async (global -> shared,
-// zero-filling), ldmatrix (shared -> mma fragments) and mma.sync m16n8k16 with fp32
-// accumulation. Kept in one place so each instruction's operand layout is written once.
+// zero-filling), ldmatrix (shared -> mma fragments), mma.sync m16n8k16 with fp32
+// accumulation and red.global.add.f32. Kept in one place so each instruction's operand
+// layout is written once.
 // Under MPT_EXT_CUDA_EMULATION (tests/cuda_emulation) each wrapper calls the emulated
 // instruction instead of its inline assembly; nothing else in the kernels changes.
 #pragma once
@@ -139,6 +140,16 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr(smem))
                : "memory");
+#endif
+}
+
+// *addr += value in global memory, atomically (no result: the fire-and-forget RED form).
+// Round to nearest even, subnormals flushed; the order of concurrent updates is unspecified.
+__device__ __forceinline__ void red_add_f32(float* addr, float value) {
+#ifdef MPT_EXT_CUDA_EMULATION
+  cuda_emu::red_global_add_f32(addr, value);
+#else
+  asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(addr), "f"(value) : "memory");
 #endif
 }
 

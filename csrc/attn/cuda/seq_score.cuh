@@ -72,6 +72,12 @@ __device__ __forceinline__ int64_t seq_offset(const TensorStrides& st, int b, in
   return varlen ? row0 * st.row : static_cast<int64_t>(b) * st.batch;
 }
 
+// Row of query i of sequence b in the backward's [H][rows] workspaces (attn_bwd_workspace.h):
+// batched b * sq + i, varlen cu_seqlens_q[b] + i.
+__device__ __forceinline__ int64_t ws_row(const SeqInfo& si, int b, int i) {
+  return si.varlen ? si.q_row0 + i : static_cast<int64_t>(b) * si.sq + i;
+}
+
 // Element offset of (sequence b, head h, row 0) in the fp32 lse (batched (B, H, Sq);
 // varlen (H, total_q)).
 __device__ __forceinline__ int64_t lse_offset(const AttnFwdParams& p, const SeqInfo& si,

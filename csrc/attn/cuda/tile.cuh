@@ -78,6 +78,15 @@ __device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], const uint16_t* tile
   ldmatrix_x4_trans(b, tile + swz<kCols>(k0 + (lane & 15), n0 + (lane >> 4) * 8));
 }
 
+// A operand (16x16, row-major) at rows m0.. and k0.. from a tile laid out [k][m] (e.g. dS^T
+// for dS K), transposed by ldmatrix: matrix j covers m0 + 8 (j & 1) and k0 + 8 (j >> 1).
+template <int kCols>
+__device__ __forceinline__ void load_a_kn(uint32_t (&a)[4], const uint16_t* tile, int k0, int m0,
+                                          int lane) {
+  ldmatrix_x4_trans(a, tile + swz<kCols>(k0 + (lane & 7) + (lane >> 4) * 8,
+                                         m0 + ((lane >> 3) & 1) * 8));
+}
+
 // The accumulator fragments of two n8 tiles (16 x 16 fp32, C layout) as one A operand:
 // the m16n8 C layout of tiles 2j, 2j+1 is exactly the m16k16 A layout.
 template <typename T>

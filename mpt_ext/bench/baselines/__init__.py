@@ -4,6 +4,7 @@ Registries list them in table order: ours first, then what a user would pick ins
 then the no-ALiBi ceilings. Entries marked cuda_only are skipped on a CPU run."""
 from __future__ import annotations
 
+from ..counting import FWD_BWD
 from . import eager, flash_attn_pkg, flex, norms, ours, sdpa
 from .spec import BASELINE, CEILING, OURS, AttentionImpl, AttnSpec, NormImpl, NormSpec
 
@@ -17,6 +18,9 @@ def attention_impls() -> list[AttentionImpl]:
         # the forward's other tiles, for the A/B that picks the default (issue 16)
         *(AttentionImpl(f"mpt_ext tile {tile}", OURS, "bshd", ours.build_attention_tile(tile),
                         cuda_only=True) for tile in ours.fwd_tile_variants()),
+        # the backward's separate dQ kernel against the default atomic dQ (same forward)
+        AttentionImpl("mpt_ext deterministic", OURS, "bshd", ours.build_attention_deterministic,
+                      cuda_only=True, passes=(FWD_BWD,)),
         AttentionImpl("flash-attn", BASELINE, "bshd", flash_attn_pkg.build, cuda_only=True),
         AttentionImpl("flex ALiBi", BASELINE, "bhsd", flex.build, cuda_only=True),
         AttentionImpl("SDPA+bias cuDNN", BASELINE, "bhsd", sdpa.build_with_bias("cudnn"),

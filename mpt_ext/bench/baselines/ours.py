@@ -21,13 +21,19 @@ def _require_cuda_kernel(device: torch.device, built: bool, what: str) -> None:
         raise NotImplementedError(f"mpt_ext was built without the CUDA {what} kernel")
 
 
-def build_attention(spec: AttnSpec) -> AttnFn:
+def build_attention(spec: AttnSpec, deterministic: bool = False) -> AttnFn:
     _require_cuda_kernel(spec.device, _library.CUDA_ATTN, "attn")
 
     def fn(q, k, v):  # bshd
         return mpt_ext.flash_attn_func(q, k, v, softmax_scale=spec.scale, causal=spec.causal,
-                                       alibi_slopes=spec.slopes)
+                                       alibi_slopes=spec.slopes, deterministic=deterministic)
     return fn
+
+
+def build_attention_deterministic(spec: AttnSpec) -> AttnFn:
+    """deterministic=True: on CUDA the backward's separate dQ kernel, bitwise reproducible,
+    against the default atomic dQ (csrc/attn/cuda/bwd_dq_mode.h)."""
+    return build_attention(spec, deterministic=True)
 
 
 def fwd_tile_variants() -> list[str]:

@@ -50,6 +50,7 @@ class AttentionImpl:
     build: Callable[[AttnSpec], AttnFn]
     cuda_only: bool = False
     note: Optional[str] = None
+    passes: Optional[tuple[str, ...]] = None  # the passes it is timed in (None: all)
 
 
 @dataclass
