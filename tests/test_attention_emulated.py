@@ -74,14 +74,18 @@ def test_dslopes_emulated_fp32_accurate(emulated):
     check_dslopes_fp32_accurate(q, k, v, slopes, window_size=(-1, 20))
 
 
-def test_varlen_emulated_with_empty_sequence(emulated):
-    lengths_q, lengths_k = [17, 0, 64, 1], [30, 5, 64, 0]
-    heads, heads_k, d = 4, 2, 64
+def varlen_qkv(lengths_q, lengths_k, heads, heads_k, d):
+    """Packed bf16 q, k, v (each inside NaN guards) and their cu_seqlens."""
     q = guarded(torch.randn(sum(lengths_q), heads, d, dtype=torch.bfloat16))
     k = guarded(torch.randn(sum(lengths_k), heads_k, d, dtype=torch.bfloat16))
     v = guarded(torch.randn(sum(lengths_k), heads_k, d, dtype=torch.bfloat16))
-    cu_q, cu_k = cu_seqlens(lengths_q), cu_seqlens(lengths_k)
-    slopes = make_slopes("batch", len(lengths_q), heads, requires_grad=True)
+    return q, k, v, cu_seqlens(lengths_q), cu_seqlens(lengths_k)
+
+
+def test_varlen_emulated_with_empty_sequence(emulated):
+    lengths_q, lengths_k = [17, 0, 64, 1], [30, 5, 64, 0]
+    q, k, v, cu_q, cu_k = varlen_qkv(lengths_q, lengths_k, 4, 2, 64)
+    slopes = make_slopes("batch", len(lengths_q), 4, requires_grad=True)
     check_varlen_fwd(q, k, v, cu_q, cu_k, causal=True, alibi_slopes=slopes)
     check_varlen_bwd(q, k, v, cu_q, cu_k, causal=True, alibi_slopes=slopes)
 
@@ -172,36 +176,20 @@ def test_bwd_dq_variant_choice(emulated, monkeypatch):
         bwd_kernels()
 
 
-DQ_CASES = {
-    "d64_causal_alibi_gqa": dict(d=64, seqlen_q=130, seqlen_k=130, causal=True, slopes="mpt"),
-    "d128_fp16_sq<sk_softcap_batch_slopes": dict(d=128, seqlen_q=17, seqlen_k=130,
-                                                 dtype=torch.float16, softcap=30.0,
-                                                 slopes="batch"),
-    "d96_sq>sk_window": dict(d=96, seqlen_q=64, seqlen_k=17, window=(7, 2), slopes="head"),
-    "d200_bucket256_causal": dict(d=200, seqlen_q=40, seqlen_k=33, causal=True, slopes="head",
-                                  batch=1, heads=3, heads_k=1),
-    "d40_unaligned_causal_left": dict(d=40, seqlen_q=130, seqlen_k=64, causal=True,
-                                      window=(9, -1), misalign=3),
-}
-
-
-@pytest.mark.parametrize("case", list(DQ_CASES))
+@pytest.mark.parametrize("case", list(FAST))
 @pytest.mark.parametrize("dq", ["atomic", "separate"])
 def test_bwd_dq_variant_emulated(emulated, monkeypatch, dq, case):
+    # the fast slice with frozen slopes (trainable ones always take the separate kernel)
     monkeypatch.setenv(DQ_VARIABLE, dq)
-    run_case(dslopes=False, **DQ_CASES[case])
+    run_case(dslopes=False, **FAST[case])
 
 
 @pytest.mark.parametrize("dq", ["atomic", "separate"])
 def test_bwd_dq_variant_varlen_emulated(emulated, monkeypatch, dq):
     monkeypatch.setenv(DQ_VARIABLE, dq)
-    lengths_q, lengths_k = [17, 0, 130, 1], [30, 5, 64, 0]
-    heads, heads_k, d = 4, 2, 128
-    q = guarded(torch.randn(sum(lengths_q), heads, d, dtype=torch.bfloat16))
-    k = guarded(torch.randn(sum(lengths_k), heads_k, d, dtype=torch.bfloat16))
-    v = guarded(torch.randn(sum(lengths_k), heads_k, d, dtype=torch.bfloat16))
-    cu_q, cu_k = cu_seqlens(lengths_q), cu_seqlens(lengths_k)
-    slopes = make_slopes("batch", len(lengths_q), heads)
+    lengths_q = [17, 0, 130, 1]
+    q, k, v, cu_q, cu_k = varlen_qkv(lengths_q, [30, 5, 64, 0], 4, 2, 128)
+    slopes = make_slopes("batch", len(lengths_q), 4)
     check_varlen_bwd(q, k, v, cu_q, cu_k, causal=True, alibi_slopes=slopes)
 
 

@@ -19,17 +19,33 @@ namespace {
 
 constexpr int kPreRowsPerCta = 8;  // one warp per row
 
+// The query row a warp of a per-row kernel takes (grid: row blocks, heads, batch).
+struct WarpRow {
+  int lane, i, h, b;
+  SeqInfo si;
+  __device__ __forceinline__ bool exists() const { return i < si.sq; }
+};
+
+__device__ __forceinline__ WarpRow warp_row(const AttnShape& s) {
+  WarpRow r;
+  r.lane = threadIdx.x & 31;
+  r.i = blockIdx.x * kPreRowsPerCta + (threadIdx.x >> 5);
+  r.h = blockIdx.y;
+  r.b = blockIdx.z;
+  r.si = seq_info(s, r.b);
+  return r;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(256)
     attn_bwd_preprocess_kernel(const AttnBwdParams p, float* lse2, float* dsum,
                                int64_t rows) {
   using Ops = ElemOps<T>;
-  const int lane = threadIdx.x & 31;
-  const int i = blockIdx.x * kPreRowsPerCta + (threadIdx.x >> 5);
-  const int h = blockIdx.y, b = blockIdx.z;
   const AttnFwdParams& f = p.fwd;
-  const SeqInfo si = seq_info(f.shape, b);
-  if (i >= si.sq) return;
+  const WarpRow w = warp_row(f.shape);
+  if (!w.exists()) return;
+  const int lane = w.lane, i = w.i, h = w.h, b = w.b;
+  const SeqInfo& si = w.si;
   const uint16_t* o = static_cast<const uint16_t*>(f.out) +
                       seq_offset(f.out_strides, b, si.q_row0, si.varlen) +
                       h * f.out_strides.head + i * f.out_strides.row;
@@ -55,17 +71,15 @@ __global__ void __launch_bounds__(256)
     attn_bwd_dq_convert_kernel(const AttnBwdParams p, const float* dq_accum, int64_t rows,
                                int cols) {
   using Ops = ElemOps<T>;
-  const int lane = threadIdx.x & 31;
-  const int i = blockIdx.x * kPreRowsPerCta + (threadIdx.x >> 5);
-  const int h = blockIdx.y, b = blockIdx.z;
   const AttnFwdParams& f = p.fwd;
-  const SeqInfo si = seq_info(f.shape, b);
-  if (i >= si.sq) return;
-  const float* a = dq_accum + (h * rows + ws_row(si, b, i)) * cols;
-  uint16_t* g = static_cast<uint16_t*>(p.dq) + seq_offset(p.dq_strides, b, si.q_row0, si.varlen) +
-                h * p.dq_strides.head + i * p.dq_strides.row;
+  const WarpRow w = warp_row(f.shape);
+  if (!w.exists()) return;
+  const float* a = dq_accum + (w.h * rows + ws_row(w.si, w.b, w.i)) * cols;
+  uint16_t* g = static_cast<uint16_t*>(p.dq) +
+                seq_offset(p.dq_strides, w.b, w.si.q_row0, w.si.varlen) +
+                w.h * p.dq_strides.head + w.i * p.dq_strides.row;
   const float scale = f.mask.softmax_scale;
-  for (int c = lane; c < f.shape.head_dim; c += 32) g[c] = Ops::from_float(a[c] * scale);
+  for (int c = w.lane; c < f.shape.head_dim; c += 32) g[c] = Ops::from_float(a[c] * scale);
 }
 
 // ---- 4. d(slopes) ----------------------------------------------------------------------
@@ -101,34 +115,33 @@ __global__ void __launch_bounds__(kReduceThreads)
   if (threadIdx.x == 0) p.dslopes[blockIdx.x] = partial[0];
 }
 
+// One warp per query row: grid (row blocks, heads, batch); nothing to launch without rows.
+template <typename... Params, typename... Args>
+void launch_per_row(void (*kernel)(Params...), const char* name, const AttnBwdParams& p,
+                    const Args&... args) {
+  const AttnShape& s = p.fwd.shape;
+  const int64_t seqlen_q = grid_seqlen(s, s.seqlen_q);
+  if (s.batch == 0 || s.num_heads == 0 || seqlen_q == 0) return;
+  check_grid_yz(s.num_heads, s.batch, "attention backward");
+  const dim3 grid(static_cast<unsigned>(ceil_div(seqlen_q, kPreRowsPerCta)),
+                  static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.batch));
+  const auto stream = static_cast<cudaStream_t>(p.fwd.stream);
+  launch_kernel(kernel, grid, 32 * kPreRowsPerCta, 0, stream, p, args...);
+  check_launch(name, stream);
+}
+
 }  // namespace
 
 void launch_bwd_preprocess(const AttnBwdParams& p, float* lse2, float* dsum, int64_t rows) {
-  const AttnShape& s = p.fwd.shape;
-  const int64_t seqlen_q = grid_seqlen(s, s.seqlen_q);
-  if (s.batch == 0 || s.num_heads == 0 || seqlen_q == 0) return;
-  check_grid_yz(s.num_heads, s.batch, "attention backward");
-  const dim3 grid(static_cast<unsigned>(ceil_div(seqlen_q, kPreRowsPerCta)),
-                  static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.batch));
-  const auto stream = static_cast<cudaStream_t>(p.fwd.stream);
   const auto kernel = p.fwd.dtype == DType::kBFloat16 ? attn_bwd_preprocess_kernel<__nv_bfloat16>
                                                        : attn_bwd_preprocess_kernel<__half>;
-  launch_kernel(kernel, grid, 32 * kPreRowsPerCta, 0, stream, p, lse2, dsum, rows);
-  check_launch("attn_bwd_preprocess_kernel", stream);
+  launch_per_row(kernel, "attn_bwd_preprocess_kernel", p, lse2, dsum, rows);
 }
 
 void launch_bwd_dq_convert(const AttnBwdParams& p, const float* dq_accum, int64_t rows, int cols) {
-  const AttnShape& s = p.fwd.shape;
-  const int64_t seqlen_q = grid_seqlen(s, s.seqlen_q);
-  if (s.batch == 0 || s.num_heads == 0 || seqlen_q == 0) return;
-  check_grid_yz(s.num_heads, s.batch, "attention backward");
-  const dim3 grid(static_cast<unsigned>(ceil_div(seqlen_q, kPreRowsPerCta)),
-                  static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.batch));
-  const auto stream = static_cast<cudaStream_t>(p.fwd.stream);
   const auto kernel = p.fwd.dtype == DType::kBFloat16 ? attn_bwd_dq_convert_kernel<__nv_bfloat16>
                                                        : attn_bwd_dq_convert_kernel<__half>;
-  launch_kernel(kernel, grid, 32 * kPreRowsPerCta, 0, stream, p, dq_accum, rows, cols);
-  check_launch("attn_bwd_dq_convert_kernel", stream);
+  launch_per_row(kernel, "attn_bwd_dq_convert_kernel", p, dq_accum, rows, cols);
 }
 
 void launch_bwd_dslope_reduce(const AttnBwdParams& p, const float* terms, int64_t rows) {
