@@ -76,8 +76,6 @@ std::string what_was_wrong(SeqlensArg arg, int device, int64_t b) {
 
 }  // namespace
 
-int32_t* input_error_words() { return words_of(current_device(), /*allocate=*/true).device; }
-
 void raise_input_errors(int device) {
   const Words w = words_of(device, /*allocate=*/false);
   if (w.host == nullptr) return;
@@ -91,6 +89,12 @@ void raise_input_errors(int device) {
                what_was_wrong(static_cast<SeqlensArg>(i), device, noted - 1);
   }
   if (!message.empty()) throw std::invalid_argument(message);
+}
+
+int32_t* checked_input_error_words() {
+  const int device = current_device();
+  raise_input_errors(device);
+  return words_of(device, /*allocate=*/true).device;
 }
 
 }  // namespace mpt_ext

@@ -25,13 +25,15 @@ MPT_HOST_DEVICE void note_bad_sequence(int32_t* words, SeqlensArg arg, int64_t b
   }
 }
 
-// Host side (device_input_errors.cu). The current device's words, as the kernels address them;
-// allocated on the first call per device (so make one call before a CUDA graph capture, as
-// any warm-up does).
-int32_t* input_error_words();
+// Host side (device_input_errors.cu).
 // Throws std::invalid_argument naming each argument and sequence a kernel on `device` noted
 // since the last call, and clears the notes. Reads host memory only: it reports
 // what the kernels that have finished wrote.
 void raise_input_errors(int device);
+// What an op that hands its kernels the words does first: raises what earlier kernels on the
+// current device noted, then returns that device's words as the kernels address them. They
+// are allocated on the first call per device (so make one call before a CUDA graph capture,
+// as any warm-up does).
+int32_t* checked_input_error_words();
 
 }  // namespace mpt_ext

@@ -1,6 +1,7 @@
 // CUDA attention entry points: validate what the kernels assume, pick the head-dim bucket
-// and element type, and call the instantiated launcher. Backward workspace sizing lives
-// here too so that query and use can never disagree. Only the launchers' declarations are
+// and element type, and call the instantiated launcher. The backward workspace is sized here
+// from the launcher's own layout (attn_bwd_workspace.h), which the launcher checks again
+// against the one it runs. Only the launchers' declarations are
 // included (instantiations.h): the kernels compile in instantiations/, once.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -79,8 +80,7 @@ void dispatch(DType dtype, int bucket, F&& f) {
 // words are made on every call (a lookup after the first), so that any attention call as a
 // warm-up makes them before a CUDA graph capture.
 AttnShape checked_on_device(const AttnShape& s) {
-  raise_input_errors(current_device());
-  int32_t* words = input_error_words();
+  int32_t* words = checked_input_error_words();
   AttnShape c = s;
   if (s.cu_seqlens_q != nullptr) c.input_errors = words;
   return c;

@@ -195,9 +195,9 @@ int64_t attn_kvcache_workspace_bytes_cuda(const AttnKVCacheParams& p) {
 }
 
 void attn_kvcache_cuda(const AttnKVCacheParams& p) {
-  raise_input_errors(current_device());  // a bad cache_seqlens an earlier call's kernels noted
-  // Made (or looked up) on every call, so that any warm-up makes them before a capture.
-  int32_t* input_errors = input_error_words();
+  // Raises a bad cache_seqlens an earlier call's kernels noted. The words are made (or looked
+  // up) on every call, so that any warm-up makes them before a capture.
+  int32_t* input_errors = checked_input_error_words();
   validate(p);
   const AttnShape& s = p.fwd.shape;
   cudaStream_t stream = static_cast<cudaStream_t>(p.fwd.stream);
