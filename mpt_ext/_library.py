@@ -22,9 +22,18 @@ CUDA_NORM = "norm" in CUDA_FAMILIES
 CUDA_ATTN = "attn" in CUDA_FAMILIES
 #: the CUDA decode kernels (attn_kvcache: flash_attn_with_kvcache)
 CUDA_ATTN_KVCACHE = "attn_kvcache" in CUDA_FAMILIES
-#: the CUDA attention forward's tiles ("ROWSxKEYS") per compiled head-dim bucket (the largest
-#: head dim it serves), the default first; MPT_EXT_ATTN_FWD_TILE picks another for A/B runs.
-#: Empty without the CUDA attention kernels.
-ATTN_FWD_TILES = {int(bucket): tuple(tiles.split(","))
-                  for bucket, tiles in (item.split(":") for item in _C.attn_fwd_tiles.split(";")
-                                        if item)}
+
+
+def _tiles(listing: str) -> dict[int, tuple[str, ...]]:
+    """'64:a,b;128:c' (csrc/attn/cuda/attn_tiles.cu) as {64: ("a", "b"), 128: ("c",)}."""
+    return {int(bucket): tuple(tiles.split(","))
+            for bucket, tiles in (item.split(":") for item in listing.split(";") if item)}
+
+
+#: the CUDA attention forward's tiles ("ROWSxKEYS": query rows per CTA x keys per step) per
+#: compiled head-dim bucket (the largest head dim it serves), the default first;
+#: MPT_EXT_ATTN_FWD_TILE picks another for A/B runs. Empty without the CUDA attention kernels.
+ATTN_FWD_TILES = _tiles(_C.attn_fwd_tiles)
+#: the same for the backward's dK/dV kernel ("KEYSxROWS": keys per CTA x query rows per
+#: step), picked by MPT_EXT_ATTN_BWD_TILE.
+ATTN_BWD_TILES = _tiles(_C.attn_bwd_tiles)

@@ -42,12 +42,14 @@ PyMODINIT_FUNC PyInit__C(void) {
   const char* families = MPT_EXT_FAMILY_NORM MPT_EXT_FAMILY_ATTN MPT_EXT_FAMILY_ATTN_KVCACHE;
 #ifdef MPT_EXT_CUDA_ATTN
   const std::string attn_fwd_tiles = mpt_ext::attn_fwd_tiles_cuda();
+  const std::string attn_bwd_tiles = mpt_ext::attn_bwd_tiles_cuda();
 #else
-  const std::string attn_fwd_tiles;
+  const std::string attn_fwd_tiles, attn_bwd_tiles;
 #endif
   if (PyModule_AddIntConstant(m, "with_cuda", with_cuda) != 0 ||
       PyModule_AddStringConstant(m, "cuda_families", families) != 0 ||
-      PyModule_AddStringConstant(m, "attn_fwd_tiles", attn_fwd_tiles.c_str()) != 0) {
+      PyModule_AddStringConstant(m, "attn_fwd_tiles", attn_fwd_tiles.c_str()) != 0 ||
+      PyModule_AddStringConstant(m, "attn_bwd_tiles", attn_bwd_tiles.c_str()) != 0) {
     Py_DECREF(m);
     return nullptr;
   }

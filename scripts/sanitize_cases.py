@@ -25,16 +25,24 @@ def attention_cases():
                 out = mpt_ext.flash_attn_func(q, k, v, causal=causal, window_size=window,
                                               alibi_slopes=slopes, softcap=0.0)
                 out.float().square().sum().backward()
-        # the forward's other tiles (MPT_EXT_ATTN_FWD_TILE), where the head-dim bucket has them
-        for bucket, tiles in mpt_ext._library.ATTN_FWD_TILES.items():
-            for tile in tiles[1:]:
-                os.environ["MPT_EXT_ATTN_FWD_TILE"] = tile
-                q = torch.randn(1, 200, 4, bucket, device=dev, dtype=dtype)
-                kv = torch.randn(1, 150, 2, bucket, device=dev, dtype=dtype)
-                for causal, window in ((True, (-1, -1)), (False, (40, 7))):
-                    mpt_ext.flash_attn_func(q, kv, kv, causal=causal, window_size=window,
-                                            alibi_slopes=mpt_ext.alibi_slopes(4, device=dev))
-                del os.environ["MPT_EXT_ATTN_FWD_TILE"]
+        # the other tiles (MPT_EXT_ATTN_FWD_TILE, MPT_EXT_ATTN_BWD_TILE) where the head-dim
+        # bucket has them; backward tiles with both dQ variants (frozen slopes: atomic)
+        for variable, listing in (("MPT_EXT_ATTN_FWD_TILE", mpt_ext._library.ATTN_FWD_TILES),
+                                  ("MPT_EXT_ATTN_BWD_TILE", mpt_ext._library.ATTN_BWD_TILES)):
+            for bucket, tiles in listing.items():
+                for tile in tiles[1:]:
+                    os.environ[variable] = tile
+                    q = torch.randn(1, 200, 4, bucket, device=dev, dtype=dtype,
+                                    requires_grad=True)
+                    kv = torch.randn(1, 150, 2, bucket, device=dev, dtype=dtype,
+                                     requires_grad=True)
+                    for slopes_grad, causal, window in ((False, True, (-1, -1)),
+                                                        (True, False, (40, 7))):
+                        slopes = mpt_ext.alibi_slopes(4, device=dev).requires_grad_(slopes_grad)
+                        out = mpt_ext.flash_attn_func(q, kv, kv, causal=causal,
+                                                      window_size=window, alibi_slopes=slopes)
+                        out.float().square().sum().backward()
+                    del os.environ[variable]
         # varlen with an empty sequence
         cu = torch.tensor([0, 5, 5, 40], device=dev, dtype=torch.int32)
         q = torch.randn(40, 4, 64, device=dev, dtype=dtype, requires_grad=True)

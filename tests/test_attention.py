@@ -264,6 +264,34 @@ def test_backward_dq_variants(device, dtype, head_dim, dq, monkeypatch):
     check_bwd(q, k, v, alibi_slopes=slopes, window_size=(300, 40), softcap=30.0)
 
 
+# The CUDA kernels' other tiles (csrc/attn/cuda/tile_choice.h: what mpt-bench A/B's against
+# the defaults), at sizes with many blocks; the backward's with both dQ variants.
+TILE_VARIANTS = [("MPT_EXT_ATTN_FWD_TILE", 128, "128x32", None),
+                 ("MPT_EXT_ATTN_FWD_TILE", 128, "128x64", None),
+                 *(("MPT_EXT_ATTN_BWD_TILE", d, tile, dq) for d, tile in ((64, "128x64"),
+                                                                          (128, "128x32"))
+                   for dq in ("atomic", "separate"))]
+
+
+@pytest.mark.parametrize("device,dtype,variable,head_dim,tile,dq", devices(
+    "attn", cpu=[], cuda=[(dt, *v) for dt in CUDA_DTYPES for v in TILE_VARIANTS]))
+def test_tile_variants(device, dtype, variable, head_dim, tile, dq, monkeypatch):
+    backward = variable == "MPT_EXT_ATTN_BWD_TILE"
+    listing = mpt_ext._library.ATTN_BWD_TILES if backward else mpt_ext._library.ATTN_FWD_TILES
+    if head_dim not in listing:
+        pytest.skip(f"head-dim bucket {head_dim} not compiled (MPT_EXT_HEAD_DIMS)")
+    assert tile in listing[head_dim][1:]
+    monkeypatch.setenv(variable, tile)
+    if dq is not None:
+        monkeypatch.setenv("MPT_EXT_ATTN_BWD_DQ", dq)
+    q, k, v = random_qkv(2, 1000, 1100, 4, 2, head_dim, dtype, device=device,
+                         requires_grad=backward)
+    slopes = make_slopes("mpt", 2, 4, device=device)
+    check = check_bwd if backward else check_fwd
+    check(q, k, v, alibi_slopes=slopes, causal=True)
+    check(q, k, v, alibi_slopes=slopes, window_size=(300, 40), softcap=30.0)
+
+
 def test_backward_slopes_without_grad():
     # Slopes given but frozen: no d(slopes), q/k/v grads still right.
     q, k, v = random_qkv(2, 17, 17, 3, 3, 32, torch.float32, requires_grad=True)

@@ -7,6 +7,7 @@ race, an async copy read before its wait, a bad address or a divergent warp inst
 sit inside NaN-filled buffers (a read past a tensor shows up as NaN) and allocations start
 poisoned (emulation.py). The default run holds a fast slice; the full grid is marked slow."""
 import itertools
+import re
 
 import pytest
 import torch
@@ -90,31 +91,55 @@ def test_varlen_emulated_with_empty_sequence(emulated):
     check_varlen_bwd(q, k, v, cu_q, cu_k, causal=True, alibi_slopes=slopes)
 
 
-# ---- forward tile variants (MPT_EXT_ATTN_FWD_TILE, csrc/attn/cuda/fwd_tile.h) -------------
+# ---- tile variants (MPT_EXT_ATTN_FWD_TILE / _BWD_TILE, csrc/attn/cuda/tile_choice.h) -------
 TILE_VARIABLE = "MPT_EXT_ATTN_FWD_TILE"
+BWD_TILE_VARIABLE = "MPT_EXT_ATTN_BWD_TILE"
+
+
+def _attention_call(backward: bool, head_dim: int):
+    q = torch.randn(1, 3, 2, head_dim, dtype=torch.bfloat16, requires_grad=backward)
+    out = mpt_ext.flash_attn_func(q, q, q)
+    if backward:
+        out.sum().backward()
+
+
+def tiles(variable: str, head_dim: int) -> list[str]:
+    """The bucket's tiles for `variable`, default first, as the launcher itself lists them in
+    the error for a tile it lacks."""
+    backward = variable == BWD_TILE_VARIABLE
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(variable, "1x1")
+        with pytest.raises(ValueError, match=f"{variable}=1x1: head-dim bucket") as info:
+            _attention_call(backward, head_dim)
+    what = "backward" if backward else "forward"
+    return str(info.value).split(f"{what} tiles ")[1].split(", ")
 
 
 def fwd_tiles(head_dim: int) -> list[str]:
-    """The bucket's forward tiles, default first, as the launcher itself lists them in the
-    error for a tile it lacks."""
-    q = torch.randn(1, 1, 1, head_dim, dtype=torch.bfloat16)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(TILE_VARIABLE, "1x1")
-        with pytest.raises(ValueError, match=f"{TILE_VARIABLE}=1x1: head-dim bucket") as info:
-            mpt_ext.flash_attn_func(q, q, q)
-    return str(info.value).split("forward tiles ")[1].split(", ")
+    return tiles(TILE_VARIABLE, head_dim)
 
 
-def test_fwd_tile_choices(emulated, monkeypatch):
-    assert fwd_tiles(128) == ["64x64", "128x32", "128x64"]
-    assert fwd_tiles(64) == ["128x64"] and fwd_tiles(256) == ["64x32"]
-    q = torch.randn(1, 3, 2, 64, dtype=torch.bfloat16)
+@pytest.mark.parametrize("variable,form", [(TILE_VARIABLE, "ROWSxKEYS"),
+                                           (BWD_TILE_VARIABLE, "KEYSxROWS")])
+def test_tile_choices(emulated, monkeypatch, variable, form):
+    if variable == TILE_VARIABLE:
+        assert tiles(variable, 128) == ["64x64", "128x32", "128x64"]
+        assert tiles(variable, 64) == ["128x64"] and tiles(variable, 256) == ["64x32"]
+    else:
+        assert tiles(variable, 128) == ["64x32", "128x32"]
+        assert tiles(variable, 64) == ["64x64", "128x64"] and tiles(variable, 256) == ["64x16"]
+    backward = variable == BWD_TILE_VARIABLE
     for bad in ("128", "x32", "128x32x1", "-64x64", "big"):
-        monkeypatch.setenv(TILE_VARIABLE, bad)
-        with pytest.raises(ValueError, match="expected ROWSxKEYS"):
-            mpt_ext.flash_attn_func(q, q, q)
-    monkeypatch.setenv(TILE_VARIABLE, "")  # empty: the default
-    mpt_ext.flash_attn_func(q, q, q)
+        monkeypatch.setenv(variable, bad)
+        with pytest.raises(ValueError, match=f"{variable}: expected {form}"):
+            _attention_call(backward, 64)
+    monkeypatch.setenv(variable, "")  # empty: the default
+    _attention_call(backward, 64)
+    monkeypatch.delenv(variable)
+    # a CUDA build lists the same tiles (attn_tiles.cu) for the benchmark's contenders
+    listing = (mpt_ext._library.ATTN_BWD_TILES if backward else mpt_ext._library.ATTN_FWD_TILES)
+    for bucket, names in listing.items():
+        assert list(names) == tiles(variable, bucket)
 
 
 def test_fwd_default_tile_by_name_is_the_default(emulated, monkeypatch):
@@ -191,6 +216,32 @@ def test_bwd_dq_variant_varlen_emulated(emulated, monkeypatch, dq):
     q, k, v, cu_q, cu_k = varlen_qkv(lengths_q, [30, 5, 64, 0], 4, 2, 128)
     slopes = make_slopes("batch", len(lengths_q), 4)
     check_varlen_bwd(q, k, v, cu_q, cu_k, causal=True, alibi_slopes=slopes)
+
+
+# ---- backward dK/dV tiles (MPT_EXT_ATTN_BWD_TILE) with each dQ variant ----------------------
+def test_bwd_tile_picks_the_kernel(emulated, monkeypatch):
+    def dkdv_configs():  # BwdKVConfig<kD, rows per step, warps, atomic dQ> of each launch
+        return [re.search(r"BwdKVConfig<([^>]*)>", n).group(1) for n in bwd_kernels()
+                if "attn_bwd_dkdv_kernel" in n]
+    monkeypatch.delenv(DQ_VARIABLE, raising=False)
+    monkeypatch.delenv(BWD_TILE_VARIABLE, raising=False)
+    assert dkdv_configs() == ["64, 64, 4, true"]
+    monkeypatch.setenv(BWD_TILE_VARIABLE, "128x64")
+    assert dkdv_configs() == ["64, 64, 8, true"]
+    monkeypatch.setenv(DQ_VARIABLE, "separate")
+    assert dkdv_configs() == ["64, 64, 8, false"]
+    monkeypatch.setenv(BWD_TILE_VARIABLE, "64x64")  # the default by name
+    assert dkdv_configs() == ["64, 64, 4, false"]
+
+
+@pytest.mark.parametrize("case", list(TILE_CASES))
+@pytest.mark.parametrize("dq", ["atomic", "separate"])
+@pytest.mark.parametrize("d,tile", [(128, "128x32"), (64, "128x64")])
+def test_bwd_tile_variant_emulated(emulated, monkeypatch, d, tile, dq, case):
+    monkeypatch.setenv(BWD_TILE_VARIABLE, tile)
+    monkeypatch.setenv(DQ_VARIABLE, dq)
+    # trainable slopes take the separate dQ kernel anyway: its d(slopes) rows are checked too
+    run_case(d=d, dslopes=dq == "separate", **TILE_CASES[case])
 
 
 # ---- the full grid (slow) ---------------------------------------------------------------------

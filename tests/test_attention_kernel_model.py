@@ -76,8 +76,16 @@ FWD_BLOCK_N = {d: _eval_cpp(_alias_args("FwdConfigFor", "attn_fwd_launch.cuh")[0
 # query rows per dK/dV step (BwdKVConfigFor<kD>::kBlockM)
 BWD_KV_ROWS = {d: _eval_cpp(_alias_args("BwdKVConfigFor", "attn_bwd_launch.cuh")[0], d)
                for d in HEAD_DIMS}
-BWD_KV_KEYS = _constant(r"struct BwdKVConfig \{[^}]*?static constexpr int kBlockN = (\d+);",
-                        "attn_bwd_kernels.cuh")
+# keys per dK/dV CTA (BwdKVConfig::kBlockN: 16 per warp) of the default tile, and of every
+# tile a run may pick (BwdKVTiles: BwdKVConfig<kD, rows, warps, false>)
+_KEYS_PER_WARP = _constant(
+    r"struct BwdKVConfig \{[^}]*?static constexpr int kBlockN = (\d+) \* kWarps;",
+    "attn_bwd_kernels.cuh")
+BWD_KV_KEYS = _KEYS_PER_WARP * _eval_cpp(
+    _alias_args("BwdKVConfigFor", "attn_bwd_launch.cuh")[1], 64)
+BWD_KV_KEYS_ALL = sorted({BWD_KV_KEYS} | {
+    _KEYS_PER_WARP * int(w)
+    for w in re.findall(r"BwdKVConfig<\d+, \d+, (\d+), false>", _source("attn_bwd_launch.cuh"))})
 BWD_Q_ROWS = _constant(r"struct BwdQConfig \{[^}]*?static constexpr int kBlockM = (\d+);",
                        "attn_bwd_kernels.cuh")
 
@@ -87,8 +95,9 @@ def test_tile_sizes_read_from_the_source():
     nested = "(kD <= 64 ? 64 : (kD <= 128 ? 32 : 16))"
     assert [_eval_cpp(nested, d) for d in HEAD_DIMS] == [64, 32, 16]
     # ... and what it read: whole mma tiles (m16 rows, k16 / n8 pairs of keys)
-    for size in [*FWD_BLOCK_N.values(), *BWD_KV_ROWS.values(), BWD_KV_KEYS, BWD_Q_ROWS]:
+    for size in [*FWD_BLOCK_N.values(), *BWD_KV_ROWS.values(), *BWD_KV_KEYS_ALL, BWD_Q_ROWS]:
         assert size > 0 and size % 16 == 0
+    assert BWD_KV_KEYS_ALL == [64, 128]  # 4 warps by default, 8 in the variants
 
 
 # ---- 1. fragments -----------------------------------------------------------------------
@@ -316,7 +325,7 @@ def model_fwd(q, k, v, slope, scale, cap, mask, bm, bn):
     return out, lse
 
 
-def model_bwd(q, k, v, o, do, lse, slope, scale, cap, mask, bm, bn):
+def model_bwd(q, k, v, o, do, lse, slope, scale, cap, mask, bm, bn, kv_keys=BWD_KV_KEYS):
     sq, sk, d = q.shape[0], k.shape[0], q.shape[1]
     causal, wl, wr = mask
     lse2 = np.where(lse == -np.inf, np.inf, lse * LOG2E)
@@ -337,8 +346,8 @@ def model_bwd(q, k, v, o, do, lse, slope, scale, cap, mask, bm, bn):
         return p, ds, ds * factor
 
     dk, dv = np.full((sk, d), np.nan), np.full((sk, d), np.nan)
-    for n0 in range(0, sk, BWD_KV_KEYS):  # dK/dV kernel, BwdKVConfig::kBlockN keys per CTA
-        n1 = min(n0 + BWD_KV_KEYS, sk)
+    for n0 in range(0, sk, kv_keys):  # dK/dV kernel, BwdKVConfig::kBlockN keys per CTA
+        n1 = min(n0 + kv_keys, sk)
         right = 0 if causal else wr
         i_lo = max(n0 - shift - right if right >= 0 else 0, 0)
         i_hi = min(n1 - shift + wl if wl >= 0 else sq, sq)
@@ -349,7 +358,7 @@ def model_bwd(q, k, v, o, do, lse, slope, scale, cap, mask, bm, bn):
             m0 = mb * bm
             m_last = min(m0 + bm, sq) - 1
             _, _, first, last = key_tiles(m0, m_last, sq, sk, mask, bn)
-            masked = not (n0 >= last[0] and n0 + BWD_KV_KEYS <= first[1])
+            masked = not (n0 >= last[0] and n0 + kv_keys <= first[1])
             for j in range(n0, n1):
                 for i in range(m0, m0 + bm):
                     p, ds, dsr = p_ds(i, j, masked)
@@ -382,7 +391,8 @@ MODEL_MASKS = [(False, -1, -1), (True, -1, -1), (False, 5, -1), (False, -1, 3), 
 @pytest.mark.parametrize("sq,sk", [(1, 1), (17, 17), (5, 70), (70, 5), (130, 33), (0, 9), (9, 0)],
                          ids=str)
 @pytest.mark.parametrize("mask", MODEL_MASKS, ids=str)
-def test_control_flow(fresh_seed, sq, sk, mask):
+@pytest.mark.parametrize("kv_keys", BWD_KV_KEYS_ALL, ids=lambda n: f"kv{n}")
+def test_control_flow(fresh_seed, sq, sk, mask, kv_keys):
     rng = np.random.default_rng(fresh_seed)
     d, scale = 8, 0.3
     for cap in (0.0, 5.0):
@@ -392,7 +402,8 @@ def test_control_flow(fresh_seed, sq, sk, mask):
         o, lse = model_fwd(q, k, v, slope, scale, cap, mask, bm=16, bn=16)
         np.testing.assert_allclose(o, ref[0], atol=1e-9)
         np.testing.assert_allclose(lse, ref[1], atol=1e-9)
-        dq, dk, dv, dslope = model_bwd(q, k, v, o, do, lse, slope, scale, cap, mask, bm=16, bn=16)
+        dq, dk, dv, dslope = model_bwd(q, k, v, o, do, lse, slope, scale, cap, mask, bm=16, bn=16,
+                                       kv_keys=kv_keys)
         for got, want in zip((dq, dk, dv), ref[2:5]):
             np.testing.assert_allclose(got, want, atol=1e-9)
         assert abs(dslope - ref[5]) <= 1e-8 * max(1.0, abs(ref[5]))

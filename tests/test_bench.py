@@ -260,38 +260,77 @@ def test_attention_baselines_compute_alibi(adapter, sq, sk, h, hk, monkeypatch):
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
 
 
-def test_forward_tile_variants_are_contenders_where_their_bucket_has_them(monkeypatch):
-    """The A/B of the CUDA forward's tiles (MPT_EXT_ATTN_FWD_TILE): one contender per
-    non-default tile, set around each call and restored, unavailable at other head dims."""
-    import os
-
+def test_tile_variants_are_contenders_where_their_bucket_has_them(monkeypatch):
+    """The A/B of the CUDA kernels' tiles (MPT_EXT_ATTN_FWD_TILE, MPT_EXT_ATTN_BWD_TILE): one
+    contender per non-default tile, which sets its variable around each timed call; the
+    backward's are timed forward+backward only; unavailable at head dims whose bucket lacks
+    the tile."""
     import mpt_ext
     from mpt_ext import _library
+    from mpt_ext.bench import counting
     from mpt_ext.bench.baselines import attention_impls, ours
     from mpt_ext.bench.baselines.spec import AttnSpec
     from mpt_ext.bench.core import Unavailable
     monkeypatch.setattr(_library, "ATTN_FWD_TILES",
                         {64: ("128x64",), 128: ("64x64", "128x32", "128x64"), 256: ("64x32",)})
-    monkeypatch.delenv(ours.FWD_TILE_VARIABLE, raising=False)
-    assert ours.fwd_tile_variants() == ["128x32", "128x64"]
-    names = [impl.name for impl in attention_impls()]
-    assert names[:3] == ["mpt_ext", "mpt_ext tile 128x32", "mpt_ext tile 128x64"]
-    seen = []
-    monkeypatch.setattr(mpt_ext, "flash_attn_func",
-                        lambda q, k, v, **kw: seen.append(os.environ.get(ours.FWD_TILE_VARIABLE)))
+    monkeypatch.setattr(_library, "ATTN_BWD_TILES",
+                        {64: ("64x64", "128x64"), 128: ("64x32", "128x32"), 256: ("64x16",)})
+    assert ours.tile_variants("fwd") == ["128x32", "128x64"]
+    assert ours.tile_variants("bwd") == ["128x32", "128x64"]
+    impls = {impl.name: impl for impl in attention_impls()}
+    names = list(impls)
+    assert names[:5] == ["mpt_ext", "mpt_ext fwd tile 128x32", "mpt_ext fwd tile 128x64",
+                         "mpt_ext bwd tile 128x32", "mpt_ext bwd tile 128x64"]
+    fwd, bwd = impls["mpt_ext fwd tile 128x32"], impls["mpt_ext bwd tile 128x64"]
+    assert fwd.env == (("MPT_EXT_ATTN_FWD_TILE", "128x32"),) and fwd.passes is None
+    assert bwd.env == (("MPT_EXT_ATTN_BWD_TILE", "128x64"),)
+    assert bwd.passes == (counting.FWD_BWD,) and fwd.cuda_only and bwd.cuda_only
     slopes = mpt_ext.alibi_slopes(2)
-    for head_dim, available in ((64, False), (96, True), (128, True), (200, False)):
+    for impl, head_dim, available in ((fwd, 64, False), (fwd, 96, True), (fwd, 128, True),
+                                      (fwd, 200, False), (bwd, 64, True), (bwd, 128, False)):
         spec = AttnSpec(1, 2, 2, 8, 8, head_dim, True, slopes, torch.float32, CPU)
-        if not available:
-            with pytest.raises(Unavailable, match="no forward tile 128x32"):
-                ours.build_attention_tile("128x32")(spec)
-            continue
-        ours.build_attention_tile("128x32")(spec)(None, None, None)
-        assert seen[-1] == "128x32" and ours.FWD_TILE_VARIABLE not in os.environ
-    monkeypatch.setenv(ours.FWD_TILE_VARIABLE, "64x64")
-    spec = AttnSpec(1, 2, 2, 8, 8, 128, True, slopes, torch.float32, CPU)
-    ours.build_attention_tile("128x64")(spec)(None, None, None)
-    assert seen[-1] == "128x64" and os.environ[ours.FWD_TILE_VARIABLE] == "64x64"
+        if available:
+            assert callable(impl.build(spec))
+        else:
+            which, tile = impl.name.split()[1], impl.name.split()[-1]
+            with pytest.raises(Unavailable, match=f"no {which} tile {tile} at head dim"):
+                impl.build(spec)
+
+
+def test_contender_env_is_set_around_forward_and_backward(monkeypatch):
+    """AttentionImpl.env holds for the whole timed call, the backward included (where a
+    backward tile takes effect), and the caller's own value comes back after."""
+    from types import SimpleNamespace
+
+    from mpt_ext.bench import counting
+    from mpt_ext.bench.core import Problem
+    variable, seen = "MPT_EXT_TEST_CONTENDER_ENV", []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q):
+            seen.append(("fwd", os.environ.get(variable)))
+            return q.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            seen.append(("bwd", os.environ.get(variable)))
+            return grad
+
+    impl = AttentionImpl("probe", OURS, "bshd",
+                         lambda spec: lambda q, k, v: Probe.apply(q) + k + v,
+                         env=((variable, "on"),))
+    problem = Problem(key="p", params={"D": 8, "H": 2, "N": 4, "B": 1, "pass": counting.FWD_BWD,
+                                       "causal": True}, work=1.0, metric="m", unit="u")
+    monkeypatch.setenv(variable, "caller's")
+    ctx = SimpleNamespace(device=CPU, dtype=torch.float32)
+    prepared = attention_cmd.preparer(ctx)(problem, impl)()
+    prepared.call(prepared.inputs)
+    assert seen == [("fwd", "on"), ("bwd", "on")]
+    assert os.environ[variable] == "caller's"
+    monkeypatch.delenv(variable)
+    prepared.call(prepared.inputs)
+    assert seen[-2:] == [("fwd", "on"), ("bwd", "on")] and variable not in os.environ
 
 
 def test_deterministic_contender_is_timed_forward_backward_only(monkeypatch):

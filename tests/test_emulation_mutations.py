@@ -76,6 +76,11 @@ MUTATIONS = [
              "      __syncthreads();  // every warp's dS^T rows written; the loop-top barrier",
              "      // every warp's dS^T rows written; the loop-top barrier",
              DQ_ATOMIC, "nothing has written|dq: max error"),
+    Mutation("dq_row_tiles_added_twice_on_8_warps", "csrc/attn/cuda/attn_bwd_kernels.cuh",
+             "mt += Cfg::kDqRowWarps", "mt += 1",  # both row groups add rows 16.. of dQ
+             "tests/test_attention_emulated.py::"
+             "test_bwd_tile_variant_emulated[64-128x64-atomic-causal_alibi_gqa]",
+             "dq: max error"),
     Mutation("decode_drops_barrier_before_merge", "csrc/attn_kvcache/cuda/attn_kvcache_split_kv.cuh",
              "  __syncthreads();\n\n  T* out_ptr", "\n  T* out_ptr", KVCACHE_FAST, "out: max error"),
     Mutation("decode_combine_drops_first_split", "csrc/attn_kvcache/cuda/attn_kvcache_combine.cu",

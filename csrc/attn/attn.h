@@ -17,8 +17,10 @@ void attn_fwd_cuda(const AttnFwdParams& p);
 void attn_bwd_cuda(const AttnBwdParams& p);
 // Scratch bytes attn_bwd_cuda needs in p.workspace (same params as for the run).
 int64_t attn_bwd_workspace_bytes_cuda(const AttnBwdParams& p);
-// The forward tiles (ROWSxKEYS) per compiled head-dim bucket, the default first:
-// "64:128x64;128:64x64,128x32" (cuda/fwd_tile.h says how a run picks one).
+// The forward tiles (ROWSxKEYS) and backward dK/dV tiles (KEYSxROWS) per compiled head-dim
+// bucket, the default first: "64:128x64;128:64x64,128x32" (cuda/tile_choice.h says how a run
+// picks one).
 std::string attn_fwd_tiles_cuda();
+std::string attn_bwd_tiles_cuda();
 
 }  // namespace mpt_ext

@@ -3,6 +3,7 @@ PyTorch user has (docs/DESIGN.md's protocol: causal, 16384 tokens per batch, hd1
 and hd64 x 12 heads, TFLOP/s counted 4*B*H*N*N*D/2, fwd+bwd 3.5x)."""
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -98,6 +99,26 @@ def _make_inputs(spec: AttnSpec, layout: str, grad: bool):
     return make
 
 
+def _with_env(env, call):
+    """call with the environment variables `env` set around it (and restored after): a
+    contender that picks a kernel variant, forward and backward alike."""
+    if not env:
+        return call
+
+    def with_env(x):
+        saved = {name: os.environ.get(name) for name, _ in env}
+        os.environ.update(env)
+        try:
+            return call(x)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    del os.environ[name]
+                else:
+                    os.environ[name] = value
+    return with_env
+
+
 def preparer(ctx: Context):
     def prepare(pr: Problem, impl):
         def go() -> Prepared:
@@ -114,6 +135,7 @@ def preparer(ctx: Context):
                 def call(x):
                     with torch.no_grad():
                         return fn(*x)
+            call = _with_env(impl.env, call)
             first = make()
             # Inputs, gradients/outputs: about twice the set's tensors are touched per call.
             return Prepared(call=call, inputs=first, make_inputs=make,

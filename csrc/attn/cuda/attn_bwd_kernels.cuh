@@ -1,9 +1,10 @@
 // Flash attention backward (FA2 recomputation scheme).
 //
 //   1. preprocess : D_i = dot(dO_i, O_i) and lse in log2 units, into the workspace.
-//   2. dK/dV      : one CTA per (batch, kv head, 64-key block); warp w owns keys
-//                   [16w, 16w+16). It walks every q head of its GQA group and every query
-//                   block that can see its keys, recomputing S^T = K Q^T and dP^T = V dO^T
+//   2. dK/dV      : one CTA per (batch, kv head, key block: 16 keys per warp, 4 or 8
+//                   warps); warp w owns keys [16w, 16w+16). It walks every q head of its
+//                   GQA group and every query block that can see its keys (in steps of
+//                   kBlockM queries), recomputing S^T = K Q^T and dP^T = V dO^T
 //                   (keys as mma rows, so P^T and dS^T are already A operands), and
 //                   accumulates dV += P^T dO and dK += dS^T Q in registers: the GQA sum is in
 //                   registers too. With BwdDq::kAtomic (bwd_dq_mode.h) it also stores dS^T
@@ -89,42 +90,53 @@ __device__ __forceinline__ void store_rows(uint16_t* g, int64_t row_stride, cons
 
 // ---- 2. dK / dV ------------------------------------------------------------------------
 
-template <int kD_, int kBlockM_, bool kDqAtomic_>
+template <int kD_, int kBlockM_, int kWarps_, bool kDqAtomic_>
 struct BwdKVConfig {
   static constexpr int kD = kD_;
-  static constexpr int kBlockN = 64;  // keys per CTA
-  static constexpr int kBlockM = kBlockM_;  // queries per step
+  static constexpr int kWarps = kWarps_;
+  static constexpr int kBlockN = 16 * kWarps;  // keys per CTA, 16 per warp
+  static constexpr int kBlockM = kBlockM_;     // queries per step
   static constexpr bool kDqAtomic = kDqAtomic_;
   static constexpr int kStages = 2;
-  static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
+  static constexpr int kTilePerCta = kBlockN, kTilePerStep = kBlockM;  // tile_choice.h
   // dS^T (kBlockN keys x kBlockM queries) in rows of 64: the narrowest swizzled tile.
   static constexpr int kDsCols = 64;
   static constexpr int kDsElems = kDqAtomic ? kBlockN * kDsCols : 0;
   static constexpr int kSmemBytes =
       (2 * kBlockN * kD + 2 * kStages * kBlockM * kD + kDsElems) * 2 + 2 * kStages * kBlockM * 4;
-  static_assert(kBlockN == 16 * kWarps && kBlockM % 16 == 0 && kD % 64 == 0, "tile shapes");
-  static_assert(kBlockM <= kDsCols && kD % (16 * kWarps) == 0, "dQ split over the warps");
+  // dQ += dS K over the warps (add_dq_block): kDqColWarps groups of head-dim columns, at
+  // least 16 wide (one ldmatrix.x4 of K), times kDqRowWarps groups of m16 query-row tiles.
+  static constexpr int kDqColWarps = kWarps < kD / 16 ? kWarps : kD / 16;
+  static constexpr int kDqRowWarps = kWarps / kDqColWarps;
+  static_assert(kBlockM % 16 == 0 && kD % 64 == 0, "tile shapes");
+  static_assert(kBlockM <= kDsCols && kWarps % kDqColWarps == 0 &&
+                    (kBlockM / 16) % kDqRowWarps == 0,
+                "dQ split over the warps");
 };
 
 // dQ += dS K for one key block and one query block, added into the fp32 rows `dq` ([row][kD],
 // rows < rows_valid, columns < d). sdS holds dS^T (keys as rows) and comes back as the A
-// operand through ldmatrix.trans; warp w takes the head-dim columns [w kD / 4, (w + 1) kD / 4)
-// of every query row, so each sum lands once per key block.
+// operand through ldmatrix.trans; each warp takes one group of head-dim columns and one group
+// of row tiles (BwdKVConfig::kDqColWarps, kDqRowWarps), so each sum lands once per key block.
 template <typename T, typename Cfg>
 __device__ __forceinline__ void add_dq_block(float* dq, const uint16_t* sdS, const uint16_t* sK,
                                              int rows_valid, int d, int warp, int lane) {
   constexpr int kD = Cfg::kD;
-  constexpr int kCols = kD / Cfg::kWarps;            // this warp's head-dim columns
+  constexpr int kCols = kD / Cfg::kDqColWarps;       // this warp's head-dim columns
   constexpr int kChunk = kCols < 32 ? kCols : 32;    // summed at a time
   constexpr int kNT = kChunk / 8;
+  // (with one row group, as written: ptxas does not know warp < kWarps, and spilled more at
+  // hd256 for warp / kDqColWarps)
+  const int col_lo = (Cfg::kDqRowWarps == 1 ? warp : warp % Cfg::kDqColWarps) * kCols;
+  const int mt_lo = Cfg::kDqRowWarps == 1 ? 0 : warp / Cfg::kDqColWarps;
   // One m16 row tile and at most 32 columns at a time: 16 fp32 sums next to dK and dV leave
   // ptxas room (all row tiles at once spilled 76 bytes at hd128); the operands are re-read
   // per piece.
 #pragma unroll 1
-  for (int mt = 0; mt < Cfg::kBlockM / 16; ++mt) {
+  for (int mt = mt_lo; mt < Cfg::kBlockM / 16; mt += Cfg::kDqRowWarps) {
 #pragma unroll 1
-    for (int c0 = warp * kCols; c0 < (warp + 1) * kCols; c0 += kChunk) {
+    for (int c0 = col_lo; c0 < col_lo + kCols; c0 += kChunk) {
       if (c0 >= d) break;  // columns past head_dim (zero-padded K): nothing to add
       float acc[kNT][4];
 #pragma unroll
@@ -157,6 +169,19 @@ __device__ __forceinline__ void add_dq_block(float* dq, const uint16_t* sdS, con
     }
   }
 }
+
+// (q head of the GQA group, query block) of a dK/dV step, stepped block-major.
+struct QBlockCursor {
+  int head = 0;   // index in the group
+  int block = 0;  // query block, from m_lo
+
+  __device__ __forceinline__ void next(int blocks) {
+    if (++block == blocks) {
+      block = 0;
+      ++head;
+    }
+  }
+};
 
 template <typename T, typename Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads)
@@ -211,10 +236,13 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   const int m_count = i_hi > i_lo ? static_cast<int>((i_hi + kBlockM - 1) / kBlockM) - m_lo : 0;
   const int n_iters = group * m_count;
 
-  auto load_q_do = [&](int it) {
-    const int h = hk * group + it / m_count;
-    const int m0 = (m_lo + it % m_count) * kBlockM;
-    const int stage = it % kStages;
+  // Step `it` visits q head hk * group + it / m_count and query block m_lo + it % m_count;
+  // the compute step and the prefetch (kStages - 1 steps ahead) each step a cursor instead of
+  // dividing.
+  QBlockCursor load_at, at;
+  auto load_q_do = [&](int stage) {  // Q, dO, lse and D of load_at's query block
+    const int h = hk * group + load_at.head;
+    const int m0 = (m_lo + load_at.block) * kBlockM;
     const int rows_valid = si.sq - m0;
     load_tile<kBlockM, kD, kThreads>(sQ + stage * kBlockM * kD,
                                      q_base + q_seq + h * f.q_strides.head + m0 * f.q_strides.row,
@@ -224,11 +252,18 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         do_base + do_seq + h * p.dout_strides.head + m0 * p.dout_strides.row,
         p.dout_strides.row, rows_valid, d, x.do_vec_ok, do_base, tid);
     for (int r = tid; r < kBlockM; r += kThreads) {
-      const bool ok = r < rows_valid;
-      const int64_t w = h * x.rows + ws_row(si, b, m0 + r);
-      sL[stage * kBlockM + r] = ok ? x.lse2[w] : INFINITY;  // padding rows: P = 0
-      sDs[stage * kBlockM + r] = ok ? x.dsum[w] : 0.f;
+      float* l = sL + stage * kBlockM + r;
+      float* dsum = sDs + stage * kBlockM + r;
+      if (r < rows_valid) {  // in the same group as Q and dO: no load stalls this thread
+        const int64_t w = h * x.rows + ws_row(si, b, m0 + r);
+        cp_async_4(l, x.lse2 + w);
+        cp_async_4(dsum, x.dsum + w);
+      } else {
+        *l = INFINITY;  // padding rows: P = 0
+        *dsum = 0.f;
+      }
     }
+    load_at.next(m_count);
   };
 
   load_tile<kBlockN, kD, kThreads>(sK, gk, f.k_strides.row, keys_here, d, x.k_vec_ok, k_base, tid);
@@ -250,7 +285,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   for (int it = 0; it < n_iters; ++it) {
     cp_async_wait<kStages - 2>();
     __syncthreads();
-    if (it + kStages - 1 < n_iters) load_q_do(it + kStages - 1);
+    if (it + kStages - 1 < n_iters) load_q_do((it + kStages - 1) % kStages);
     cp_async_commit();
 
     const int stage = it % kStages;
@@ -258,9 +293,9 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     const uint16_t* tdO = sdO + stage * kBlockM * kD;
     const float* tL = sL + stage * kBlockM;
     const float* tDs = sDs + stage * kBlockM;
-    const int g_idx = it / m_count;
-    const int h = hk * group + g_idx;
-    const int m0 = (m_lo + it % m_count) * kBlockM;
+    const int h = hk * group + at.head;
+    const int m0 = (m_lo + at.block) * kBlockM;
+    at.next(m_count);
     const int m_last = min(m0 + kBlockM, si.sq) - 1;
     const bool masked = !tile_keys(m0, m_last, si, f.mask).fully_visible(n0, kBlockN);
     const ScoreMod mod = ScoreMod::make(f.mask, b, h);

@@ -7,13 +7,34 @@
 #include "attn_bwd_prep.h"
 #include "attn_bwd_workspace.h"
 #include "launch.cuh"
+#include "tile_choice.h"
 
 namespace mpt_ext::attn::cuda {
 
-// Query rows per dK/dV step shrink with the head dim: the dK and dV accumulators (kD fp32
-// registers per thread together) leave less room for the S^T / dP^T tiles.
+// The default dK/dV tile per head-dim bucket: 4 warps, so 64 keys per CTA. Query rows per
+// step shrink with the head dim: the dK and dV accumulators (kD fp32 registers per thread
+// together) leave less room for the S^T / dP^T tiles.
 template <int kD, bool kDqAtomic>
-using BwdKVConfigFor = BwdKVConfig<kD, (kD <= 64 ? 64 : (kD <= 128 ? 32 : 16)), kDqAtomic>;
+using BwdKVConfigFor = BwdKVConfig<kD, (kD <= 64 ? 64 : (kD <= 128 ? 32 : 16)), 4, kDqAtomic>;
+
+// The dK/dV tiles a run can pick (MPT_EXT_ATTN_BWD_TILE, tile_choice.h), default first; the
+// launcher re-instantiates the one picked with its dQ variant. 8 warps own 128 keys with the
+// same per-warp work and registers as the default, and each Q/dO tile, lse/D row and dQ
+// atomic add then serves twice the keys (FlashAttention-2's hd128 backward has 128-key
+// tiles on 8 warps too).
+template <int kD>
+struct BwdKVTiles {
+  using type = TileList<BwdKVConfigFor<kD, false>>;
+};
+template <>
+struct BwdKVTiles<64> {
+  using type = TileList<BwdKVConfigFor<64, false>, BwdKVConfig<64, 64, 8, false>>;
+};
+template <>
+struct BwdKVTiles<128> {
+  using type = TileList<BwdKVConfigFor<128, false>, BwdKVConfig<128, 32, 8, false>>;
+};
+
 template <int kD>
 using BwdQConfigFor = BwdQConfig<kD, (kD <= 64 ? 64 : 32)>;
 
@@ -32,6 +53,9 @@ void launch_bwd_dkdv(const AttnBwdParams& p, const BwdExtra& x, int64_t seqlen_k
 template <typename T, int kD>
 void run_attn_bwd(const AttnBwdParams& p) {
   using Q = BwdQConfigFor<kD>;
+  using Tiles = typename BwdKVTiles<kD>::type;
+  // read before the empty-input return: a bad value fails on every call alike
+  const Tile tile = requested_tile(Tiles{}, kD, kBwdTileVariable);
   const AttnFwdParams& f = p.fwd;
   const AttnShape& s = f.shape;
   if (s.batch == 0 || s.num_heads == 0) return;
@@ -78,11 +102,14 @@ void run_attn_bwd(const AttnBwdParams& p) {
 
   const int64_t seqlen_q = grid_seqlen(s, s.seqlen_q), seqlen_k = grid_seqlen(s, s.seqlen_k);
   if (seqlen_k > 0) {
-    if (dq_atomic) {
-      launch_bwd_dkdv<T, BwdKVConfigFor<kD, true>>(p, x, seqlen_k);
-    } else {
-      launch_bwd_dkdv<T, BwdKVConfigFor<kD, false>>(p, x, seqlen_k);
-    }
+    launch_tile(Tiles{}, tile, [&](auto cfg) {  // the picked tile with this run's dQ variant
+      using C = decltype(cfg);
+      if (dq_atomic) {
+        launch_bwd_dkdv<T, BwdKVConfig<kD, C::kBlockM, C::kWarps, true>>(p, x, seqlen_k);
+      } else {
+        launch_bwd_dkdv<T, BwdKVConfig<kD, C::kBlockM, C::kWarps, false>>(p, x, seqlen_k);
+      }
+    });
   }
   if (dq_atomic) {
     launch_bwd_dq_convert(p, x.dq_accum, w.rows, kD);

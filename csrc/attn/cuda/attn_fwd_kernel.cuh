@@ -27,6 +27,7 @@ struct FwdConfig {
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kSmemElems = (kBlockM + 2 * kStages * kBlockN) * kD;
   static constexpr int kSmemBytes = kSmemElems * 2;
+  static constexpr int kTilePerCta = kBlockM, kTilePerStep = kBlockN;  // tile_choice.h
   static_assert(kBlockM == 16 * kMT * kWarps, "kMT m16 tiles per warp");
   static_assert(kBlockN % 16 == 0 && kD % 64 == 0, "tile shapes");
 };

@@ -99,6 +99,16 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int sr
 #endif
 }
 
+// 4-byte async copy (.ca: 4 bytes is below .cg's 16); both addresses 4-byte aligned.
+__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem) {
+#ifdef MPT_EXT_CUDA_EMULATION
+  cuda_emu::cp_async(smem, gmem, 4, 4, /*cg=*/false);
+#else
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(smem)), "l"(gmem)
+               : "memory");
+#endif
+}
+
 __device__ __forceinline__ void cp_async_commit() {
 #ifdef MPT_EXT_CUDA_EMULATION
   cuda_emu::cp_async_commit_group();

@@ -15,9 +15,8 @@ __all__ = ["attention_impls", "decode_impls", "norm_impls", "AttnSpec", "NormSpe
 def attention_impls() -> list[AttentionImpl]:
     return [
         AttentionImpl("mpt_ext", OURS, "bshd", ours.build_attention),
-        # the forward's other tiles, for the A/B that picks the default (issue 16)
-        *(AttentionImpl(f"mpt_ext tile {tile}", OURS, "bshd", ours.build_attention_tile(tile),
-                        cuda_only=True) for tile in ours.fwd_tile_variants()),
+        # the forward's and backward's other tiles, for the A/B that picks the defaults
+        *ours.tile_contenders(),
         # the backward's separate dQ kernel against the default atomic dQ (same forward)
         AttentionImpl("mpt_ext deterministic", OURS, "bshd", ours.build_attention_deterministic,
                       cuda_only=True, passes=(FWD_BWD,)),

@@ -1,17 +1,19 @@
 """mpt_ext's own kernels, called through the public API exactly as a user calls them."""
 from __future__ import annotations
 
-import os
-
 import torch
 
 import mpt_ext
 from mpt_ext import _library
 
 from ..core import Unavailable
-from .spec import AttnFn, AttnSpec, NormFn, NormSpec
+from ..counting import FWD_BWD
+from .spec import OURS, AttentionImpl, AttnFn, AttnSpec, NormFn, NormSpec
 
-FWD_TILE_VARIABLE = "MPT_EXT_ATTN_FWD_TILE"
+#: the variable that picks a tile of the CUDA attention forward / backward (dK/dV) kernel,
+#: and the _library listing of each bucket's tiles (csrc/attn/cuda/tile_choice.h)
+TILES = {"fwd": ("MPT_EXT_ATTN_FWD_TILE", "ATTN_FWD_TILES"),
+         "bwd": ("MPT_EXT_ATTN_BWD_TILE", "ATTN_BWD_TILES")}
 
 
 def _require_cuda_kernel(device: torch.device, built: bool, what: str) -> None:
@@ -36,34 +38,37 @@ def build_attention_deterministic(spec: AttnSpec) -> AttnFn:
     return build_attention(spec, deterministic=True)
 
 
-def fwd_tile_variants() -> list[str]:
-    """The non-default forward tiles of any compiled head-dim bucket (empty without the CUDA
-    attention kernels)."""
-    tiles = {t for choices in _library.ATTN_FWD_TILES.values() for t in choices[1:]}
+def tile_variants(which: str) -> list[str]:
+    """The non-default tiles of the CUDA attention `which` ("fwd" or "bwd": TILES) in any
+    compiled head-dim bucket (empty without the CUDA attention kernels)."""
+    listing = getattr(_library, TILES[which][1])
+    tiles = {t for choices in listing.values() for t in choices[1:]}
     return sorted(tiles, key=lambda t: tuple(int(x) for x in t.split("x")))
 
 
-def build_attention_tile(tile: str):
-    """Ours with the forward tile `tile` (MPT_EXT_ATTN_FWD_TILE, set around each call), where
-    the spec's head-dim bucket has it: one run A/B's the variants against the default."""
+def build_attention_tile(which: str, tile: str):
+    """Ours where the spec's head-dim bucket has `tile` for `which`; the contender sets the
+    variable itself around each timed call (AttentionImpl.env), forward and backward alike."""
     def build(spec: AttnSpec) -> AttnFn:
-        buckets = [b for b in sorted(_library.ATTN_FWD_TILES) if b >= spec.head_dim]
-        if not buckets or tile not in _library.ATTN_FWD_TILES[buckets[0]][1:]:
-            raise Unavailable(f"no forward tile {tile} at head dim {spec.head_dim}")
-        fn = build_attention(spec)
-
-        def call(q, k, v):
-            saved = os.environ.get(FWD_TILE_VARIABLE)
-            os.environ[FWD_TILE_VARIABLE] = tile
-            try:
-                return fn(q, k, v)
-            finally:
-                if saved is None:
-                    del os.environ[FWD_TILE_VARIABLE]
-                else:
-                    os.environ[FWD_TILE_VARIABLE] = saved
-        return call
+        listing = getattr(_library, TILES[which][1])
+        buckets = [b for b in sorted(listing) if b >= spec.head_dim]
+        if not buckets or tile not in listing[buckets[0]][1:]:
+            raise Unavailable(f"no {which} tile {tile} at head dim {spec.head_dim}")
+        return build_attention(spec)
     return build
+
+
+def tile_contenders() -> list[AttentionImpl]:
+    """One contender per non-default tile (the A/B that picks each default, issue 16): the
+    forward's in both passes, the backward's in forward+backward only (same forward)."""
+    out = []
+    for which, passes in (("fwd", None), ("bwd", (FWD_BWD,))):
+        variable = TILES[which][0]
+        out += [AttentionImpl(f"mpt_ext {which} tile {tile}", OURS, "bshd",
+                              build_attention_tile(which, tile), cuda_only=True, passes=passes,
+                              env=((variable, tile),))
+                for tile in tile_variants(which)]
+    return out
 
 
 def build_kvcache(spec: AttnSpec) -> AttnFn:

@@ -51,6 +51,8 @@ class AttentionImpl:
     cuda_only: bool = False
     note: Optional[str] = None
     passes: Optional[tuple[str, ...]] = None  # the passes it is timed in (None: all)
+    # environment variables set around each timed call, forward and backward (and restored)
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
