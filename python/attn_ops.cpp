@@ -34,10 +34,10 @@ struct CuSeqlensInfo {
   int64_t max_len = 0;  // the longest sequence: the kernels' real max_seqlen
 };
 
-// A bad value would index out of bounds: every one is checked (cu on the CPU, no sync).
-CuSeqlensInfo check_cu_seqlens_values(const at::Tensor& cu, const char* name, int64_t total,
+// A bad value would index out of bounds: every one is checked (cu contiguous on the CPU, no
+// sync).
+CuSeqlensInfo check_cu_seqlens_values(const at::Tensor& host, const char* name, int64_t total,
                                       int64_t max_seqlen, const char* max_name) {
-  const at::Tensor host = cu.contiguous();
   const int32_t* c = host.data_ptr<int32_t>();
   TORCH_CHECK_VALUE(c[0] == 0, name, "[0] must be 0, got ", c[0]);
   CuSeqlensInfo info;
@@ -102,16 +102,18 @@ Prepared prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     s.batch = cu_seqlens_q->size(0) - 1;
     s.total_q = q.size(0);
     s.total_k = k.size(0);
+    r.cu_q = cu_seqlens_q->contiguous();
+    r.cu_k = cu_seqlens_k->contiguous();
     if (seqlens_on_device) {
       // max_seqlen is an upper bound; no sequence is longer than the tensor. The grid has a
       // block row per max_seqlen_q rows: blocks past a sequence's end return at once.
       s.seqlen_q = std::min(max_seqlen_q, s.total_q);
       s.seqlen_k = std::min(max_seqlen_k, s.total_k);
     } else {
-      const CuSeqlensInfo info_q = check_cu_seqlens_values(*cu_seqlens_q, "cu_seqlens_q",
-                                                           s.total_q, max_seqlen_q, "max_seqlen_q");
-      const CuSeqlensInfo info_k = check_cu_seqlens_values(*cu_seqlens_k, "cu_seqlens_k",
-                                                           s.total_k, max_seqlen_k, "max_seqlen_k");
+      const CuSeqlensInfo info_q = check_cu_seqlens_values(r.cu_q, "cu_seqlens_q", s.total_q,
+                                                           max_seqlen_q, "max_seqlen_q");
+      const CuSeqlensInfo info_k = check_cu_seqlens_values(r.cu_k, "cu_seqlens_k", s.total_k,
+                                                           max_seqlen_k, "max_seqlen_k");
       r.uncovered_q = info_q.last < s.total_q;
       r.uncovered_k = info_k.last < s.total_k;
       // max_seqlen is only an upper bound (callers pass the padded length, or anything
@@ -120,8 +122,6 @@ Prepared prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
       s.seqlen_q = info_q.max_len;
       s.seqlen_k = info_k.max_len;
     }
-    r.cu_q = cu_seqlens_q->contiguous();
-    r.cu_k = cu_seqlens_k->contiguous();
     s.cu_seqlens_q = r.cu_q.data_ptr<int32_t>();
     s.cu_seqlens_k = r.cu_k.data_ptr<int32_t>();
   } else {

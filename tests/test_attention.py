@@ -258,10 +258,17 @@ def test_backward_dq_variants(device, dtype, head_dim, dq, monkeypatch):
     # The CUDA backward's two ways to dQ (csrc/attn/cuda/bwd_dq_mode.h), at sizes with many
     # key blocks adding into each dQ row; frozen slopes, as MPT has them.
     monkeypatch.setenv("MPT_EXT_ATTN_BWD_DQ", dq)
-    q, k, v = random_qkv(2, 1000, 1100, 4, 2, head_dim, dtype, device=device, requires_grad=True)
+    check_many_blocks(check_bwd, head_dim, dtype, device)
+
+
+def check_many_blocks(check, head_dim, dtype, device):
+    """check (check_fwd or check_bwd) at sizes with many blocks per row and column, causal and
+    with a window and softcap; frozen MPT slopes."""
+    q, k, v = random_qkv(2, 1000, 1100, 4, 2, head_dim, dtype, device=device,
+                         requires_grad=check is check_bwd)
     slopes = make_slopes("mpt", 2, 4, device=device)
-    check_bwd(q, k, v, alibi_slopes=slopes, causal=True)
-    check_bwd(q, k, v, alibi_slopes=slopes, window_size=(300, 40), softcap=30.0)
+    check(q, k, v, alibi_slopes=slopes, causal=True)
+    check(q, k, v, alibi_slopes=slopes, window_size=(300, 40), softcap=30.0)
 
 
 # The CUDA kernels' other tiles (csrc/attn/cuda/tile_choice.h: what mpt-bench A/B's against
@@ -284,12 +291,7 @@ def test_tile_variants(device, dtype, variable, head_dim, tile, dq, monkeypatch)
     monkeypatch.setenv(variable, tile)
     if dq is not None:
         monkeypatch.setenv("MPT_EXT_ATTN_BWD_DQ", dq)
-    q, k, v = random_qkv(2, 1000, 1100, 4, 2, head_dim, dtype, device=device,
-                         requires_grad=backward)
-    slopes = make_slopes("mpt", 2, 4, device=device)
-    check = check_bwd if backward else check_fwd
-    check(q, k, v, alibi_slopes=slopes, causal=True)
-    check(q, k, v, alibi_slopes=slopes, window_size=(300, 40), softcap=30.0)
+    check_many_blocks(check_bwd if backward else check_fwd, head_dim, dtype, device)
 
 
 def test_backward_slopes_without_grad():

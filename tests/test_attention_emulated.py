@@ -16,7 +16,7 @@ import emulation
 import mpt_ext
 
 from attention_helpers import (check_bwd, check_dslopes_fp32_accurate, check_fwd,
-                               check_varlen_bwd, check_varlen_fwd, cu_seqlens, make_slopes)
+                               check_varlen_bwd, check_varlen_fwd, make_slopes, packed_inputs)
 
 GUARD = 64  # NaN elements before and after every input
 
@@ -76,11 +76,9 @@ def test_dslopes_emulated_fp32_accurate(emulated):
 
 
 def varlen_qkv(lengths_q, lengths_k, heads, heads_k, d):
-    """Packed bf16 q, k, v (each inside NaN guards) and their cu_seqlens."""
-    q = guarded(torch.randn(sum(lengths_q), heads, d, dtype=torch.bfloat16))
-    k = guarded(torch.randn(sum(lengths_k), heads_k, d, dtype=torch.bfloat16))
-    v = guarded(torch.randn(sum(lengths_k), heads_k, d, dtype=torch.bfloat16))
-    return q, k, v, cu_seqlens(lengths_q), cu_seqlens(lengths_k)
+    """Packed bf16 q, k, v (packed_inputs), each inside NaN guards, and their cu_seqlens."""
+    q, k, v, cu_q, cu_k = packed_inputs(lengths_q, lengths_k, heads, heads_k, d, torch.bfloat16)
+    return guarded(q), guarded(k), guarded(v), cu_q, cu_k
 
 
 def test_varlen_emulated_with_empty_sequence(emulated):

@@ -14,8 +14,8 @@ import torch
 import mpt_ext
 from mpt_ext.reference import attention_ref
 
-from attention_helpers import assert_close_to_ref, cu_seqlens, make_slopes, one_thread
-from test_attention_emulated import guarded
+from attention_helpers import assert_close_to_ref, make_slopes, one_thread
+from test_attention_emulated import varlen_qkv
 from test_attention_kvcache import _case
 
 HEADS, HEADS_K, D = 4, 2, 64
@@ -39,20 +39,11 @@ BAD_VARLEN = {
 
 
 def _inputs():
-    q = guarded(torch.randn(TOTAL_Q, HEADS, D, dtype=torch.bfloat16))
-    k = guarded(torch.randn(TOTAL_K, HEADS_K, D, dtype=torch.bfloat16))
-    v = guarded(torch.randn(TOTAL_K, HEADS_K, D, dtype=torch.bfloat16))
-    return q, k, v
+    return varlen_qkv([TOTAL_Q], [TOTAL_K], HEADS, HEADS_K, D)[:3]
 
 
 def _rows(t, cu, b):
     return t[cu[b]:cu[b + 1]]
-
-
-def _fwd_op(ops, q, k, v, cu_q, cu_k, max_q):
-    return ops.attn_fwd(q, k, v, cu_seqlens(cu_q) if isinstance(cu_q, list) else cu_q,
-                        cu_seqlens(cu_k) if isinstance(cu_k, list) else cu_k, max_q, MAX_K,
-                        None, D ** -0.5, True, -1, -1, 0.0)
 
 
 def _as_cu(values):

@@ -99,7 +99,7 @@ __global__ void __launch_bounds__(kReduceThreads)
   if (per_batch) {
     const int b = blockIdx.x / heads;
     const SeqInfo si = seq_info(p.fwd.shape, b);  // a bad varlen sequence has no rows
-    lo = si.varlen ? si.q_row0 : static_cast<int64_t>(b) * si.sq;
+    lo = ws_row(si, b, 0);
     hi = lo + si.sq;
   }
   const float* t = terms + h * rows;

@@ -29,12 +29,17 @@ struct BwdWorkspaceLayout {
   int64_t total_bytes = 0;
 };
 
+// The row count that bounds every workspace row index (above).
+inline int64_t bwd_workspace_rows(const AttnShape& s) {
+  return s.cu_seqlens_q != nullptr ? s.total_q : s.batch * s.seqlen_q;
+}
+
 // bucket: the head-dim bucket kD the launcher runs.
 inline BwdWorkspaceLayout bwd_workspace_layout(const AttnBwdParams& p, int bucket) {
   const AttnShape& s = p.fwd.shape;
   BwdWorkspaceLayout w;
   w.dq = bwd_dq_for(p);
-  w.rows = s.cu_seqlens_q != nullptr ? s.total_q : s.batch * s.seqlen_q;
+  w.rows = bwd_workspace_rows(s);
   const int64_t per_head_rows = s.num_heads * w.rows;
   int64_t floats = 0;
   w.lse2_offset = floats;

@@ -112,8 +112,7 @@ void attn_fwd_cuda(const AttnFwdParams& params) {
 int64_t attn_bwd_workspace_bytes_cuda(const AttnBwdParams& p) {
   // Asked before the binding returns early for empty inputs: those need no bucket.
   const AttnShape& s = p.fwd.shape;
-  const int64_t rows = s.cu_seqlens_q != nullptr ? s.total_q : s.batch * s.seqlen_q;
-  const bool empty = rows == 0 || s.num_heads == 0 || s.head_dim == 0;
+  const bool empty = attn::cuda::bwd_workspace_rows(s) == 0 || s.num_heads == 0 || s.head_dim == 0;
   return attn::cuda::bwd_workspace_layout(p, empty ? 0 : head_dim_bucket(s.head_dim)).total_bytes;
 }
 

@@ -10,10 +10,9 @@ from ..core import Unavailable
 from ..counting import FWD_BWD
 from .spec import OURS, AttentionImpl, AttnFn, AttnSpec, NormFn, NormSpec
 
-#: the variable that picks a tile of the CUDA attention forward / backward (dK/dV) kernel,
-#: and the _library listing of each bucket's tiles (csrc/attn/cuda/tile_choice.h)
-TILES = {"fwd": ("MPT_EXT_ATTN_FWD_TILE", "ATTN_FWD_TILES"),
-         "bwd": ("MPT_EXT_ATTN_BWD_TILE", "ATTN_BWD_TILES")}
+#: the variable that picks a tile of the CUDA attention forward / backward (dK/dV) kernel
+#: (csrc/attn/cuda/tile_choice.h)
+TILE_VARIABLES = {"fwd": "MPT_EXT_ATTN_FWD_TILE", "bwd": "MPT_EXT_ATTN_BWD_TILE"}
 
 
 def _require_cuda_kernel(device: torch.device, built: bool, what: str) -> None:
@@ -38,11 +37,15 @@ def build_attention_deterministic(spec: AttnSpec) -> AttnFn:
     return build_attention(spec, deterministic=True)
 
 
+def tile_listing(which: str) -> dict[int, tuple[str, ...]]:
+    """Each compiled head-dim bucket's tiles for `which` ("fwd" or "bwd"), default first."""
+    return _library.ATTN_FWD_TILES if which == "fwd" else _library.ATTN_BWD_TILES
+
+
 def tile_variants(which: str) -> list[str]:
-    """The non-default tiles of the CUDA attention `which` ("fwd" or "bwd": TILES) in any
-    compiled head-dim bucket (empty without the CUDA attention kernels)."""
-    listing = getattr(_library, TILES[which][1])
-    tiles = {t for choices in listing.values() for t in choices[1:]}
+    """The non-default tiles of `which` in any compiled head-dim bucket (empty without the
+    CUDA attention kernels)."""
+    tiles = {t for choices in tile_listing(which).values() for t in choices[1:]}
     return sorted(tiles, key=lambda t: tuple(int(x) for x in t.split("x")))
 
 
@@ -50,7 +53,7 @@ def build_attention_tile(which: str, tile: str):
     """Ours where the spec's head-dim bucket has `tile` for `which`; the contender sets the
     variable itself around each timed call (AttentionImpl.env), forward and backward alike."""
     def build(spec: AttnSpec) -> AttnFn:
-        listing = getattr(_library, TILES[which][1])
+        listing = tile_listing(which)
         buckets = [b for b in sorted(listing) if b >= spec.head_dim]
         if not buckets or tile not in listing[buckets[0]][1:]:
             raise Unavailable(f"no {which} tile {tile} at head dim {spec.head_dim}")
@@ -63,10 +66,9 @@ def tile_contenders() -> list[AttentionImpl]:
     forward's in both passes, the backward's in forward+backward only (same forward)."""
     out = []
     for which, passes in (("fwd", None), ("bwd", (FWD_BWD,))):
-        variable = TILES[which][0]
         out += [AttentionImpl(f"mpt_ext {which} tile {tile}", OURS, "bshd",
                               build_attention_tile(which, tile), cuda_only=True, passes=passes,
-                              env=((variable, tile),))
+                              env=((TILE_VARIABLES[which], tile),))
                 for tile in tile_variants(which)]
     return out
 
