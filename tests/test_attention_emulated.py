@@ -38,10 +38,10 @@ def qkv(batch, seqlen_q, seqlen_k, heads, heads_k, d, dtype, misalign=0):
 
 def run_case(d, seqlen_q, seqlen_k, dtype=torch.bfloat16, heads=4, heads_k=2, batch=2,
              causal=False, window=(-1, -1), softcap=0.0, slopes=None, misalign=0,
-             backward=True, dslopes=True):
+             backward=True, dslopes=True, softmax_scale=None):
     q, k, v = qkv(batch, seqlen_q, seqlen_k, heads, heads_k, d, dtype, misalign)
     s = make_slopes(slopes, batch, heads, requires_grad=backward and dslopes)
-    kw = dict(causal=causal, window_size=window, softcap=softcap)
+    kw = dict(causal=causal, window_size=window, softcap=softcap, softmax_scale=softmax_scale)
     check_fwd(q, k, v, alibi_slopes=s, **kw)
     if backward:
         check_bwd(q, k, v, alibi_slopes=s, **kw)
@@ -87,6 +87,65 @@ def test_varlen_emulated_with_empty_sequence(emulated):
     slopes = make_slopes("batch", len(lengths_q), 4, requires_grad=True)
     check_varlen_fwd(q, k, v, cu_q, cu_k, causal=True, alibi_slopes=slopes)
     check_varlen_bwd(q, k, v, cu_q, cu_k, causal=True, alibi_slopes=slopes)
+
+
+# ---- score kinds (ScoreKind, csrc/attn/cuda/seq_score.cuh): one kernel per feature set ------
+def fwd_score_kind(slopes=None, **kw) -> str:
+    """The ScoreKind of the forward kernel one small call runs (from the launch log)."""
+    q, k, v = qkv(1, 40, 40, 2, 1, 64, torch.bfloat16)
+    emulation.take_launched_kernels()
+    mpt_ext.flash_attn_func(q, k, v, alibi_slopes=make_slopes(slopes, 1, 2), **kw)
+    names = [n for n in emulation.take_launched_kernels() if "attn_fwd_kernel" in n]
+    assert len(names) == 1, names
+    return {0: "plain", 1: "alibi", 2: "general"}[int(re.search(r"ScoreKind\)(\d)>", names[0])[1])]
+
+
+def test_score_kind_follows_the_features(emulated):
+    assert fwd_score_kind() == "plain"
+    assert fwd_score_kind(causal=True, window_size=(3, 0)) == "plain"
+    assert fwd_score_kind(slopes="head") == "alibi"
+    assert fwd_score_kind(slopes="batch", causal=True) == "alibi"
+    assert fwd_score_kind(softcap=5.0) == "general"
+    assert fwd_score_kind(slopes="head", softcap=5.0) == "general"
+    # scales the folded kinds cannot divide the slopes by
+    assert fwd_score_kind(softmax_scale=0.0) == "general"
+    assert fwd_score_kind(slopes="head", softmax_scale=-0.5) == "general"
+    assert fwd_score_kind(slopes="head", softmax_scale=2.0**-33) == "general"
+    assert fwd_score_kind(slopes="head", softmax_scale=2.0**-32) == "alibi"
+
+
+KIND_CASES = {
+    # 128-row blocks at d 64: key tiles wholly after (block 0) and before (block 1) the rows'
+    # diagonals take ALiBi's one-FMA form with opposite signs; the diagonal tiles the full form
+    "alibi_both_sides_of_the_diagonal": dict(d=64, seqlen_q=260, seqlen_k=260, slopes="mpt",
+                                             heads=2, heads_k=1, batch=1),
+    "alibi_keys_far_after_sq>>sk": dict(d=128, seqlen_q=300, seqlen_k=70, slopes="head",
+                                        heads=2, heads_k=1, batch=1),
+    "plain_full_many_tiles": dict(d=128, seqlen_q=150, seqlen_k=200, heads=2, heads_k=2,
+                                  dtype=torch.float16),
+    "plain_causal_window": dict(d=64, seqlen_q=200, seqlen_k=230, causal=True, window=(70, -1),
+                                batch=1),
+    "negative_scale_alibi": dict(d=64, seqlen_q=40, seqlen_k=70, softmax_scale=-0.3,
+                                 slopes="head", batch=1),
+    "zero_scale_causal_alibi": dict(d=64, seqlen_q=70, seqlen_k=70, softmax_scale=0.0,
+                                    causal=True, slopes="batch"),
+    "tiny_scale_alibi": dict(d=64, seqlen_q=33, seqlen_k=70, softmax_scale=2.0**-32,
+                             slopes="head", batch=1),
+}
+
+
+@pytest.mark.parametrize("case", list(KIND_CASES))
+def test_score_kind_emulated(emulated, case):
+    run_case(**KIND_CASES[case])
+
+
+def test_huge_slopes_keep_only_the_diagonal_emulated(emulated):
+    # slope / scale far past the folded clamp (kMaxFoldedSlope): every key off the diagonal
+    # gets probability 0, as in the float64 reference, with no inf - inf on a one-sided tile
+    q, k, v = qkv(1, 200, 200, 2, 1, 64, torch.bfloat16)
+    slopes = torch.tensor([1e30, 3e5])
+    check_fwd(q, k, v, alibi_slopes=slopes, softmax_scale=2.0**-31)
+    check_fwd(q, k, v, alibi_slopes=slopes, causal=True)
 
 
 # ---- tile variants (MPT_EXT_ATTN_FWD_TILE / _BWD_TILE, csrc/attn/cuda/tile_choice.h) -------

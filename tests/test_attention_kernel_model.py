@@ -282,9 +282,21 @@ def dense(q, k, v, do, slope, scale, cap, causal, wl, wr):
     return o, lse, scale * draw @ k, scale * draw.T @ q, P.T @ do, dslope
 
 
-def score2(acc, i, j, sq, sk, slope, scale, cap):  # seq_score.cuh ScoreMod
+def score2(acc, i, j, sq, sk, slope, scale, cap):  # seq_score.cuh ScoreMod (the backward's)
     s = cap * LOG2E * np.tanh(acc * scale / cap) if cap > 0 else acc * scale * LOG2E
     return s - slope * LOG2E * abs(i + sk - sq - j)
+
+
+def score_units(slope, scale, cap):  # seq_score.cuh score_kind, ScoreUnits::make
+    """(folded, exp_scale, slope in units of u)."""
+    folded = cap == 0 and scale >= 2.0 ** -32
+    return (True, scale * LOG2E, slope / scale) if folded else (False, LOG2E, slope)
+
+
+def score_u(acc, i, j, sq, sk, units, scale, cap):  # ScoreUnits::full
+    folded, _, slope_u = units
+    v = acc if folded else (cap * np.tanh(acc * scale / cap) if cap > 0 else acc * scale)
+    return v - slope_u * abs(i + sk - sq - j)
 
 
 def key_tiles(m0, m_last, sq, sk, mask, bn):  # fwd / dQ kernels: n_min, n_max, TileKeys
@@ -296,6 +308,8 @@ def key_tiles(m0, m_last, sq, sk, mask, bn):  # fwd / dQ kernels: n_min, n_max, 
 
 def model_fwd(q, k, v, slope, scale, cap, mask, bm, bn):
     sq, sk, d = q.shape[0], k.shape[0], q.shape[1]
+    units = score_units(slope, scale, cap)
+    folded, exp_scale, slope_u = units
     out, lse = np.full((sq, d), np.nan), np.full(sq, np.nan)
     for m0 in range(0, sq, bm):
         m_last = min(m0 + bm, sq) - 1
@@ -306,22 +320,35 @@ def model_fwd(q, k, v, slope, scale, cap, mask, bm, bn):
             for nb in range(n_min, n_max):
                 n0 = nb * bn
                 masked = not (n0 >= last[0] and n0 + bn <= first[1])
-                s = np.empty(bn)
+                # ScoreUnits::tile_slope: every key on one side of every row's diagonal
+                before = n0 + bn - 1 <= m0 + sk - sq
+                after = n0 >= m0 + bm - 1 + sk - sq
+                fast = folded and not masked and (before or after)
+                tile_slope = slope_u if before else -slope_u
+                u = np.empty(bn)  # u + row_shift, each lane's own shift (col0) added
                 for c, j in enumerate(range(n0, n0 + bn)):
-                    x = score2(q[i] @ k[j] if j < sk else 0.0, i, j, sq, sk, slope, scale, cap)
+                    acc = q[i] @ k[j] if j < sk else 0.0
+                    full = score_u(acc, i, j, sq, sk, units, scale, cap)
+                    if fast:  # the m16n8 fragment: lane column col0, element column col
+                        col0, col = (c % 8) // 2 * 2, c // 8 * 8 + c % 2
+                        row_offset = i + sk - sq - n0 - col0
+                        x = (acc + tile_slope * col) + -tile_slope * row_offset
+                        assert abs(x - full) <= 1e-9 * max(1.0, abs(full)), "tile not one-sided"
+                    else:
+                        x = full
                     if masked and (j < lo or j >= hi):
                         x = -np.inf
                     assert masked or lo <= j < hi, "unmasked tile holds an invisible key"
-                    s[c] = x
-                new = max(mx, s.max())
+                    u[c] = x
+                new = max(mx, u.max())
                 ref = 0.0 if new == -np.inf else new
-                rescale, mx = 2.0 ** (mx - ref), new
-                p = 2.0 ** (s - ref)
+                rescale, mx = 2.0 ** ((mx - ref) * exp_scale), new
+                p = 2.0 ** ((u - ref) * exp_scale)
                 l = l * rescale + p.sum()
                 vv = np.array([v[j] if j < sk else np.zeros(d) for j in range(n0, n0 + bn)])
                 o = o * rescale + p @ vv
             out[i] = o / l if l > 0 else 0.0
-            lse[i] = (mx + math.log2(l)) / LOG2E if l > 0 else -np.inf
+            lse[i] = (mx * exp_scale + math.log2(l)) / LOG2E if l > 0 else -np.inf
     return out, lse
 
 

@@ -53,6 +53,18 @@ MUTATIONS = [
              "return fabsf(static_cast<float>(row_offset) - static_cast<float>(col));",
              "return fabsf(static_cast<float>(row_offset) - static_cast<float>(col) + 1.f);",
              ATTN_FAST, "max error"),
+    Mutation("alibi_split_drops_the_row_part", "csrc/attn/cuda/seq_score.cuh",
+             "return kHasSlopes ? -tile_slope * static_cast<float>(row_offset) : 0.f;",
+             "return 0.f;", ATTN_FAST, "max error"),
+    Mutation("alibi_split_on_a_straddling_tile", "csrc/attn/cuda/seq_score.cuh",
+             "*one_sided = !kHasSlopes || (split_ok && (before || after));",
+             "*one_sided = true;",  # |distance| replaced by a signed one across the diagonal
+             "tests/test_attention_emulated.py::"
+             "test_score_kind_emulated[alibi_both_sides_of_the_diagonal]", "max error"),
+    Mutation("fma_exp_on_huge_scores", "csrc/attn/cuda/attn_fwd_kernel.cuh",
+             "if (units.fma_exp_ok(ref, row_shift)) {", "if (true) {",
+             "tests/test_attention_emulated.py::test_huge_slopes_keep_only_the_diagonal_emulated",
+             "NaN in output"),
     Mutation("dkdv_drops_cp_async_wait", "csrc/attn/cuda/attn_bwd_kernels.cuh",
              "  for (int it = 0; it < n_iters; ++it) {\n    cp_async_wait<kStages - 2>();\n",
              "  for (int it = 0; it < n_iters; ++it) {\n", ATTN_FAST, "has not been waited for"),

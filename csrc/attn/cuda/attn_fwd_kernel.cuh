@@ -39,7 +39,7 @@ struct FwdExtra {
   bool out_pair_ok; // 4-byte aligned element pairs: 32-bit stores
 };
 
-template <typename T, typename Cfg>
+template <typename T, typename Cfg, ScoreKind kKind>
 __global__ void __launch_bounds__(Cfg::kThreads)
     attn_fwd_kernel(const AttnFwdParams p, const FwdExtra x) {
   constexpr int kD = Cfg::kD, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN;
@@ -103,7 +103,8 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 #pragma unroll
     for (int r = 0; r < 2; ++r) row_local[mt][r] = warp_row0 + mt * 16 + (lane >> 2) + 8 * r;
   }
-  const ScoreMod mod = ScoreMod::make(p.mask, b, h);
+  using Units = ScoreUnits<kKind>;
+  const Units units = Units::make(p.mask, b, h);
   const DiagMask mask = DiagMask::make(p.mask, si);  // no per-row key ranges: registers
 
   auto load_kv = [&](int tile) {
@@ -124,7 +125,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   }
 
   float o[kMT][kDT][4];
-  float row_max[kMT][2];  // log2 domain
+  float row_max[kMT][2];  // in u (ScoreUnits)
   float row_sum[kMT][2];  // this thread's columns only (quad-summed at the end)
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
@@ -168,48 +169,82 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       }
     }
 
-    // Score mod (every tile: ALiBi is everywhere), mask (boundary tiles only). This lane's
-    // element (nt, e) is key n0 + col0 + col, col = 8 nt + (e & 1).
+    // Score mod and mask into units u (ScoreUnits): log2 score = exp_scale * (u + row_shift).
+    // Fast tiles (no mask; for ALiBi, keys on one side of every row's diagonal: all unmasked
+    // causal tiles) take one FMA per score at most; the others the full form and the mask.
+    // This lane's element (nt, e) is key n0 + col0 + col, col = 8 nt + (e & 1).
     const bool masked = !tk.fully_visible(n0, kBlockN);
+    bool one_sided = false;
+    const float tile_slope =
+        units.tile_slope(m0 + diag_shift, m0 + kBlockM - 1 + diag_shift, n0, kBlockN, &one_sided);
+    const bool fast = Units::kFolded && !masked && one_sided;
     const int col0 = (lane & 3) * 2;
+    // row_offset: the row's diagonal minus this thread's column 0 of the tile (alibi_dist)
+    auto row_offset = [&](int mt, int r) { return m0 + row_local[mt][r] + diag_shift - n0 - col0; };
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
-      const int row_offset[2] = {m0 + row_local[mt][0] + diag_shift - n0 - col0,
-                                 m0 + row_local[mt][1] + diag_shift - n0 - col0};
+      if (fast) {
 #pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
+        for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e >> 1, col = nt * 8 + (e & 1);
-          float unused;
-          float v = mod(s[mt][nt][e], alibi_dist(row_offset[r], col), &unused);
-          if (masked && mask.hidden(row_offset[r] - col, n0 + col0 + col)) v = -INFINITY;
-          s[mt][nt][e] = v;
+          for (int e = 0; e < 4; ++e) {
+            s[mt][nt][e] = units.column(s[mt][nt][e], tile_slope, nt * 8 + (e & 1));
+          }
+        }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = e >> 1, col = nt * 8 + (e & 1);
+            float unused;
+            float v = units.full(s[mt][nt][e], alibi_dist(row_offset(mt, r), col), &unused);
+            if (masked && mask.hidden(row_offset(mt, r) - col, n0 + col0 + col)) v = -INFINITY;
+            s[mt][nt][e] = v;
+          }
         }
       }
     }
 
-    // Online softmax, exp2 domain. A row that has seen only masked keys keeps max -inf; it
-    // exponentiates against 0 instead so that no (-inf) - (-inf) NaN appears.
+    // Online softmax in u, exponentiated by one FMA and ex2 each (ScoreUnits::fma_exp_ok).
+    // A row that has seen only masked keys keeps max -inf; it exponentiates against 0
+    // instead so that no (-inf) - (-inf) NaN appears.
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        float mx = row_max[mt][r];
+        float mx = -INFINITY;
 #pragma unroll
         for (int nt = 0; nt < kNT; ++nt) {
           mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
         }
-        mx = quad_max(mx);
+        // the ALiBi row part of a fast tile (0 on the others, whose u holds all of it)
+        const float row_shift = fast ? units.row_shift(tile_slope, row_offset(mt, r)) : 0.f;
+        mx = quad_max(fmaxf(row_max[mt][r], mx + row_shift));
         const float ref = mx == -INFINITY ? 0.f : mx;
-        const float rescale = exp2f(row_max[mt][r] - ref);  // 0 when the old max was -inf
+        // 0 when the old max was -inf
+        const float rescale = exp2f((row_max[mt][r] - ref) * units.exp_scale);
         row_max[mt][r] = mx;
         float sum = 0.f;
+        if (units.fma_exp_ok(ref, row_shift)) {
+          const float bias = (row_shift - ref) * units.exp_scale;
 #pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
-          s[mt][nt][2 * r] = exp2f(s[mt][nt][2 * r] - ref);
-          s[mt][nt][2 * r + 1] = exp2f(s[mt][nt][2 * r + 1] - ref);
-          sum += s[mt][nt][2 * r] + s[mt][nt][2 * r + 1];
+          for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+            for (int e = 2 * r; e < 2 * r + 2; ++e) {
+              s[mt][nt][e] = exp2f(fmaf(s[mt][nt][e], units.exp_scale, bias));
+              sum += s[mt][nt][e];
+            }
+          }
+        } else {
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+            for (int e = 2 * r; e < 2 * r + 2; ++e) {
+              s[mt][nt][e] = exp2f((s[mt][nt][e] + row_shift - ref) * units.exp_scale);
+              sum += s[mt][nt][e];
+            }
+          }
         }
         row_sum[mt][r] = row_sum[mt][r] * rescale + sum;
 #pragma unroll
@@ -262,7 +297,9 @@ __global__ void __launch_bounds__(Cfg::kThreads)
           if (col + 1 < d) orow[col + 1] = Ops::from_float(v1);
         }
       }
-      if ((lane & 3) == 0) glse[rl] = empty ? -INFINITY : (row_max[mt][r] + log2f(l)) * kLn2;
+      if ((lane & 3) == 0) {
+        glse[rl] = empty ? -INFINITY : fmaf(row_max[mt][r], units.exp_scale, log2f(l)) * kLn2;
+      }
     }
   }
 }

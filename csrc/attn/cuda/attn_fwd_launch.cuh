@@ -29,7 +29,7 @@ struct FwdTiles<128> {
   using type = TileList<FwdConfigFor<128>, FwdConfig<128, 32, 2, 2>, FwdConfig<128, 64, 2, 2>>;
 };
 
-template <typename T, typename Cfg>
+template <typename T, typename Cfg, ScoreKind kKind>
 void launch_attn_fwd(const AttnFwdParams& p) {
   const AttnShape& s = p.shape;
   check_grid_yz(s.num_heads, s.batch, "attention forward");
@@ -39,7 +39,7 @@ void launch_attn_fwd(const AttnFwdParams& p) {
   x.kv_vec_ok = rows_16b_aligned(p.k, p.k_strides, varlen) &&
                 rows_16b_aligned(p.v, p.v_strides, varlen);
   x.out_pair_ok = pairs_4b_aligned(p.out, p.out_strides, varlen);
-  auto kernel = attn_fwd_kernel<T, Cfg>;
+  auto kernel = attn_fwd_kernel<T, Cfg, kKind>;
   set_smem(reinterpret_cast<const void*>(kernel), Cfg::kSmemBytes, "attn_fwd_kernel");
   const dim3 grid(static_cast<unsigned>(ceil_div(grid_seqlen(s, s.seqlen_q), Cfg::kBlockM)),
                   static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.batch));
@@ -54,7 +54,9 @@ void run_attn_fwd(const AttnFwdParams& p) {
   const Tile tile = requested_tile(Tiles{}, kD, kFwdTileVariable);
   const AttnShape& s = p.shape;
   if (s.batch == 0 || s.num_heads == 0 || grid_seqlen(s, s.seqlen_q) == 0) return;
-  launch_tile(Tiles{}, tile, [&](auto cfg) { launch_attn_fwd<T, decltype(cfg)>(p); });
+  launch_tile(Tiles{}, tile, [&](auto cfg) {
+    with_score_kind(p.mask, [&](auto kind) { launch_attn_fwd<T, decltype(cfg), decltype(kind)::value>(p); });
+  });
 }
 
 }  // namespace mpt_ext::attn::cuda

@@ -6,6 +6,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "../../common/cuda_math.cuh"
 #include "../../common/device_input_errors.h"
@@ -122,6 +123,127 @@ struct ScoreMod {
       s = acc * scale_log2;
     }
     return s - slope_log2 * dist;
+  }
+};
+
+// Which score features a kernel instantiation carries, picked on the host (score_kind) so
+// that the common cases pay nothing for the features they do not use:
+//   kPlain   : softmax_scale * q.k
+//   kAlibi   : softmax_scale * q.k - slope * |distance|
+//   kGeneral : softcap (slopes or not), or a scale the other two cannot fold into the softmax
+//              (kMinFoldedScale): everything ScoreMod covers.
+enum class ScoreKind { kPlain, kAlibi, kGeneral };
+
+// kPlain / kAlibi divide the slopes by the scale; below this a slope could overflow.
+constexpr float kMinFoldedScale = 0x1p-32f;
+constexpr float kMaxFoldedSlope = 0x1p96f;
+// A one-sided tile splits ALiBi into a column and a row part, each up to slope * (tile size)
+// before they cancel in the softmax's FMA; past this slope (in log2 units per key) that
+// cancellation could lose more than 2^-4 and a one-sided tile takes the full form instead.
+// Every key but the diagonal's has probability < 2^-4096 there, so no real model is affected.
+constexpr float kMaxSplitSlopeLog2 = 0x1p12f;
+constexpr float kMaxFmaExpLog2 = 0x1p20f;  // ScoreUnits::fma_exp_ok
+
+inline ScoreKind score_kind(const AttnMaskParams& m) {
+  if (m.softcap > 0.f || !(m.softmax_scale >= kMinFoldedScale)) return ScoreKind::kGeneral;
+  return m.alibi_slopes != nullptr ? ScoreKind::kAlibi : ScoreKind::kPlain;
+}
+
+// Calls f(std::integral_constant<ScoreKind, kind>{}) for the params' kind: one instantiation each.
+template <typename F>
+void with_score_kind(const AttnMaskParams& m, F&& f) {
+  switch (score_kind(m)) {
+    case ScoreKind::kPlain: f(std::integral_constant<ScoreKind, ScoreKind::kPlain>{}); break;
+    case ScoreKind::kAlibi: f(std::integral_constant<ScoreKind, ScoreKind::kAlibi>{}); break;
+    case ScoreKind::kGeneral: f(std::integral_constant<ScoreKind, ScoreKind::kGeneral>{}); break;
+  }
+}
+
+// Scores in units u whose log2-domain score is exp_scale * (u + row_shift). kPlain / kAlibi
+// (FlashAttention-2's form): u is the raw q.k plus the ALiBi term divided by the scale, so the
+// scale rides in the softmax's exp2 FMA; on a tile whose keys all lie on one side of every
+// row's diagonal (tile_slope) the ALiBi term splits into a column part, one FMA per score, and
+// a row part, row_shift, added once per row and tile. kGeneral: u is the natural-log score
+// (ScoreMod's, in ln units) and every tile takes the full form.
+template <ScoreKind kKind>
+struct ScoreUnits {
+  static constexpr bool kFolded = kKind != ScoreKind::kGeneral;
+  static constexpr bool kHasSlopes = kKind != ScoreKind::kPlain;
+  float exp_scale = 0.f;  // log2 score = exp_scale * u
+  float slope = 0.f;      // in units of u
+  float acc_scale = 0.f;  // kGeneral: u = acc_scale * q.k, or cap * tanh(cap_in * q.k)
+  float cap_in = 0.f;
+  float cap = 0.f;
+  bool split_ok = true;  // one-sided tiles may split ALiBi (kMaxSplitSlopeLog2)
+
+  __device__ __forceinline__ static ScoreUnits make(const AttnMaskParams& m, int b, int h) {
+    ScoreUnits u;
+    const float slope = kHasSlopes && m.alibi_slopes != nullptr
+                            ? m.alibi_slopes[static_cast<int64_t>(b) * m.alibi_batch_stride + h]
+                            : 0.f;
+    if (kFolded) {
+      u.exp_scale = m.softmax_scale * kLog2e;
+      // Clamped so that the split parts of a one-sided tile (slope * column, slope * row
+      // offset < 2^31) stay finite: 2^96 per key in u still hides every key at distance >= 1
+      // (exp_scale >= kMinFoldedScale * log2 e), as the true slope would.
+      // (A NaN slope stays NaN.)
+      const float folded = slope / m.softmax_scale;
+      u.slope = fabsf(folded) > kMaxFoldedSlope ? copysignf(kMaxFoldedSlope, folded) : folded;
+      u.split_ok = fabsf(u.slope * u.exp_scale) <= kMaxSplitSlopeLog2;  // false for NaN
+    } else {
+      u.exp_scale = kLog2e;
+      u.slope = slope;
+      u.acc_scale = m.softmax_scale;
+      u.cap_in = m.softcap > 0.f ? m.softmax_scale / m.softcap : 0.f;
+      u.cap = m.softcap;
+    }
+    return u;
+  }
+
+  // u of a score at |distance| dist (alibi_dist) on any tile; *tanh_out receives the softcap's
+  // tanh (for the backward's chain rule) when softcap is on.
+  __device__ __forceinline__ float full(float acc, float dist, float* tanh_out) const {
+    float v = acc;
+    if (!kFolded) {
+      if (cap > 0.f) {
+        const float t = softcap_tanh(acc * cap_in);
+        *tanh_out = t;
+        v = cap * t;
+      } else {
+        v = acc * acc_scale;
+      }
+    }
+    return kHasSlopes ? fmaf(-slope, dist, v) : v;
+  }
+
+  // u of the score `col` keys into a one-sided tile (kFolded only): the column part of ALiBi.
+  __device__ __forceinline__ float column(float acc, float tile_slope, int col) const {
+    return kHasSlopes ? fmaf(tile_slope, static_cast<float>(col), acc) : acc;
+  }
+
+  // exp2(fmaf(u, exp_scale, (row_shift - ref) * exp_scale)) rounds the bias on its own, by
+  // up to 2^-4 while ref and row_shift stay within 2^20 / exp_scale (log2 scores below 2^20,
+  // which only extreme slopes or logits exceed): beyond that the bias's rounding could
+  // overflow the exp2 of the row's largest score, and the row subtracts before scaling.
+  __device__ __forceinline__ bool fma_exp_ok(float ref, float row_shift) const {
+    return fabsf(ref) * exp_scale <= kMaxFmaExpLog2 &&  // false for NaN
+           fabsf(row_shift) * exp_scale <= kMaxFmaExpLog2;
+  }
+
+  // The ALiBi slope of a tile of n keys from key n0 for rows whose diagonals lie in
+  // [first_diag, last_diag] (key positions; row i's is i + sk - sq): +slope when every key is
+  // at or before every diagonal (distance = diag - key >= 0), -slope when at or after, and
+  // *one_sided false when the tile straddles a diagonal (then |distance| is needed per score).
+  // u = column(acc, tile_slope, col) + row_shift(tile_slope, row_offset) on such a tile.
+  __device__ __forceinline__ float tile_slope(int first_diag, int last_diag, int n0, int n,
+                                              bool* one_sided) const {
+    const bool before = n0 + n - 1 <= first_diag, after = n0 >= last_diag;
+    *one_sided = !kHasSlopes || (split_ok && (before || after));
+    return before ? slope : -slope;
+  }
+  // row_offset: the row's diagonal minus the tile's column 0 of this thread (alibi_dist).
+  __device__ __forceinline__ float row_shift(float tile_slope, int row_offset) const {
+    return kHasSlopes ? -tile_slope * static_cast<float>(row_offset) : 0.f;
   }
 };
 
