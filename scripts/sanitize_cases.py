@@ -25,6 +25,10 @@ def attention_cases():
                 out = mpt_ext.flash_attn_func(q, k, v, causal=causal, window_size=window,
                                               alibi_slopes=slopes, softcap=0.0)
                 out.float().square().sum().backward()
+            # the other score kinds (csrc/attn/cuda/seq_score.cuh): no slopes, softcap
+            for kw in (dict(), dict(softcap=20.0, alibi_slopes=mpt_ext.alibi_slopes(h, device=dev))):
+                out = mpt_ext.flash_attn_func(q, k, v, causal=True, **kw)
+                out.float().square().sum().backward()
         # the other tiles (MPT_EXT_ATTN_FWD_TILE, MPT_EXT_ATTN_BWD_TILE) where the head-dim
         # bucket has them; backward tiles with both dQ variants (frozen slopes: atomic)
         for variable, listing in (("MPT_EXT_ATTN_FWD_TILE", mpt_ext._library.ATTN_FWD_TILES),

@@ -282,11 +282,6 @@ def dense(q, k, v, do, slope, scale, cap, causal, wl, wr):
     return o, lse, scale * draw @ k, scale * draw.T @ q, P.T @ do, dslope
 
 
-def score2(acc, i, j, sq, sk, slope, scale, cap):  # seq_score.cuh ScoreMod (the backward's)
-    s = cap * LOG2E * np.tanh(acc * scale / cap) if cap > 0 else acc * scale * LOG2E
-    return s - slope * LOG2E * abs(i + sk - sq - j)
-
-
 def score_units(slope, scale, cap):  # seq_score.cuh score_kind, ScoreUnits::make
     """(folded, exp_scale, slope in units of u)."""
     folded = cap == 0 and scale >= 2.0 ** -32
@@ -359,15 +354,41 @@ def model_bwd(q, k, v, o, do, lse, slope, scale, cap, mask, bm, bn, kv_keys=BWD_
     dsum = (do * o).sum(1)
     shift = sk - sq
 
-    def p_ds(i, j, masked):
+    units = score_units(slope, scale, cap)
+    folded, exp_scale, slope_u = units
+
+    def tile_slope(m0, rows, n0, keys):  # ScoreUnits::tile_slope; None: the full form
+        before, after = n0 + keys - 1 <= m0 + shift, n0 >= m0 + rows - 1 + shift
+        return (slope_u if before else -slope_u) if before or after else None
+
+    def p_ds(i, j, masked, tile, keys_as_rows):
+        """P and dS of (query i, key j) in the (m0, rows) x (n0, keys) tile of the dK/dV
+        kernel (keys_as_rows) or the dQ kernel, as each computes its exp2 argument."""
         inside = i < sq and j < sk
         acc = q[i] @ k[j] if inside else 0.0
-        x = score2(acc, i, j, sq, sk, slope, scale, cap)
-        if masked:
-            lo, hi = visible_keys(i, sq, sk, *mask)
-            if j < lo or j >= hi:
-                x = -np.inf
-        p = 2.0 ** (x - (lse2[i] if i < sq else np.inf))
+        l2 = lse2[i] if i < sq else np.inf
+        full = exp_scale * score_u(acc, i, j, sq, sk, units, scale, cap) - l2
+        m0, n0 = tile[0], tile[2]
+        ts = tile_slope(*tile) if folded and not masked else None
+        if ts is None:
+            x = full
+            if masked:
+                lo, hi = visible_keys(i, sq, sk, *mask)
+                if j < lo or j >= hi:
+                    x = -np.inf
+        elif keys_as_rows:  # queries are the fragment's columns: lane col0, element col
+            c = i - m0
+            col0, col = (c % 8) // 2 * 2, c // 8 * 8 + c % 2
+            key_offset = j - (m0 + col0 + shift)
+            x = exp_scale * acc + ((-ts * exp_scale) * col - l2 + ts * key_offset * exp_scale)
+        else:
+            c = j - n0
+            col0, col = (c % 8) // 2 * 2, c // 8 * 8 + c % 2
+            row_offset = i + shift - n0 - col0
+            x = exp_scale * (acc + ts * col) + (-ts * row_offset * exp_scale - l2)
+        if ts is not None and np.isfinite(full):
+            assert abs(x - full) <= 1e-9 * max(1.0, abs(full)), "tile not one-sided"
+        p = 2.0 ** x
         ds = p * ((do[i] @ v[j] if inside else 0.0) - (dsum[i] if i < sq else 0.0))
         factor = (1 - np.tanh(acc * scale / cap) ** 2) if cap > 0 else 1.0
         return p, ds, ds * factor
@@ -388,7 +409,7 @@ def model_bwd(q, k, v, o, do, lse, slope, scale, cap, mask, bm, bn, kv_keys=BWD_
             masked = not (n0 >= last[0] and n0 + kv_keys <= first[1])
             for j in range(n0, n1):
                 for i in range(m0, m0 + bm):
-                    p, ds, dsr = p_ds(i, j, masked)
+                    p, ds, dsr = p_ds(i, j, masked, (m0, bm, n0, kv_keys), True)
                     if i < sq:
                         dv[j] += p * do[i]
                         dk[j] += dsr * q[i] * scale
@@ -403,7 +424,7 @@ def model_bwd(q, k, v, o, do, lse, slope, scale, cap, mask, bm, bn, kv_keys=BWD_
             masked = not (n0 >= last[0] and n0 + bn <= first[1])
             for i in range(m0, m_last + 1):
                 for j in range(n0, min(n0 + bn, sk)):
-                    p, ds, dsr = p_ds(i, j, masked)
+                    p, ds, dsr = p_ds(i, j, masked, (m0, BWD_Q_ROWS, n0, bn), False)
                     dq[i] += dsr * k[j] * scale
                     dist = abs(i + shift - j)  # DslopeRowSums: sum dS|d| - (sum dS)(sum P|d|)
                     row_sums[i] += (ds * dist, ds, p * dist)

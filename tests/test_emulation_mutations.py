@@ -65,6 +65,13 @@ MUTATIONS = [
              "if (units.fma_exp_ok(ref, row_shift)) {", "if (true) {",
              "tests/test_attention_emulated.py::test_huge_slopes_keep_only_the_diagonal_emulated",
              "NaN in output"),
+    Mutation("dkdv_split_column_part_with_the_forward_sign", "csrc/attn/cuda/attn_bwd_kernels.cuh",
+             "fmaf(col_slope, static_cast<float>(col), -tL[il])",
+             "fmaf(-col_slope, static_cast<float>(col), -tL[il])",  # keys are the rows here
+             ATTN_FAST, "max error"),
+    Mutation("dq_split_drops_the_row_part", "csrc/attn/cuda/attn_bwd_kernels.cuh",
+             "row_bias[r] = fast ? units.row_shift(tile_slope, row_offset[r]) * units.exp_scale -",
+             "row_bias[r] = fast ? 0.f -", ATTN_FAST, "dq: max error"),
     Mutation("dkdv_drops_cp_async_wait", "csrc/attn/cuda/attn_bwd_kernels.cuh",
              "  for (int it = 0; it < n_iters; ++it) {\n    cp_async_wait<kStages - 2>();\n",
              "  for (int it = 0; it < n_iters; ++it) {\n", ATTN_FAST, "has not been waited for"),

@@ -183,7 +183,7 @@ struct QBlockCursor {
   }
 };
 
-template <typename T, typename Cfg>
+template <typename T, typename Cfg, ScoreKind kKind>
 __global__ void __launch_bounds__(Cfg::kThreads)
     attn_bwd_dkdv_kernel(const AttnBwdParams p, const BwdExtra x) {
   constexpr int kD = Cfg::kD, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN;
@@ -298,7 +298,8 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     at.next(m_count);
     const int m_last = min(m0 + kBlockM, si.sq) - 1;
     const bool masked = !tile_keys(m0, m_last, si, f.mask).fully_visible(n0, kBlockN);
-    const ScoreMod mod = ScoreMod::make(f.mask, b, h);
+    using Units = ScoreUnits<kKind>;
+    const Units units = Units::make(f.mask, b, h);
     const DiagMask mask = DiagMask::make(f.mask, si);
 
     // S^T = K Q^T and dP^T = V dO^T (this warp's 16 keys x kBlockM queries)
@@ -325,26 +326,61 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       }
     }
 
-    // P^T = exp2(score2 - lse2), dS^T = P^T (dP^T - D) (times the softcap derivative). This
-    // lane's element (qt, e) is query m0 + col0 + col, col = 8 qt + (e & 1), against key j;
-    // key_offset: the key's signed distance past the diagonal of query m0 + col0 (alibi_dist).
+    // P^T = exp2(log2 score - lse2), dS^T = P^T (dP^T - D) (times the softcap derivative), the
+    // score in the forward's units (ScoreUnits). This lane's element (qt, e) is query
+    // m0 + col0 + col, col = 8 qt + (e & 1), against key j; key_offset: the key's signed
+    // distance past the diagonal of query m0 + col0 (alibi_dist). Keys are the rows here, so
+    // a one-sided tile's ALiBi column part runs along the queries with the opposite sign.
     const int col0 = (lane & 3) * 2;
     const int key_offset[2] = {n0 + key_local[0] - (m0 + col0 + shift),
                                n0 + key_local[1] - (m0 + col0 + shift)};
+    bool one_sided = false;
+    const float tile_slope = units.tile_slope(m0 + shift, m0 + kBlockM - 1 + shift, n0, kBlockN,
+                                              &one_sided);
+    if (Units::kFolded && !masked && one_sided) {
+      // exp2 argument = exp_scale * (acc + column part + row part) - lse2, with the column
+      // part and lse2 per query (col_bias) and the row part per key (row_bias)
+      float row_bias[2];
 #pragma unroll
-    for (int qt = 0; qt < kQT; ++qt) {
+      for (int r = 0; r < 2; ++r) {
+        row_bias[r] = units.row_shift(-tile_slope, key_offset[r]) * units.exp_scale;
+      }
+      const float col_slope = -tile_slope * units.exp_scale;  // log2 units per query
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e >> 1, col = qt * 8 + (e & 1);
-        const int il = col0 + col;
-        float th = 0.f;
-        float s2 = mod(st[qt][e], alibi_dist(key_offset[r], col), &th);
-        if (masked && mask.hidden(col - key_offset[r], n0 + key_local[r])) s2 = -INFINITY;
-        const float pr = exp2f(s2 - tL[il]);
-        float ds = pr * (dpt[qt][e] - tDs[il]);
-        if (mod.softcap) ds *= 1.f - th * th;
-        st[qt][e] = pr;
-        dpt[qt][e] = ds;
+      for (int qt = 0; qt < kQT; ++qt) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int col = qt * 8 + c, il = col0 + col;
+          const float col_bias = Units::kHasSlopes
+                                     ? fmaf(col_slope, static_cast<float>(col), -tL[il])
+                                     : -tL[il];
+          const float dsum = tDs[il];
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int e = 2 * r + c;
+            const float bias = Units::kHasSlopes ? col_bias + row_bias[r] : col_bias;
+            const float pr = exp2f(fmaf(st[qt][e], units.exp_scale, bias));
+            st[qt][e] = pr;
+            dpt[qt][e] = pr * (dpt[qt][e] - dsum);
+          }
+        }
+      }
+    } else {
+#pragma unroll
+      for (int qt = 0; qt < kQT; ++qt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e >> 1, col = qt * 8 + (e & 1);
+          const int il = col0 + col;
+          float th = 0.f;
+          float u = units.full(st[qt][e], alibi_dist(key_offset[r], col), &th);
+          if (masked && mask.hidden(col - key_offset[r], n0 + key_local[r])) u = -INFINITY;
+          const float pr = exp2f(fmaf(u, units.exp_scale, -tL[il]));
+          float ds = pr * (dpt[qt][e] - tDs[il]);
+          if (units.softcap()) ds *= 1.f - th * th;
+          st[qt][e] = pr;
+          dpt[qt][e] = ds;
+        }
       }
     }
     if constexpr (Cfg::kDqAtomic) {  // dS^T as the mma will round it, keys as rows
@@ -407,7 +443,7 @@ struct BwdQConfig {
   static_assert(kBlockM == 16 * kWarps && kBlockN % 16 == 0 && kD % 64 == 0, "tile shapes");
 };
 
-template <typename T, typename Cfg>
+template <typename T, typename Cfg, ScoreKind kKind>
 __global__ void __launch_bounds__(Cfg::kThreads)
     attn_bwd_dq_kernel(const AttnBwdParams p, const BwdExtra x) {
   constexpr int kD = Cfg::kD, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN;
@@ -467,7 +503,8 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     row_lse2[r] = ok ? x.lse2[w] : INFINITY;
     row_dsum[r] = ok ? x.dsum[w] : 0.f;
   }
-  const ScoreMod mod = ScoreMod::make(f.mask, b, h);
+  using Units = ScoreUnits<kKind>;
+  const Units units = Units::make(f.mask, b, h);
   const DiagMask mask = DiagMask::make(f.mask, si);
   DslopeRowSums row_dslope[2];
 
@@ -529,24 +566,40 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       }
     }
 
-    // This lane's element (nt, e) is key n0 + col0 + col, col = 8 nt + (e & 1) (alibi_dist).
+    // P = exp2(log2 score - lse2), dS = P (dP - D), the score in the forward's units
+    // (ScoreUnits). This lane's element (nt, e) is key n0 + col0 + col, col = 8 nt + (e & 1)
+    // (alibi_dist).
     const bool masked = !tk.fully_visible(n0, kBlockN);
     const int col0 = (lane & 3) * 2;
     const int row_offset[2] = {m0 + row_local[0] + shift - n0 - col0,
                                m0 + row_local[1] + shift - n0 - col0};
+    bool one_sided = false;
+    const float tile_slope = units.tile_slope(m0 + shift, m0 + kBlockM - 1 + shift, n0, kBlockN,
+                                              &one_sided);
+    const bool fast = Units::kFolded && !masked && one_sided;
+    float row_bias[2];  // exp2 argument = exp_scale * u + row_bias
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      row_bias[r] = fast ? units.row_shift(tile_slope, row_offset[r]) * units.exp_scale -
+                               row_lse2[r]
+                         : -row_lse2[r];
+    }
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = e >> 1, col = nt * 8 + (e & 1);
-        const float dist = alibi_dist(row_offset[r], col);
-        float th = 0.f;
-        float s2 = mod(s[nt][e], dist, &th);
-        if (masked && mask.hidden(row_offset[r] - col, n0 + col0 + col)) s2 = -INFINITY;
-        const float pr = exp2f(s2 - row_lse2[r]);
+        float th = 0.f, u;
+        if (fast) {
+          u = units.column(s[nt][e], tile_slope, col);
+        } else {
+          u = units.full(s[nt][e], alibi_dist(row_offset[r], col), &th);
+          if (masked && mask.hidden(row_offset[r] - col, n0 + col0 + col)) u = -INFINITY;
+        }
+        const float pr = exp2f(fmaf(u, units.exp_scale, row_bias[r]));
         float ds = pr * (dp[nt][e] - row_dsum[r]);  // d loss / d score, before the softcap
-        if (x.dslope != nullptr) row_dslope[r].add(pr, ds, dist);
-        if (mod.softcap) ds *= 1.f - th * th;
+        if (x.dslope != nullptr) row_dslope[r].add(pr, ds, alibi_dist(row_offset[r], col));
+        if (units.softcap()) ds *= 1.f - th * th;
         s[nt][e] = ds;
       }
     }

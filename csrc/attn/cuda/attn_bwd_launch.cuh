@@ -38,10 +38,10 @@ struct BwdKVTiles<128> {
 template <int kD>
 using BwdQConfigFor = BwdQConfig<kD, (kD <= 64 ? 64 : 32)>;
 
-template <typename T, typename KV>
+template <typename T, typename KV, ScoreKind kKind>
 void launch_bwd_dkdv(const AttnBwdParams& p, const BwdExtra& x, int64_t seqlen_k) {
   const AttnShape& s = p.fwd.shape;
-  auto kernel = attn_bwd_dkdv_kernel<T, KV>;
+  auto kernel = attn_bwd_dkdv_kernel<T, KV, kKind>;
   set_smem(reinterpret_cast<const void*>(kernel), KV::kSmemBytes, "attn_bwd_dkdv_kernel");
   const dim3 grid(static_cast<unsigned>(ceil_div(seqlen_k, KV::kBlockN)),
                   static_cast<unsigned>(s.num_heads_k), static_cast<unsigned>(s.batch));
@@ -101,26 +101,28 @@ void run_attn_bwd(const AttnBwdParams& p) {
   launch_bwd_preprocess(p, x.lse2, x.dsum, w.rows);
 
   const int64_t seqlen_q = grid_seqlen(s, s.seqlen_q), seqlen_k = grid_seqlen(s, s.seqlen_k);
-  if (seqlen_k > 0) {
-    launch_tile(Tiles{}, tile, [&](auto cfg) {  // the picked tile with this run's dQ variant
-      using C = decltype(cfg);
-      if (dq_atomic) {
-        launch_bwd_dkdv<T, BwdKVConfig<kD, C::kBlockM, C::kWarps, true>>(p, x, seqlen_k);
-      } else {
-        launch_bwd_dkdv<T, BwdKVConfig<kD, C::kBlockM, C::kWarps, false>>(p, x, seqlen_k);
-      }
-    });
-  }
-  if (dq_atomic) {
-    launch_bwd_dq_convert(p, x.dq_accum, w.rows, kD);
-  } else if (seqlen_q > 0) {
-    auto kernel = attn_bwd_dq_kernel<T, Q>;
-    set_smem(reinterpret_cast<const void*>(kernel), Q::kSmemBytes, "attn_bwd_dq_kernel");
-    const dim3 grid(static_cast<unsigned>(ceil_div(seqlen_q, Q::kBlockM)),
-                    static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.batch));
-    launch_kernel(kernel, grid, Q::kThreads, Q::kSmemBytes, stream, p, x);
-    check_launch("attn_bwd_dq_kernel", stream);
-  }
+  with_score_kind(f.mask, [&](auto kind) {  // the forward's kind (seq_score.cuh)
+    constexpr ScoreKind kKind = decltype(kind)::value;
+    if (seqlen_k > 0) {
+      launch_tile(Tiles{}, tile, [&](auto cfg) {  // the picked tile with this run's dQ variant
+        using C = decltype(cfg);
+        if (dq_atomic) {
+          launch_bwd_dkdv<T, BwdKVConfig<kD, C::kBlockM, C::kWarps, true>, kKind>(p, x, seqlen_k);
+        } else {
+          launch_bwd_dkdv<T, BwdKVConfig<kD, C::kBlockM, C::kWarps, false>, kKind>(p, x, seqlen_k);
+        }
+      });
+    }
+    if (!dq_atomic && seqlen_q > 0) {
+      auto kernel = attn_bwd_dq_kernel<T, Q, kKind>;
+      set_smem(reinterpret_cast<const void*>(kernel), Q::kSmemBytes, "attn_bwd_dq_kernel");
+      const dim3 grid(static_cast<unsigned>(ceil_div(seqlen_q, Q::kBlockM)),
+                      static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.batch));
+      launch_kernel(kernel, grid, Q::kThreads, Q::kSmemBytes, stream, p, x);
+      check_launch("attn_bwd_dq_kernel", stream);
+    }
+  });
+  if (dq_atomic) launch_bwd_dq_convert(p, x.dq_accum, w.rows, kD);
   if (p.dslopes != nullptr) launch_bwd_dslope_reduce(p, x.dslope, w.rows);
 }
 

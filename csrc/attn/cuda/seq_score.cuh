@@ -87,51 +87,13 @@ __device__ __forceinline__ int64_t lse_offset(const AttnFwdParams& p, const SeqI
                    : static_cast<int64_t>(b) * p.lse_batch_stride + h * p.lse_head_stride;
 }
 
-// score2(i, j) = log2(e) * (softcap(scale * q.k) - slope * |i + sk - sq - j|).
-struct ScoreMod {
-  float scale_log2 = 0.f;  // scale * log2(e) (no softcap)
-  float cap_in = 0.f;      // scale / softcap
-  float cap_out = 0.f;     // softcap * log2(e)
-  float slope_log2 = 0.f;  // slope * log2(e)
-  float slope = 0.f;
-  bool softcap = false;
-
-  __device__ __forceinline__ static ScoreMod make(const AttnMaskParams& m, int b, int h) {
-    ScoreMod s;
-    s.softcap = m.softcap > 0.f;
-    s.scale_log2 = m.softmax_scale * kLog2e;
-    s.cap_in = s.softcap ? m.softmax_scale / m.softcap : 0.f;
-    s.cap_out = m.softcap * kLog2e;
-    s.slope = m.alibi_slopes != nullptr
-                  ? m.alibi_slopes[static_cast<int64_t>(b) * m.alibi_batch_stride + h]
-                  : 0.f;
-    s.slope_log2 = s.slope * kLog2e;
-    return s;
-  }
-
-  // Log2-domain score before masking, for a key at |distance| dist (an integer as a float:
-  // alibi_dist); *tanh_out receives tanh(scale * acc / softcap) (for the backward's chain
-  // rule) when softcap is on. Without slopes the ALiBi term is a multiply by 0: a branch
-  // here would duplicate the score loop and cost the 128-row tiles their registers.
-  __device__ __forceinline__ float operator()(float acc, float dist, float* tanh_out) const {
-    float s;
-    if (softcap) {
-      const float t = softcap_tanh(acc * cap_in);
-      *tanh_out = t;
-      s = cap_out * t;
-    } else {
-      s = acc * scale_log2;
-    }
-    return s - slope_log2 * dist;
-  }
-};
-
-// Which score features a kernel instantiation carries, picked on the host (score_kind) so
-// that the common cases pay nothing for the features they do not use:
+// The score: log2(e) * (softcap(scale * q.k) - slope * |i + sk - sq - j|). Which of its
+// features a kernel instantiation carries is picked on the host (score_kind), so that the
+// common cases pay nothing for the features they do not use:
 //   kPlain   : softmax_scale * q.k
 //   kAlibi   : softmax_scale * q.k - slope * |distance|
 //   kGeneral : softcap (slopes or not), or a scale the other two cannot fold into the softmax
-//              (kMinFoldedScale): everything ScoreMod covers.
+//              (kMinFoldedScale): the whole formula.
 enum class ScoreKind { kPlain, kAlibi, kGeneral };
 
 // kPlain / kAlibi divide the slopes by the scale; below this a slope could overflow.
@@ -164,7 +126,7 @@ void with_score_kind(const AttnMaskParams& m, F&& f) {
 // scale rides in the softmax's exp2 FMA; on a tile whose keys all lie on one side of every
 // row's diagonal (tile_slope) the ALiBi term splits into a column part, one FMA per score, and
 // a row part, row_shift, added once per row and tile. kGeneral: u is the natural-log score
-// (ScoreMod's, in ln units) and every tile takes the full form.
+// and every tile takes the full form.
 template <ScoreKind kKind>
 struct ScoreUnits {
   static constexpr bool kFolded = kKind != ScoreKind::kGeneral;
@@ -215,6 +177,8 @@ struct ScoreUnits {
     }
     return kHasSlopes ? fmaf(-slope, dist, v) : v;
   }
+
+  __device__ __forceinline__ bool softcap() const { return !kFolded && cap > 0.f; }
 
   // u of the score `col` keys into a one-sided tile (kFolded only): the column part of ALiBi.
   __device__ __forceinline__ float column(float acc, float tile_slope, int col) const {
