@@ -121,6 +121,21 @@ KIND_CASES = {
                                              heads=2, heads_k=1, batch=1),
     "alibi_keys_far_after_sq>>sk": dict(d=128, seqlen_q=300, seqlen_k=70, slopes="head",
                                         heads=2, heads_k=1, batch=1),
+    # sk - sq = +-62: a key tile ends one key short of (or starts one past) a row's diagonal,
+    # the edge of ScoreUnits::tile_slope's one-sided test (128-row forward blocks at d 64,
+    # 64-row ones at d 128)
+    "alibi_tile_edge_before_d64": dict(d=64, seqlen_q=128, seqlen_k=190, slopes="head",
+                                       heads=2, heads_k=1, batch=1),
+    "alibi_tile_edge_after_d64": dict(d=64, seqlen_q=190, seqlen_k=128, slopes="head",
+                                      heads=2, heads_k=1, batch=1),
+    "alibi_tile_edge_before_d128": dict(d=128, seqlen_q=66, seqlen_k=128, slopes="head",
+                                        heads=2, heads_k=1, batch=1),
+    "alibi_tile_edge_after_d128": dict(d=128, seqlen_q=128, seqlen_k=66, slopes="head",
+                                       heads=2, heads_k=1, batch=1),
+    # MPT's slopes with every key far behind the rows (non-causal, sq >> sk): the backward's
+    # envelope (csrc/attn/cuda/README.md) at the largest distances a test affords
+    "mpt_slopes_keys_far_away": dict(d=64, seqlen_q=700, seqlen_k=40, slopes="mpt",
+                                     dtype=torch.float16, heads=2, heads_k=1, batch=1),
     "plain_full_many_tiles": dict(d=128, seqlen_q=150, seqlen_k=200, heads=2, heads_k=2,
                                   dtype=torch.float16),
     "plain_causal_window": dict(d=64, seqlen_q=200, seqlen_k=230, causal=True, window=(70, -1),
@@ -140,8 +155,9 @@ def test_score_kind_emulated(emulated, case):
 
 
 def test_huge_slopes_keep_only_the_diagonal_emulated(emulated):
-    # slope / scale far past the folded clamp (kMaxFoldedSlope): every key off the diagonal
-    # gets probability 0, as in the float64 reference, with no inf - inf on a one-sided tile
+    # slopes no split takes (kMaxSplitSlopeLog2), one whose slope / scale overflows (kept at
+    # FLT_MAX): every key off the diagonal gets probability 0, as in the float64 reference,
+    # and the exp2 of rows with huge scores stays finite (ScoreUnits::fma_exp_ok)
     q, k, v = qkv(1, 200, 200, 2, 1, 64, torch.bfloat16)
     slopes = torch.tensor([1e30, 3e5])
     check_fwd(q, k, v, alibi_slopes=slopes, softmax_scale=2.0**-31)

@@ -436,8 +436,8 @@ MODEL_MASKS = [(False, -1, -1), (True, -1, -1), (False, 5, -1), (False, -1, 3), 
                (True, 9, -1), (False, 0, 0)]
 
 
-@pytest.mark.parametrize("sq,sk", [(1, 1), (17, 17), (5, 70), (70, 5), (130, 33), (0, 9), (9, 0)],
-                         ids=str)
+@pytest.mark.parametrize("sq,sk", [(1, 1), (17, 17), (5, 70), (70, 5), (130, 33), (130, 130),
+                                   (0, 9), (9, 0)], ids=str)
 @pytest.mark.parametrize("mask", MODEL_MASKS, ids=str)
 @pytest.mark.parametrize("kv_keys", BWD_KV_KEYS_ALL, ids=lambda n: f"kv{n}")
 def test_control_flow(fresh_seed, sq, sk, mask, kv_keys):

@@ -61,6 +61,14 @@ MUTATIONS = [
              "*one_sided = true;",  # |distance| replaced by a signed one across the diagonal
              "tests/test_attention_emulated.py::"
              "test_score_kind_emulated[alibi_both_sides_of_the_diagonal]", "max error"),
+    Mutation("one_sided_before_one_key_too_far", "csrc/attn/cuda/seq_score.cuh",
+             "const bool before = n0 + n - 1 <= first_diag,", "const bool before = n0 + n - 2 <= first_diag,",
+             "tests/test_attention_emulated.py::test_score_kind_emulated[alibi_tile_edge_before_d64]",
+             "max error"),
+    Mutation("one_sided_after_one_key_too_early", "csrc/attn/cuda/seq_score.cuh",
+             "after = n0 >= last_diag;", "after = n0 + 1 >= last_diag;",
+             "tests/test_attention_emulated.py::test_score_kind_emulated[alibi_tile_edge_after_d64]",
+             "max error"),
     Mutation("fma_exp_on_huge_scores", "csrc/attn/cuda/attn_fwd_kernel.cuh",
              "if (units.fma_exp_ok(ref, row_shift)) {", "if (true) {",
              "tests/test_attention_emulated.py::test_huge_slopes_keep_only_the_diagonal_emulated",

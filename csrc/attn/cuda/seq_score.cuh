@@ -1,8 +1,9 @@
 // Where a (batch, head) lives in memory (batched or varlen) and how a raw q.k dot product
-// becomes the log2-domain score the kernels exponentiate. Masking itself comes from
+// becomes the score the kernels exponentiate (ScoreKind, ScoreUnits). Masking itself comes from
 // ../attn_mask.h so that the CPU and CUDA paths can never disagree.
 #pragma once
 
+#include <cfloat>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -98,11 +99,11 @@ enum class ScoreKind { kPlain, kAlibi, kGeneral };
 
 // kPlain / kAlibi divide the slopes by the scale; below this a slope could overflow.
 constexpr float kMinFoldedScale = 0x1p-32f;
-constexpr float kMaxFoldedSlope = 0x1p96f;
-// A one-sided tile splits ALiBi into a column and a row part, each up to slope * (tile size)
-// before they cancel in the softmax's FMA; past this slope (in log2 units per key) that
-// cancellation could lose more than 2^-4 and a one-sided tile takes the full form instead.
-// Every key but the diagonal's has probability < 2^-4096 there, so no real model is affected.
+// A one-sided tile splits ALiBi into a column part (up to slope * tile size) and a row part
+// (slope * the row's offset from the tile) that cancel in the softmax's FMA. Past this slope
+// (in log2 units per key) the column part alone could round by more than 2^-6 and such
+// tiles take the full form; every key but the diagonal's has probability < 2^-4096 there,
+// so no real model is affected. The row part's size is the forward's fma_exp_ok's concern.
 constexpr float kMaxSplitSlopeLog2 = 0x1p12f;
 constexpr float kMaxFmaExpLog2 = 0x1p20f;  // ScoreUnits::fma_exp_ok
 
@@ -145,12 +146,12 @@ struct ScoreUnits {
                             : 0.f;
     if (kFolded) {
       u.exp_scale = m.softmax_scale * kLog2e;
-      // Clamped so that the split parts of a one-sided tile (slope * column, slope * row
-      // offset < 2^31) stay finite: 2^96 per key in u still hides every key at distance >= 1
-      // (exp_scale >= kMinFoldedScale * log2 e), as the true slope would.
-      // (A NaN slope stays NaN.)
+      // A finite slope whose quotient overflows (slope > FLT_MAX * scale) keeps FLT_MAX, so
+      // that distance 0 gives 0, not inf * 0 = NaN; an inf or NaN slope stays what it is (the
+      // reference's NaN).
       const float folded = slope / m.softmax_scale;
-      u.slope = fabsf(folded) > kMaxFoldedSlope ? copysignf(kMaxFoldedSlope, folded) : folded;
+      const bool overflowed = fabsf(folded) > FLT_MAX && fabsf(slope) <= FLT_MAX;
+      u.slope = overflowed ? copysignf(FLT_MAX, folded) : folded;
       u.split_ok = fabsf(u.slope * u.exp_scale) <= kMaxSplitSlopeLog2;  // false for NaN
     } else {
       u.exp_scale = kLog2e;
