@@ -54,8 +54,10 @@ void run_attn_fwd(const AttnFwdParams& p) {
   const Tile tile = requested_tile(Tiles{}, kD, kFwdTileVariable);
   const AttnShape& s = p.shape;
   if (s.batch == 0 || s.num_heads == 0 || grid_seqlen(s, s.seqlen_q) == 0) return;
-  launch_tile(Tiles{}, tile, [&](auto cfg) {
-    with_score_kind(p.mask, [&](auto kind) { launch_attn_fwd<T, decltype(cfg), decltype(kind)::value>(p); });
+  launch_tile(Tiles{}, tile, [&](auto cfg) {  // the picked tile with the params' score kind
+    with_score_kind(p.mask, [&](auto kind) {
+      launch_attn_fwd<T, decltype(cfg), decltype(kind)::value>(p);
+    });
   });
 }
 
