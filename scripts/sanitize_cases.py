@@ -18,7 +18,8 @@ def attention_cases():
             q = torch.randn(b, sq, h, d, device=dev, dtype=dtype, requires_grad=True)
             k = torch.randn(b, sk, hk, d, device=dev, dtype=dtype, requires_grad=True)
             v = torch.randn(b, sk, hk, d, device=dev, dtype=dtype, requires_grad=True)
-            # trainable slopes: the backward's separate dQ kernel; frozen: the atomic dQ
+            # trainable slopes: the backward's separate dQ kernel; frozen: the atomic dQ (the
+            # default; MPT_EXT_ATTN_BWD_DQ is unset here)
             for slopes_grad, (causal, window) in itertools.product(
                     (True, False), ((True, (-1, -1)), (False, (8, 3)))):
                 slopes = mpt_ext.alibi_slopes(h, device=dev).requires_grad_(slopes_grad)
@@ -30,7 +31,7 @@ def attention_cases():
                 out = mpt_ext.flash_attn_func(q, k, v, causal=True, **kw)
                 out.float().square().sum().backward()
         # the other tiles (MPT_EXT_ATTN_FWD_TILE, MPT_EXT_ATTN_BWD_TILE) where the head-dim
-        # bucket has them; backward tiles with both dQ variants (frozen slopes: atomic)
+        # bucket has them; backward tiles with the atomic (frozen slopes) and separate dQ
         for variable, listing in (("MPT_EXT_ATTN_FWD_TILE", mpt_ext._library.ATTN_FWD_TILES),
                                   ("MPT_EXT_ATTN_BWD_TILE", mpt_ext._library.ATTN_BWD_TILES)):
             for bucket, tiles in listing.items():
@@ -54,6 +55,22 @@ def attention_cases():
         out = mpt_ext.flash_attn_varlen_func(q, kv, kv, cu, cu, 35, 35, causal=True,
                                              alibi_slopes=mpt_ext.alibi_slopes(4, device=dev))
         out.float().sum().backward()
+        # the split dQ (deterministic=True's five-matmul form) over several launches: 1100 keys
+        # in 16-block launches, batched and varlen (a long sequence, a short one, an empty one)
+        os.environ["MPT_EXT_ATTN_BWD_DQ"] = "split"
+        q = torch.randn(1, 37, 4, 128, device=dev, dtype=dtype, requires_grad=True)
+        kv = torch.randn(1, 1100, 2, 128, device=dev, dtype=dtype, requires_grad=True)
+        out = mpt_ext.flash_attn_func(q, kv, kv, causal=True, deterministic=True,
+                                      alibi_slopes=mpt_ext.alibi_slopes(4, device=dev))
+        out.float().sum().backward()
+        cu_q = torch.tensor([0, 20, 27, 27], device=dev, dtype=torch.int32)
+        cu_k = torch.tensor([0, 1100, 1130, 1130], device=dev, dtype=torch.int32)
+        q = torch.randn(27, 4, 64, device=dev, dtype=dtype, requires_grad=True)
+        kv = torch.randn(1130, 2, 64, device=dev, dtype=dtype, requires_grad=True)
+        out = mpt_ext.flash_attn_varlen_func(q, kv, kv, cu_q, cu_k, 20, 1100, deterministic=True,
+                                             alibi_slopes=mpt_ext.alibi_slopes(4, device=dev))
+        out.float().sum().backward()
+        del os.environ["MPT_EXT_ATTN_BWD_DQ"]
 
 
 def decode_cases():

@@ -109,10 +109,42 @@ def load(build_dir: Path = BUILD, kernels_lib: Path | None = None):
     return torch.ops.mpt_ext_emu
 
 
+def take_launches() -> list[tuple[str, tuple[int, int, int]]]:
+    """The launches since the last call, oldest first: each kernel's demangled name (template
+    arguments included) and its grid (x, y, z)."""
+    launches = []
+    for line in _KERNELS.cuda_emu_take_launch_log().decode().splitlines():
+        name, grid = line.split("\t")
+        launches.append((name, tuple(int(n) for n in grid.split())))
+    return launches
+
+
 def take_launched_kernels() -> list[str]:
-    """The kernels (demangled names, template arguments included) launched since the last
-    call, oldest first: which variant a call ran."""
-    return _KERNELS.cuda_emu_take_launch_log().decode().splitlines()
+    """The kernels launched since the last call, oldest first: which variant a call ran."""
+    return [name for name, _ in take_launches()]
+
+
+@contextlib.contextmanager
+def block_order(seed: int):
+    """Blocks of every launch inside run in a permutation drawn from seed (and the launch's
+    number) instead of CUDA's numbering: a result that depends on which block adds first
+    changes with the seed (emu_runtime.h, set_block_order_seed)."""
+    _KERNELS.cuda_emu_set_block_order_seed(ctypes.c_uint64(seed))
+    try:
+        yield
+    finally:
+        _KERNELS.cuda_emu_set_block_order_seed(ctypes.c_uint64(0))
+
+
+@contextlib.contextmanager
+def sm_count(sms: int):
+    """The emulated device reports `sms` SMs inside (an H100 / H200's 132 outside): the host
+    code's plans that follow the SM count (the split dQ's) take another branch."""
+    previous = _KERNELS.cuda_emu_set_sm_count(sms)
+    try:
+        yield
+    finally:
+        _KERNELS.cuda_emu_set_sm_count(previous)
 
 
 @contextlib.contextmanager

@@ -253,10 +253,11 @@ def test_backward_dslopes_fp32_accurate(device, dtype, causal, window_size, soft
 
 @pytest.mark.parametrize("device,dtype,head_dim", devices(
     "attn", cpu=[], cuda=[(dt, d) for dt in CUDA_DTYPES for d in (64, 128, 256)]))
-@pytest.mark.parametrize("dq", ["atomic", "separate"])
+@pytest.mark.parametrize("dq", ["atomic", "split", "separate"])
 def test_backward_dq_variants(device, dtype, head_dim, dq, monkeypatch):
-    # The CUDA backward's two ways to dQ (csrc/attn/cuda/bwd_dq_mode.h), at sizes with many
-    # key blocks adding into each dQ row; frozen slopes, as MPT has them.
+    # The CUDA backward's three ways to dQ (csrc/attn/cuda/bwd_dq_mode.h), at sizes with many
+    # key blocks adding into each dQ row (split: 16 slices of 18 key blocks, so each split CTA
+    # walks one or two); frozen slopes, as MPT has them.
     monkeypatch.setenv("MPT_EXT_ATTN_BWD_DQ", dq)
     check_many_blocks(check_bwd, head_dim, dtype, device)
 
@@ -272,12 +273,13 @@ def check_many_blocks(check, head_dim, dtype, device):
 
 
 # The CUDA kernels' other tiles (csrc/attn/cuda/tile_choice.h: what mpt-bench A/B's against
-# the defaults), at sizes with many blocks; the backward's with both dQ variants.
+# the defaults), at sizes with many blocks; the backward's with each dQ variant (split: 9
+# key blocks of 128 in one launch).
 TILE_VARIANTS = [("MPT_EXT_ATTN_FWD_TILE", 128, "128x32", None),
                  ("MPT_EXT_ATTN_FWD_TILE", 128, "128x64", None),
                  *(("MPT_EXT_ATTN_BWD_TILE", d, tile, dq) for d, tile in ((64, "128x64"),
                                                                           (128, "128x32"))
-                   for dq in ("atomic", "separate"))]
+                   for dq in ("atomic", "split", "separate"))]
 
 
 @pytest.mark.parametrize("device,dtype,variable,head_dim,tile,dq", devices(
@@ -342,10 +344,15 @@ def test_gradcheck(kw, slopes_shape, seqlen_q, seqlen_k):
 @pytest.mark.parametrize("device,dtype", devices(
     "attn", cpu=[(torch.float32,), (torch.bfloat16,)], cuda=[(dt,) for dt in CUDA_DTYPES]))
 @pytest.mark.parametrize("slopes_grad", [True, False])
-def test_deterministic_backward(device, dtype, slopes_grad):
-    # Frozen slopes: on CUDA deterministic=True alone keeps dQ off the atomic path.
+@pytest.mark.parametrize("dq", ["", "split"])
+def test_deterministic_backward(device, dtype, slopes_grad, dq, monkeypatch):
+    # On CUDA deterministic=True keeps dQ off the atomic path: trainable slopes run the
+    # separate dQ kernel; frozen ones split where it fills the GPU, else separate (this grid
+    # of 4 (batch, kv head) pairs: separate), and "split" forces it: 1100 keys, 18 key blocks
+    # in launches of 16 and 2, so two launches add into slices 0 and 1.
+    monkeypatch.setenv("MPT_EXT_ATTN_BWD_DQ", dq)
     seqlen_q, seqlen_k, nheads, head_dim = {"cpu": (113, 77, 6, 64),
-                                            "cuda": (1000, 1000, 8, 128)}[device]
+                                            "cuda": (1000, 1100, 8, 128)}[device]
     q, k, v = random_qkv(2, seqlen_q, seqlen_k, nheads, 2, head_dim, dtype, device=device,
                          requires_grad=True)
     slopes = make_slopes("batch", 2, nheads, device=device, requires_grad=slopes_grad)

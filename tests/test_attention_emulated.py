@@ -244,51 +244,127 @@ def test_fwd_tile_variant_emulated(emulated, monkeypatch, tile, case):
 DQ_VARIABLE = "MPT_EXT_ATTN_BWD_DQ"
 
 
-def bwd_kernels(deterministic=False, dslopes=False) -> list[str]:
+def bwd_launches(deterministic=False, dslopes=False) -> list[tuple[str, tuple]]:
     """The attention backward kernels one small call runs (names with their template
-    arguments, from the emulator's launch log)."""
-    q, k, v = qkv(1, 40, 40, 2, 1, 64, torch.bfloat16)
+    arguments, and grids, from the emulator's launch log). 1100 keys: 18 key blocks of 64, more
+    than the 16 dQ splits one (batch, kv head) may take (bwd_dq_mode.h)."""
+    q, k, v = qkv(1, 16, 1100, 2, 1, 64, torch.bfloat16)
     slopes = make_slopes("head", 1, 2, requires_grad=dslopes)
     out = mpt_ext.flash_attn_func(q, k, v, alibi_slopes=slopes, deterministic=deterministic)
-    emulation.take_launched_kernels()
+    emulation.take_launches()
     out.sum().backward()
-    return [n.split("(")[0] for n in emulation.take_launched_kernels() if "attn_bwd" in n]
+    return [(n.split("(")[0], grid) for n, grid in emulation.take_launches() if "attn_bwd" in n]
+
+
+def bwd_kernels(deterministic=False, dslopes=False) -> list[str]:
+    return [name for name, _ in bwd_launches(deterministic, dslopes)]
+
+
+def dq_variant(launches) -> str:
+    """atomic, split or separate: what the launches of bwd_launches() show (split: the 18 key
+    blocks in launches of 16 and 2)."""
+    dkdv = [(n, grid) for n, grid in launches if "attn_bwd_dkdv_kernel" in n]
+    dq_kernel = any("attn_bwd_dq_kernel" in n for n, _ in launches)
+    grids = [grid[0] for _, grid in dkdv]
+    if all("false>" in n for n, _ in dkdv) and dq_kernel and grids == [18]:
+        return "separate"
+    assert all("true>" in n for n, _ in dkdv) and not dq_kernel, launches
+    return {(18,): "atomic", (16, 2): "split"}[tuple(grids)]
 
 
 def test_bwd_dq_variant_choice(emulated, monkeypatch):
-    atomic = lambda names: (any("attn_bwd_dkdv_kernel" in n and "true>" in n for n in names)
-                            and not any("attn_bwd_dq_kernel" in n for n in names))
-    separate = lambda names: (any("attn_bwd_dkdv_kernel" in n and "false>" in n for n in names)
-                              and any("attn_bwd_dq_kernel" in n for n in names))
     monkeypatch.delenv(DQ_VARIABLE, raising=False)
-    assert atomic(bwd_kernels())  # the default
-    monkeypatch.setenv(DQ_VARIABLE, "separate")
-    assert separate(bwd_kernels())
-    monkeypatch.setenv(DQ_VARIABLE, "atomic")
-    assert atomic(bwd_kernels())
-    # deterministic=True and d(slopes) are honoured whatever the variable says
-    assert separate(bwd_kernels(deterministic=True))
-    assert separate(bwd_kernels(dslopes=True))
+    assert dq_variant(bwd_launches()) == "atomic"  # the default
+    # deterministic=True: one (batch, kv head) fills 16 of an H100's 264 dK/dV slots, too few
+    # for split to beat separate's seventh matmul; on an 8-SM device it fills them all
+    assert dq_variant(bwd_launches(deterministic=True)) == "separate"
+    with emulation.sm_count(8):
+        assert dq_variant(bwd_launches(deterministic=True)) == "split"
+        assert dq_variant(bwd_launches()) == "atomic"
+    for dq in ("separate", "split", "atomic"):
+        monkeypatch.setenv(DQ_VARIABLE, dq)
+        assert dq_variant(bwd_launches()) == dq  # the variable forces one (A/B runs)
+        # deterministic=True never runs atomic; d(slopes) always take the separate kernel
+        assert dq_variant(bwd_launches(deterministic=True)) == (
+            "split" if dq == "split" else "separate")
+        assert dq_variant(bwd_launches(dslopes=True)) == "separate"
     monkeypatch.setenv(DQ_VARIABLE, "fast")
-    with pytest.raises(ValueError, match=f"{DQ_VARIABLE}: expected 'atomic' or 'separate'"):
+    with pytest.raises(ValueError,
+                       match=f"{DQ_VARIABLE}: expected 'atomic', 'split' or 'separate'"):
         bwd_kernels()
 
 
+def test_bwd_split_plan_counts_varlen_keys_not_sequences(emulated, monkeypatch):
+    # one 1100-key sequence and seven of 5 keys: later launches hold the long one alone, so the
+    # plan counts 1135 / 1100 -> 2 sequences' worth, not 8: 8 splits fill an 8-SM device's 16
+    # slots (with 8 sequences it would take 2)
+    monkeypatch.delenv(DQ_VARIABLE, raising=False)
+    q, k, v, cu_q, cu_k = varlen_qkv([3] * 8, [1100] + [5] * 7, 2, 1, 64)
+    out = mpt_ext.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 3, 1100, deterministic=True)
+    emulation.take_launches()
+    with emulation.sm_count(8):
+        out.sum().backward()
+    grids = [grid for n, grid in emulation.take_launches() if "attn_bwd_dkdv_kernel" in n]
+    assert [g[0] for g in grids] == [8, 8, 2] and all(g[2] == 8 for g in grids)
+
+
+DQ_VARIANTS = ["atomic", "split", "separate"]
+
+
 @pytest.mark.parametrize("case", list(FAST))
-@pytest.mark.parametrize("dq", ["atomic", "separate"])
+@pytest.mark.parametrize("dq", DQ_VARIANTS)
 def test_bwd_dq_variant_emulated(emulated, monkeypatch, dq, case):
     # the fast slice with frozen slopes (trainable ones always take the separate kernel)
     monkeypatch.setenv(DQ_VARIABLE, dq)
     run_case(dslopes=False, **FAST[case])
 
 
-@pytest.mark.parametrize("dq", ["atomic", "separate"])
+@pytest.mark.parametrize("dq", DQ_VARIANTS)
 def test_bwd_dq_variant_varlen_emulated(emulated, monkeypatch, dq):
     monkeypatch.setenv(DQ_VARIABLE, dq)
+    # split: 16 splits per (sequence, kv head) over 18 key blocks of the first sequence, 4 of
+    # the third; splits past a sequence's key blocks add nothing
     lengths_q = [17, 0, 130, 1]
-    q, k, v, cu_q, cu_k = varlen_qkv(lengths_q, [30, 5, 64, 0], 4, 2, 128)
+    q, k, v, cu_q, cu_k = varlen_qkv(lengths_q, [1100, 5, 200, 0], 4, 2, 128)
     slopes = make_slopes("batch", len(lengths_q), 4)
     check_varlen_bwd(q, k, v, cu_q, cu_k, causal=True, alibi_slopes=slopes)
+
+
+def test_bwd_split_dq_over_several_launches_emulated(emulated, monkeypatch):
+    # 18 key blocks of 64, 16 splits: dQ slices 0 and 1 get a second launch's sums
+    monkeypatch.setenv(DQ_VARIABLE, "split")
+    q, k, v = qkv(1, 40, 1100, 2, 1, 64, torch.bfloat16)
+    slopes = make_slopes("mpt", 1, 2)
+    check_bwd(q, k, v, alibi_slopes=slopes)
+    check_bwd(q, k, v, alibi_slopes=slopes, causal=True, window_size=(-1, 300))
+
+
+def dq_bits(seed: int, deterministic: bool) -> torch.Tensor:
+    """dQ of one fixed call with the grid's blocks run in the order drawn from seed
+    (emulation.block_order; 0: CUDA's numbering). Every dQ row sums 18 key blocks. The order
+    moves the fp32 sums' last bits; for that to reach fp16 dQ the blocks' parts must be large
+    and cancel: keys share an offset of 64 (sum_j dS_ij = 0), a small scale spreads P."""
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, n, 2, 64, generator=gen) for n in (64, 1100, 1100))
+    q, k, v = (t.to(torch.float16).requires_grad_() for t in (q, k + 64, v))
+    with emulation.block_order(seed):
+        out = mpt_ext.flash_attn_func(q, k, v, softmax_scale=0.01, deterministic=deterministic)
+        out.backward(torch.randn(out.shape, generator=gen, dtype=out.dtype))
+    return q.grad.view(torch.int16)
+
+
+def test_bwd_deterministic_whatever_order_blocks_run(emulated, monkeypatch):
+    monkeypatch.delenv(DQ_VARIABLE, raising=False)
+    atomic = [dq_bits(seed, deterministic=False) for seed in (0, 1, 2)]
+    # the check has teeth: atomic adds from 18 blocks land in another order, other last bits
+    assert not all(torch.equal(atomic[0], a) for a in atomic[1:])
+    with emulation.sm_count(8):  # deterministic=True takes split here: launches of 8, 8, 2
+        emulation.take_launches()
+        split = [dq_bits(seed, deterministic=True) for seed in (0, 1, 2)]
+        assert [g[0] for n, g in emulation.take_launches() if "dkdv" in n] == [8, 8, 2] * 3
+    assert all(torch.equal(split[0], s) for s in split[1:])
+    separate = [dq_bits(seed, deterministic=True) for seed in (0, 1)]  # 132 SMs: separate
+    assert torch.equal(separate[0], separate[1])
 
 
 # ---- backward dK/dV tiles (MPT_EXT_ATTN_BWD_TILE) with each dQ variant ----------------------
@@ -308,7 +384,7 @@ def test_bwd_tile_picks_the_kernel(emulated, monkeypatch):
 
 
 @pytest.mark.parametrize("case", list(TILE_CASES))
-@pytest.mark.parametrize("dq", ["atomic", "separate"])
+@pytest.mark.parametrize("dq", DQ_VARIANTS)
 @pytest.mark.parametrize("d,tile", [(128, "128x32"), (64, "128x64")])
 def test_bwd_tile_variant_emulated(emulated, monkeypatch, d, tile, dq, case):
     monkeypatch.setenv(BWD_TILE_VARIABLE, tile)

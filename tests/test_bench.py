@@ -334,8 +334,9 @@ def test_contender_env_is_set_around_forward_and_backward(monkeypatch):
 
 
 def test_deterministic_contender_is_timed_forward_backward_only(monkeypatch):
-    """The backward's separate dQ kernel (deterministic=True) A/B's against the default atomic
-    dQ in the forward+backward pass; its forward is the default's, so it is not timed twice."""
+    """The backward's reproducible dQ (deterministic=True: split) A/B's against the default
+    atomic dQ in the forward+backward pass; its forward is the default's, so it is not timed
+    twice. So does the separate dQ kernel, through its variable."""
     import mpt_ext
     from mpt_ext.bench import counting
     from mpt_ext.bench.baselines import attention_impls, ours
@@ -348,6 +349,9 @@ def test_deterministic_contender_is_timed_forward_backward_only(monkeypatch):
     impl.build(spec)(None, None, None)
     ours.build_attention(spec)(None, None, None)
     assert [kw["deterministic"] for kw in seen] == [True, False]
+    separate = {i.name: i for i in attention_impls()}["mpt_ext dQ separate"]
+    assert separate.passes == (counting.FWD_BWD,) and separate.cuda_only
+    assert separate.env == (("MPT_EXT_ATTN_BWD_DQ", "separate"),)
 
 
 # ---- one thread setting, interleaved rounds, reliability flags -----------------------------

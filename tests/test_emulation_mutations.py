@@ -25,6 +25,7 @@ KVCACHE_FAST = "tests/test_attention_kvcache_emulated.py::test_kvcache_emulated[
 NORM_FAST = "tests/test_norm_emulated.py::test_norm_emulated[scalar_multi_warp]"
 SEQLENS_ON_DEVICE = "tests/test_seqlens_on_device_emulated.py::"
 DQ_ATOMIC = "tests/test_attention_emulated.py::test_bwd_dq_variant_emulated[atomic-d64_causal_alibi_gqa]"
+DQ_SPLIT = "tests/test_attention_emulated.py::test_bwd_dq_variant_emulated[split-d64_causal_alibi_gqa]"
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,19 @@ MUTATIONS = [
              "tests/test_attention_emulated.py::"
              "test_bwd_tile_variant_emulated[64-128x64-atomic-causal_alibi_gqa]",
              "dq: max error"),
+    Mutation("dq_split_convert_drops_later_slices", "csrc/attn/cuda/attn_bwd_prep.cu",
+             "for (int64_t s = 1; s < splits; ++s)", "for (int64_t s = 1; s < 1; ++s)",
+             DQ_SPLIT, "dq: max error"),
+    Mutation("split_launches_repeat_the_first_key_blocks", "csrc/attn/cuda/attn_bwd_launch.cuh",
+             "x.key_block0 = static_cast<int>(first);", "x.key_block0 = 0;",
+             "tests/test_attention_emulated.py::test_bwd_split_dq_over_several_launches_emulated",
+             "dq: max error"),
+    Mutation("dq_splits_share_one_slice", "csrc/attn/cuda/attn_bwd_kernels.cuh",
+             "float* dq_slice = x.dq_accum + blockIdx.x * x.dq_split_stride;",
+             "float* dq_slice = x.dq_accum;",
+             # dQ stays right, its last bits follow the order the blocks ran in
+             "tests/test_attention_emulated.py::test_bwd_deterministic_whatever_order_blocks_run",
+             r">\s+assert all\(torch\.equal\(split"),
     Mutation("decode_drops_barrier_before_merge", "csrc/attn_kvcache/cuda/attn_kvcache_split_kv.cuh",
              "  __syncthreads();\n\n  T* out_ptr", "\n  T* out_ptr", KVCACHE_FAST, "out: max error"),
     Mutation("decode_combine_drops_first_split", "csrc/attn_kvcache/cuda/attn_kvcache_combine.cu",

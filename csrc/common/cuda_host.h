@@ -98,13 +98,18 @@ class HostCache {
 };
 
 inline int device_attribute(cudaDeviceAttr attr, const char* what) {
-  static HostCache<std::tuple<int, int>> cache;
   const int dev = current_device();
-  return cache.get({dev, static_cast<int>(attr)}, [&] {
+  auto ask = [&] {
     int value = 0;
     check_cuda(cudaDeviceGetAttribute(&value, attr, dev), what);
     return value;
-  });
+  };
+#ifdef MPT_EXT_CUDA_EMULATION
+  return ask();  // the tests change the emulated device (its SM count): never cached
+#else
+  static HostCache<std::tuple<int, int>> cache;
+  return cache.get({dev, static_cast<int>(attr)}, ask);
+#endif
 }
 
 inline int sm_count() {

@@ -16,6 +16,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <random>
 #include <stdexcept>
 #include <vector>
 
@@ -93,6 +94,8 @@ struct Launch {
 Launch* g_launch = nullptr;
 Schedule g_schedule = Schedule::kSkewAlternating;
 unsigned long g_blocks_run = 0;  // over all launches: consecutive blocks alternate the order
+uint64_t g_block_order_seed = 0;  // set_block_order_seed
+uint64_t g_launches = 0;          // launches run so far: varies the permutation per launch
 std::map<const void*, int> g_smem_optin;
 
 // Fiber stacks, kept across launches (mmap: untouched pages cost nothing).
@@ -291,6 +294,11 @@ std::string g_launch_log;  // the kernels launched since the last cuda_emu_take_
 
 void set_schedule(Schedule s) { g_schedule = s; }
 
+void set_block_order_seed(uint64_t seed) {
+  g_block_order_seed = seed;
+  g_launches = 0;  // the same seed, the same permutations, whatever ran before
+}
+
 void set_max_dynamic_smem(const void* kernel, int bytes) { g_smem_optin[kernel] = bytes; }
 
 ThreadCtx& current() { return g_launch->running->t; }
@@ -441,7 +449,8 @@ void launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem_bytes
   L->kernel = kernel;
   L->name = kernel_name(kernel);
   if (g_launch_log.size() > (1u << 20)) g_launch_log.clear();  // nobody is asking
-  g_launch_log += L->name + "\n";
+  g_launch_log += L->name + "\t" + std::to_string(grid.x) + " " + std::to_string(grid.y) + " " +
+                  std::to_string(grid.z) + "\n";
   L->body = std::move(body);
   L->smem_bytes = dynamic_smem_bytes;
   L->smem_storage.assign(dynamic_smem_bytes + 128, kPoison);
@@ -456,16 +465,24 @@ void launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem_bytes
     explicit Active(Launch* l) { g_launch = l; _mm_setcsr(mxcsr | 0x8040); }
     ~Active() { _mm_setcsr(mxcsr); g_launch = nullptr; }
   } active(L.get());
-  for (unsigned bz = 0; bz < grid.z && L->error.empty(); ++bz) {
-    for (unsigned by = 0; by < grid.y && L->error.empty(); ++by) {
-      for (unsigned bx = 0; bx < grid.x && L->error.empty(); ++bx) {
-        block_idx = uint3{bx, by, bz};
-        const bool high_first = g_schedule == Schedule::kHighFirst ||
-                                (g_schedule == Schedule::kSkewAlternating && g_blocks_run % 2 == 1);
-        ++g_blocks_run;
-        run_block(*L, static_cast<unsigned>(threads), high_first);
-      }
-    }
+  const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
+  std::vector<uint64_t> order;  // linear block indices, x fastest; empty: in order
+  if (g_block_order_seed != 0) {
+    order.resize(blocks);
+    for (uint64_t i = 0; i < blocks; ++i) order[i] = i;
+    std::mt19937_64 rng(g_block_order_seed * 0x9e3779b97f4a7c15ull + g_launches);
+    for (uint64_t i = blocks; i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
+  }
+  ++g_launches;
+  for (uint64_t n = 0; n < blocks && L->error.empty(); ++n) {
+    const uint64_t linear = order.empty() ? n : order[n];
+    block_idx = uint3{static_cast<unsigned>(linear % grid.x),
+                      static_cast<unsigned>(linear / grid.x % grid.y),
+                      static_cast<unsigned>(linear / grid.x / grid.y)};
+    const bool high_first = g_schedule == Schedule::kHighFirst ||
+                            (g_schedule == Schedule::kSkewAlternating && g_blocks_run % 2 == 1);
+    ++g_blocks_run;
+    run_block(*L, static_cast<unsigned>(threads), high_first);
   }
   if (!L->error.empty()) throw std::runtime_error("cuda_emu: " + L->error);
 }
@@ -480,8 +497,22 @@ cudaError_t peek_last_error() { return g_last_error; }
 
 }  // namespace cuda_emu
 
-// The names of the kernels launched since the last call, one per line, oldest first (the
-// tests ask which variant a call ran). The text stays valid until the next call.
+// set_block_order_seed for the tests (ctypes): 0 runs blocks in order.
+extern "C" void cuda_emu_set_block_order_seed(uint64_t seed) {
+  cuda_emu::set_block_order_seed(seed);
+}
+
+// The emulated device's SM count (cudaDevAttrMultiProcessorCount) for the tests; returns the
+// previous one.
+extern "C" int cuda_emu_set_sm_count(int sms) {
+  const int previous = cuda_emu::device_props().sm_count;
+  cuda_emu::device_props().sm_count = sms;
+  return previous;
+}
+
+// The kernels launched since the last call, one per line, oldest first: the name, a tab and
+// the grid's x y z (the tests ask which variant a call ran, and on what grid). The text stays
+// valid until the next call.
 extern "C" const char* cuda_emu_take_launch_log() {
   static std::string taken;
   taken = std::move(cuda_emu::g_launch_log);

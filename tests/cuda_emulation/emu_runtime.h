@@ -27,7 +27,8 @@
 
 namespace cuda_emu {
 
-// What cudaDeviceGetAttribute and the occupancy query report (an H100 / H200 SXM).
+// What cudaDeviceGetAttribute and the occupancy query report (an H100 / H200 SXM; a test may
+// change sm_count, emulation.sm_count).
 struct DeviceProps {
   int sm_count = 132;
   int max_threads_per_block = 1024;
@@ -40,6 +41,12 @@ DeviceProps& device_props();
 // Which runnable thread the scheduler resumes first (see the file comment).
 enum class Schedule { kSkewAlternating, kLowFirst, kHighFirst };
 void set_schedule(Schedule s);
+
+// The order blocks of a launch run in. 0 (the default): x fastest, then y, then z, as CUDA
+// numbers them. Any other seed: a permutation of the grid drawn from the seed and the launch's
+// number, so that a result which depends on the order blocks finish in (float atomics from
+// several blocks into one address) changes with the seed, as it would on a GPU.
+void set_block_order_seed(uint64_t seed);
 
 // Runs body() once per thread of every block of the grid. kernel identifies the __global__
 // function (its address): its name for messages and its dynamic shared memory opt-in.

@@ -7,10 +7,13 @@
 //                   kBlockM queries), recomputing S^T = K Q^T and dP^T = V dO^T
 //                   (keys as mma rows, so P^T and dS^T are already A operands), and
 //                   accumulates dV += P^T dO and dK += dS^T Q in registers: the GQA sum is in
-//                   registers too. With BwdDq::kAtomic (bwd_dq_mode.h) it also stores dS^T
-//                   to shared memory and adds dQ += dS K for its keys into an fp32 workspace
-//                   (red.global.add): five matmuls per tile, as FlashAttention-2.
-//   3. dQ         : BwdDq::kAtomic: a conversion of the fp32 sums (attn_bwd_prep.cu).
+//                   registers too. With BwdDq::kAtomic / kSplit (bwd_dq_mode.h) it also
+//                   stores dS^T to shared memory and adds dQ += dS K for its keys into an fp32
+//                   workspace (red.global.add): five matmuls per tile, as FlashAttention-2.
+//                   kSplit runs the key blocks in launches of `splits` blocks, CTA x of
+//                   each adding into dQ slice x: every sum then has one fixed order.
+//   3. dQ         : BwdDq::kAtomic / kSplit: a conversion of the fp32 sums, the slices in
+//                   order (attn_bwd_prep.cu).
 //                   BwdDq::kSeparate: one CTA per (batch, head, 64-query block), the
 //                   forward's shape: recompute S = Q K^T and dP = dO V^T, dQ += dS K. It sees
 //                   whole query rows, so it also sums each row's d(slope) term (see
@@ -34,7 +37,9 @@ struct BwdExtra {
   float* lse2;    // [H][rows]
   float* dsum;    // [H][rows]
   float* dslope;    // [H][rows] per-row terms, or null
-  float* dq_accum;  // [H][rows][kD] (BwdDq::kAtomic), or null
+  float* dq_accum;  // [H][rows][kD] (BwdDq::kAtomic), a slice per split (kSplit), or null
+  int64_t dq_split_stride;  // floats from one dq_accum slice to the next: 0 unless kSplit
+  int key_block0;           // the dK/dV grid's first key block (kSplit: one launch's)
   int64_t rows;
 };
 
@@ -203,7 +208,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   float* sDs = sL + kStages * kBlockM;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  const int n_block = x.key_block0 + blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
   const SeqInfo si = seq_info(f.shape, b);
   const int n0 = n_block * kBlockN;
   if (n0 >= si.sk) return;
@@ -414,7 +419,8 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 
     if constexpr (Cfg::kDqAtomic) {
       __syncthreads();  // every warp's dS^T rows written; the loop-top barrier frees sdS again
-      add_dq_block<T, Cfg>(x.dq_accum + (h * x.rows + ws_row(si, b, m0)) * kD, sdS, sK,
+      float* dq_slice = x.dq_accum + blockIdx.x * x.dq_split_stride;
+      add_dq_block<T, Cfg>(dq_slice + (h * x.rows + ws_row(si, b, m0)) * kD, sdS, sK,
                            si.sq - m0, d, warp, lane);
     }
   }

@@ -38,16 +38,28 @@ struct BwdKVTiles<128> {
 template <int kD>
 using BwdQConfigFor = BwdQConfig<kD, (kD <= 64 ? 64 : 32)>;
 
+// Every key block in one grid; BwdDq::kSplit (splits > 0): in launches of `splits` key blocks,
+// one after another on the stream, CTA x of each adding into dQ slice x (x.dq_split_stride
+// apart), so each slice receives its key blocks' sums in launch order. That order rests on
+// the launches not overlapping: programmatic dependent launch here would need a barrier
+// before the first dQ add. (A loop over key blocks inside the kernel, FlashAttention-2's
+// form, cost ptxas 4-10 registers and up to 52 B of spills at hd128 in every dQ variant.)
 template <typename T, typename KV, ScoreKind kKind>
-void launch_bwd_dkdv(const AttnBwdParams& p, const BwdExtra& x, int64_t seqlen_k) {
+void launch_bwd_dkdv(const AttnBwdParams& p, BwdExtra x, int64_t seqlen_k, int64_t splits) {
   const AttnShape& s = p.fwd.shape;
   auto kernel = attn_bwd_dkdv_kernel<T, KV, kKind>;
   set_smem(reinterpret_cast<const void*>(kernel), KV::kSmemBytes, "attn_bwd_dkdv_kernel");
-  const dim3 grid(static_cast<unsigned>(ceil_div(seqlen_k, KV::kBlockN)),
-                  static_cast<unsigned>(s.num_heads_k), static_cast<unsigned>(s.batch));
+  const int64_t key_blocks = ceil_div(seqlen_k, KV::kBlockN);
+  const int64_t per_launch = splits > 0 ? splits : key_blocks;
   const auto stream = static_cast<cudaStream_t>(p.fwd.stream);
-  launch_kernel(kernel, grid, KV::kThreads, KV::kSmemBytes, stream, p, x);
-  check_launch("attn_bwd_dkdv_kernel", stream);
+  for (int64_t first = 0; first < key_blocks; first += per_launch) {
+    x.key_block0 = static_cast<int>(first);
+    const int64_t blocks = per_launch < key_blocks - first ? per_launch : key_blocks - first;
+    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(s.num_heads_k),
+                    static_cast<unsigned>(s.batch));
+    launch_kernel(kernel, grid, KV::kThreads, KV::kSmemBytes, stream, p, x);
+    check_launch("attn_bwd_dkdv_kernel", stream);
+  }
 }
 
 template <typename T, int kD>
@@ -66,13 +78,13 @@ void run_attn_bwd(const AttnBwdParams& p) {
   // The one layout this run uses, checked here: MPT_EXT_ATTN_BWD_DQ could have changed
   // since the binding sized the workspace (attn_bwd_workspace_bytes_cuda).
   const BwdWorkspaceLayout w = bwd_workspace_layout(p, kD);
-  const bool dq_atomic = w.dq == BwdDq::kAtomic;
+  const bool dq_atomic = w.dq != BwdDq::kSeparate;  // the dK/dV kernel adds dQ (atomic, split)
   float* ws = static_cast<float*>(p.workspace);
   if (p.workspace_bytes < w.total_bytes || (w.total_bytes > 0 && ws == nullptr)) {
     throw std::invalid_argument(
         "mpt_ext attention (CUDA): backward workspace of " + std::to_string(p.workspace_bytes) +
         " bytes, this run needs " + std::to_string(w.total_bytes) + " (dQ " +
-        (dq_atomic ? "atomic" : "separate") + "; did " + kBwdDqVariable +
+        bwd_dq_name(w.dq) + "; did " + kBwdDqVariable +
         " change between the sizing and the run?)");
   }
   BwdExtra x;
@@ -87,6 +99,8 @@ void run_attn_bwd(const AttnBwdParams& p) {
   x.dsum = ws + w.dsum_offset;
   x.dslope = p.dslopes != nullptr ? ws + w.dslope_offset : nullptr;
   x.dq_accum = dq_atomic ? ws + w.dq_accum_offset : nullptr;
+  x.dq_split_stride = w.dq_split_stride;
+  x.key_block0 = 0;
   x.rows = w.rows;
 
   if (x.dslope != nullptr) {
@@ -94,22 +108,34 @@ void run_attn_bwd(const AttnBwdParams& p) {
     check_cuda(cudaMemsetAsync(x.dslope, 0, s.num_heads * w.rows * sizeof(float), stream),
                "cudaMemsetAsync(dslope row terms)");
   }
+  const int64_t seqlen_q = grid_seqlen(s, s.seqlen_q), seqlen_k = grid_seqlen(s, s.seqlen_k);
+  // split: the slices this tile fills (a 128-key tile has half the 64-key blocks the layout
+  // counted); the rest of the workspace stays untouched
+  int64_t splits = 0;
+  if (w.dq == BwdDq::kSplit) {
+    const int64_t key_blocks = ceil_div(seqlen_k, tile.per_cta);
+    splits = w.dq_splits < key_blocks ? w.dq_splits : key_blocks;
+    splits = splits < 1 ? 1 : splits;
+  }
   if (dq_atomic) {
-    check_cuda(cudaMemsetAsync(x.dq_accum, 0, s.num_heads * w.rows * kD * sizeof(float), stream),
+    const int64_t slices = splits > 0 ? splits : 1;
+    check_cuda(cudaMemsetAsync(x.dq_accum, 0, slices * s.num_heads * w.rows * kD * sizeof(float),
+                               stream),
                "cudaMemsetAsync(dq_accum)");
   }
   launch_bwd_preprocess(p, x.lse2, x.dsum, w.rows);
 
-  const int64_t seqlen_q = grid_seqlen(s, s.seqlen_q), seqlen_k = grid_seqlen(s, s.seqlen_k);
   with_score_kind(f.mask, [&](auto kind) {  // the forward's kind (seq_score.cuh)
     constexpr ScoreKind kKind = decltype(kind)::value;
     if (seqlen_k > 0) {
       launch_tile(Tiles{}, tile, [&](auto cfg) {  // the picked tile with this run's dQ variant
         using C = decltype(cfg);
         if (dq_atomic) {
-          launch_bwd_dkdv<T, BwdKVConfig<kD, C::kBlockM, C::kWarps, true>, kKind>(p, x, seqlen_k);
+          launch_bwd_dkdv<T, BwdKVConfig<kD, C::kBlockM, C::kWarps, true>, kKind>(p, x, seqlen_k,
+                                                                               splits);
         } else {
-          launch_bwd_dkdv<T, BwdKVConfig<kD, C::kBlockM, C::kWarps, false>, kKind>(p, x, seqlen_k);
+          launch_bwd_dkdv<T, BwdKVConfig<kD, C::kBlockM, C::kWarps, false>, kKind>(p, x,
+                                                                                seqlen_k, 0);
         }
       });
     }
@@ -122,7 +148,8 @@ void run_attn_bwd(const AttnBwdParams& p) {
       check_launch("attn_bwd_dq_kernel", stream);
     }
   });
-  if (dq_atomic) launch_bwd_dq_convert(p, x.dq_accum, w.rows, kD);
+  if (dq_atomic) launch_bwd_dq_convert(p, x.dq_accum, w.rows, kD, splits > 0 ? splits : 1,
+                                       w.dq_split_stride);
   if (p.dslopes != nullptr) launch_bwd_dslope_reduce(p, x.dslope, w.rows);
 }
 

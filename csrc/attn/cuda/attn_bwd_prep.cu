@@ -64,12 +64,12 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-// ---- 3. dQ from its fp32 sums (BwdDq::kAtomic) --------------------------------------------
+// ---- 3. dQ from its fp32 sums (BwdDq::kAtomic, kSplit) ------------------------------------
 
 template <typename T>
 __global__ void __launch_bounds__(256)
     attn_bwd_dq_convert_kernel(const AttnBwdParams p, const float* dq_accum, int64_t rows,
-                               int cols) {
+                               int cols, int64_t splits, int64_t split_stride) {
   using Ops = ElemOps<T>;
   const AttnFwdParams& f = p.fwd;
   const WarpRow w = warp_row(f.shape);
@@ -79,7 +79,11 @@ __global__ void __launch_bounds__(256)
                 seq_offset(p.dq_strides, w.b, w.si.q_row0, w.si.varlen) +
                 w.h * p.dq_strides.head + w.i * p.dq_strides.row;
   const float scale = f.mask.softmax_scale;
-  for (int c = w.lane; c < f.shape.head_dim; c += 32) g[c] = Ops::from_float(a[c] * scale);
+  for (int c = w.lane; c < f.shape.head_dim; c += 32) {
+    float sum = a[c];
+    for (int64_t s = 1; s < splits; ++s) sum += a[s * split_stride + c];  // fixed order
+    g[c] = Ops::from_float(sum * scale);
+  }
 }
 
 // ---- 4. d(slopes) ----------------------------------------------------------------------
@@ -138,10 +142,12 @@ void launch_bwd_preprocess(const AttnBwdParams& p, float* lse2, float* dsum, int
   launch_per_row(kernel, "attn_bwd_preprocess_kernel", p, lse2, dsum, rows);
 }
 
-void launch_bwd_dq_convert(const AttnBwdParams& p, const float* dq_accum, int64_t rows, int cols) {
+void launch_bwd_dq_convert(const AttnBwdParams& p, const float* dq_accum, int64_t rows, int cols,
+                           int64_t splits, int64_t split_stride) {
   const auto kernel = p.fwd.dtype == DType::kBFloat16 ? attn_bwd_dq_convert_kernel<__nv_bfloat16>
                                                        : attn_bwd_dq_convert_kernel<__half>;
-  launch_per_row(kernel, "attn_bwd_dq_convert_kernel", p, dq_accum, rows, cols);
+  launch_per_row(kernel, "attn_bwd_dq_convert_kernel", p, dq_accum, rows, cols, splits,
+                 split_stride);
 }
 
 void launch_bwd_dslope_reduce(const AttnBwdParams& p, const float* terms, int64_t rows) {

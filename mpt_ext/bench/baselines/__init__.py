@@ -17,9 +17,11 @@ def attention_impls() -> list[AttentionImpl]:
         AttentionImpl("mpt_ext", OURS, "bshd", ours.build_attention),
         # the forward's and backward's other tiles, for the A/B that picks the defaults
         *ours.tile_contenders(),
-        # the backward's separate dQ kernel against the default atomic dQ (same forward)
+        # the backward's reproducible dQ (split, and the separate kernel) against the default
+        # atomic dQ (same forward)
         AttentionImpl("mpt_ext deterministic", OURS, "bshd", ours.build_attention_deterministic,
                       cuda_only=True, passes=(FWD_BWD,)),
+        ours.dq_separate_contender(),
         AttentionImpl("flash-attn", BASELINE, "bshd", flash_attn_pkg.build, cuda_only=True),
         AttentionImpl("flex ALiBi", BASELINE, "bhsd", flex.build, cuda_only=True),
         AttentionImpl("SDPA+bias cuDNN", BASELINE, "bhsd", sdpa.build_with_bias("cudnn"),

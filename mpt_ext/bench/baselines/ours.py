@@ -32,9 +32,21 @@ def build_attention(spec: AttnSpec, deterministic: bool = False) -> AttnFn:
 
 
 def build_attention_deterministic(spec: AttnSpec) -> AttnFn:
-    """deterministic=True: on CUDA the backward's separate dQ kernel, bitwise reproducible,
-    against the default atomic dQ (csrc/attn/cuda/bwd_dq_mode.h)."""
+    """deterministic=True against the default atomic dQ: on CUDA the backward's split dQ
+    (fixed-order sums of per-split slices) where its launches fill the GPU, else the separate
+    dQ kernel (csrc/attn/cuda/bwd_dq_mode.h). Before 2026-11-29 always the separate kernel:
+    older reports under this name time that."""
     return build_attention(spec, deterministic=True)
+
+
+DQ_VARIABLE = "MPT_EXT_ATTN_BWD_DQ"
+
+
+def dq_separate_contender() -> AttentionImpl:
+    """The backward's separate dQ kernel (seven matmuls, no fp32 dQ workspace): the other
+    bitwise-reproducible way, A/B'd against split (deterministic) and atomic (the default)."""
+    return AttentionImpl("mpt_ext dQ separate", OURS, "bshd", build_attention, cuda_only=True,
+                         passes=(FWD_BWD,), env=((DQ_VARIABLE, "separate"),))
 
 
 def tile_listing(which: str) -> dict[int, tuple[str, ...]]:
