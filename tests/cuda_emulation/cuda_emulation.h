@@ -17,6 +17,7 @@
 #include "emu_cuda_runtime.h"
 #include "emu_ptx.h"
 #include "emu_runtime.h"
+#include "emu_sm90.h"
 
 #define cudaGetLastError ::cuda_emu::runtime::cudaGetLastError
 #define cudaPeekAtLastError ::cuda_emu::runtime::cudaPeekAtLastError

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "emu_runtime.h"
+#include "emu_sm90.h"
 
 namespace cuda_emu {
 namespace {
@@ -35,7 +36,9 @@ double half_bits_value(uint16_t h, int man_bits) {
   return sign ? -v : v;
 }
 
-double half_value(MmaInput type, uint32_t reg, int high) {
+}  // namespace
+
+double tensor_core_input(MmaInput type, uint32_t reg, int high) {
   const uint16_t h = static_cast<uint16_t>(high ? reg >> 16 : reg & 0xffff);
   return half_bits_value(h, type == MmaInput::kF16 ? 10 : 7);
 }
@@ -53,7 +56,7 @@ float round_toward_zero(double v) {
 // (9.7.14.5.14). Modelled as measured on Hopper tensor cores: exact products, every term
 // (and c) truncated to 25 fractional bits below the largest term's leading bit, an exact sum,
 // then rounding toward zero to fp32.
-float dot16_plus_c(const double (&x)[16], const double (&y)[16], float c) {
+float tensor_core_dot16(const double (&x)[16], const double (&y)[16], float c) {
   double terms[17];
   double max_abs = std::fabs(static_cast<double>(c));
   bool special = !std::isfinite(c);
@@ -75,6 +78,8 @@ float dot16_plus_c(const double (&x)[16], const double (&y)[16], float c) {
   return round_toward_zero(sum);
 }
 
+namespace {
+
 // ---- 9.7.14.5.8: matrix fragments for mma.m16n8k16 with floating point type ---------------
 // A (16 x 16, row-major): a_i, i = 0..7, two per register (a_{2r} in bits 15:0 of register r);
 //   row = groupID for i in {0,1,4,5}, groupID + 8 otherwise;
@@ -92,11 +97,11 @@ void mma_compute(WarpSlot (&s)[32], uint32_t /*epoch*/) {
     for (int i = 0; i < 8; ++i) {
       const int row = (i < 2 || (i >= 4 && i < 6)) ? g : g + 8;
       const int col = t * 2 + (i & 1) + (i >= 4 ? 8 : 0);
-      A[row][col] = half_value(type, s[lane].in[i / 2], i & 1);
+      A[row][col] = tensor_core_input(type, s[lane].in[i / 2], i & 1);
     }
     for (int i = 0; i < 4; ++i) {
       const int k = t * 2 + (i & 1) + (i >= 2 ? 8 : 0);
-      B[g][k] = half_value(type, s[lane].in[4 + i / 2], i & 1);
+      B[g][k] = tensor_core_input(type, s[lane].in[4 + i / 2], i & 1);
     }
     for (int i = 0; i < 4; ++i) C[i < 2 ? g : g + 8][t * 2 + (i & 1)] = s[lane].fin[i];
   }
@@ -104,7 +109,7 @@ void mma_compute(WarpSlot (&s)[32], uint32_t /*epoch*/) {
     const int g = lane >> 2, t = lane & 3;
     for (int i = 0; i < 4; ++i) {
       const int row = i < 2 ? g : g + 8, col = t * 2 + (i & 1);
-      s[lane].fout[i] = dot16_plus_c(A[row], B[col], C[row][col]);
+      s[lane].fout[i] = tensor_core_dot16(A[row], B[col], C[row][col]);
     }
   }
 }
@@ -118,12 +123,29 @@ void mma_compute(WarpSlot (&s)[32], uint32_t /*epoch*/) {
 void check_smem_read(const unsigned char* p, int bytes, uint32_t epoch, unsigned warp) {
   for (int i = 0; i < bytes; ++i) {
     ShadowByte& sb = *shadow(p + i);
-    if (sb.state == ByteState::kPending) {
+    if (sb.state == ByteState::kBarrier) {
+      fail("ldmatrix (warp " + std::to_string(warp) + ") reads an mbarrier");
+    }
+    if (sb.state == ByteState::kPending && sb.mbarrier != 0) {
+      fail("ldmatrix (warp " + std::to_string(warp) + ") reads shared memory whose TMA load by "
+           "thread " + std::to_string(sb.writer) + " has not landed (its mbarrier phase has not "
+           "completed)");
+    }
+    if (sb.state == ByteState::kLanded && sb.mbarrier != 0) {
+      for (unsigned lane = 0; lane < 32; ++lane) {
+        if (!tma_landing_seen(sb, warp * 32 + lane)) {
+          fail("ldmatrix (warp " + std::to_string(warp) + ") reads a TMA load whose mbarrier "
+               "phase lane " + std::to_string(lane) + " has not waited for (mbarrier.try_wait "
+               "missing)");
+        }
+      }
+    } else if (sb.state == ByteState::kPending) {
       fail("ldmatrix (warp " + std::to_string(warp) + ") reads shared memory whose cp.async by "
            "thread " + std::to_string(sb.writer) + " has not been waited for "
            "(cp.async.wait_group missing or waits for too few groups)");
     }
-    if (sb.state == ByteState::kLanded && sb.writer / 32 != warp && sb.landed_epoch >= epoch) {
+    if (sb.state == ByteState::kLanded && sb.mbarrier == 0 && sb.writer / 32 != warp &&
+        sb.landed_epoch >= epoch) {
       fail("ldmatrix (warp " + std::to_string(warp) + ") reads a cp.async that thread " +
            std::to_string(sb.writer) + " of another warp waited for in the same barrier "
            "interval (a __syncthreads after cp.async.wait_group is missing)");

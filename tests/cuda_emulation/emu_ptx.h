@@ -19,6 +19,11 @@ enum class MmaInput : uint32_t { kF16 = 1, kBF16 = 2 };
 void mma_m16n8k16_f32(MmaInput type, float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                       uint32_t b1, const float (&c)[4]);
 
+// The tensor cores' arithmetic, shared by mma and wgmma: one 16-bit input of a register (high:
+// bits 31:16) as an exact double, and one output element sum_k x[k] y[k] + c.
+double tensor_core_input(MmaInput type, uint32_t reg, int high);
+float tensor_core_dot16(const double (&x)[16], const double (&y)[16], float c);
+
 // ldmatrix.sync.aligned.m8n8.x{count}{.trans}.shared.b16 {r[0..count)}, [row_addr].
 void ldmatrix_m8n8_b16(int count, bool trans, uint32_t* r, const void* row_addr);
 

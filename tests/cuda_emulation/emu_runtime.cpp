@@ -43,7 +43,7 @@ constexpr size_t kStackBytes = 256 * 1024;
 constexpr size_t kGuardBytes = 4096;  // PROT_NONE below each stack: an overflow faults
 constexpr unsigned char kPoison = 0xff;
 
-enum class FiberState { kRunnable, kAtBarrier, kInWarpOp, kDone };
+enum class FiberState { kRunnable, kAtBarrier, kInWarpOp, kInWarpgroupOp, kWaiting, kDone };
 
 struct PendingCopy {
   unsigned char* dst;
@@ -58,6 +58,8 @@ struct Fiber {
   int barrier_id = -1;
   std::vector<PendingCopy> uncommitted;
   std::deque<std::vector<PendingCopy>> groups;  // committed, oldest first
+  std::function<bool()> ready;  // kWaiting: what it waits for (wait_until)
+  std::string waiting_for;
 };
 
 struct Warp {
@@ -66,6 +68,12 @@ struct Warp {
   WarpSlot slots[32];
   uint32_t arrived = 0;
   uint32_t alive = 0;  // lanes not exited (a partial last warp has fewer than 32)
+};
+
+struct Warpgroup {
+  void* operands[128] = {};
+  uint64_t keys[128] = {};
+  int arrived = 0;
 };
 
 struct Barrier {
@@ -80,13 +88,14 @@ struct Launch {
   std::function<void()> body;
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;
+  std::vector<Warpgroup> warpgroups;
   Barrier barriers[16];
   int alive = 0;
   ucontext_t scheduler;
   Fiber* running = nullptr;
   std::string error;  // first error; stops the launch
   std::vector<unsigned char> smem_storage;
-  unsigned char* smem = nullptr;  // 128-byte aligned, inside smem_storage
+  unsigned char* smem = nullptr;  // 1024-byte aligned, inside smem_storage
   std::vector<ShadowByte> shadow;
   size_t smem_bytes = 0;
 };
@@ -97,6 +106,15 @@ unsigned long g_blocks_run = 0;  // over all launches: consecutive blocks altern
 uint64_t g_block_order_seed = 0;  // set_block_order_seed
 uint64_t g_launches = 0;          // launches run so far: varies the permutation per launch
 std::map<const void*, int> g_smem_optin;
+
+struct BlockHooks {
+  void (*on_block_start)(unsigned threads);
+  void (*on_thread_exit)(unsigned tid);
+};
+std::vector<BlockHooks>& block_hooks() {
+  static std::vector<BlockHooks> h;
+  return h;
+}
 
 // Fiber stacks, kept across launches (mmap: untouched pages cost nothing).
 std::vector<unsigned char*>& stacks() {
@@ -154,6 +172,7 @@ void land(Fiber& f, const std::vector<PendingCopy>& group) {
       s.state = ByteState::kLanded;
       s.writer = static_cast<uint16_t>(f.t.tid);
       s.landed_epoch = f.t.epoch;
+      s.mbarrier = 0;
     }
   }
 }
@@ -199,6 +218,10 @@ void thread_exit(Fiber& f) {
   if (w.arrived != 0) {
     fail("exits while other lanes of its warp wait in a warp-collective instruction");
   }
+  if (f.t.warp / 4 < L.warpgroups.size() && L.warpgroups[f.t.warp / 4].arrived != 0) {
+    fail("exits while other threads of its warpgroup wait in a warpgroup instruction (wgmma)");
+  }
+  for (const BlockHooks& h : block_hooks()) h.on_thread_exit(f.t.tid);
   f.state = FiberState::kDone;
   --L.alive;
   check_barriers_after_exit(L);
@@ -221,6 +244,10 @@ Fiber* pick(Launch& L, bool high_first) {
   const int n = static_cast<int>(L.fibers.size());
   for (int k = 0; k < n; ++k) {
     Fiber& f = L.fibers[high_first ? n - 1 - k : k];
+    if (f.state == FiberState::kWaiting && f.ready()) {
+      f.state = FiberState::kRunnable;
+      f.ready = nullptr;
+    }
     if (f.state == FiberState::kRunnable) return &f;
   }
   return nullptr;
@@ -231,9 +258,11 @@ std::string deadlock_report(Launch& L) {
   int shown = 0;
   for (const Fiber& f : L.fibers) {
     if (f.state == FiberState::kDone || shown >= 4) continue;
-    s += " thread " + std::to_string(f.t.tid) +
-         (f.state == FiberState::kAtBarrier ? " waits at barrier " + std::to_string(f.barrier_id)
-                                            : std::string(" waits in a warp collective")) + ";";
+    std::string waits = " waits in a warp collective";
+    if (f.state == FiberState::kAtBarrier) waits = " waits at barrier " + std::to_string(f.barrier_id);
+    if (f.state == FiberState::kInWarpgroupOp) waits = " waits in a warpgroup instruction";
+    if (f.state == FiberState::kWaiting) waits = " waits for " + f.waiting_for;
+    s += " thread " + std::to_string(f.t.tid) + waits + ";";
     ++shown;
   }
   return s;
@@ -252,8 +281,10 @@ void run_block(Launch& L, unsigned n_threads, bool high_first) {
     const unsigned lanes = std::min(32u, n_threads - 32 * w);
     L.warps[w].alive = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1;
   }
+  L.warpgroups.assign((n_threads + 127) / 128, Warpgroup{});
   for (auto& b : L.barriers) b = Barrier{};
   L.alive = static_cast<int>(n_threads);
+  for (const BlockHooks& h : block_hooks()) h.on_block_start(n_threads);
   for (unsigned t = 0; t < n_threads; ++t) {
     Fiber& f = L.fibers[t];
     f.t.tid = t;
@@ -392,6 +423,57 @@ const WarpSlot& warp_collective(const WarpSlot& mine, WarpCompute compute) {
   return slot;
 }
 
+void warpgroup_collective(uint64_t key, void* operands, WarpgroupCompute compute) {
+  Launch& L = *g_launch;
+  Fiber& f = *L.running;
+  const unsigned group = f.t.warp / 4, rank = f.t.tid % 128;
+  if ((group + 1) * 128 > L.fibers.size()) {
+    fail("warpgroup instruction in a block of " + std::to_string(L.fibers.size()) +
+         " threads: warpgroup " + std::to_string(group) + " is incomplete (128 threads each)");
+  }
+  for (unsigned w = 4 * group; w < 4 * group + 4; ++w) {
+    if (L.warps[w].alive != 0xffffffffu) {
+      fail("warpgroup instruction while threads of warp " + std::to_string(w) + " have exited");
+    }
+  }
+  Warpgroup& g = L.warpgroups[group];
+  g.operands[rank] = operands;
+  g.keys[rank] = key;
+  if (++g.arrived < 128) {
+    f.state = FiberState::kInWarpgroupOp;
+    yield();
+    return;
+  }
+  for (unsigned r = 0; r < 128; ++r) {
+    if (g.keys[r] != key) {
+      fail("threads of warpgroup " + std::to_string(group) + " execute different warpgroup "
+           "instructions (rank " + std::to_string(r) + "): divergent control flow");
+    }
+  }
+  const unsigned int mxcsr = _mm_getcsr();
+  _mm_setcsr(mxcsr & ~0x8040u);
+  compute(g.operands);
+  _mm_setcsr(mxcsr);
+  g.arrived = 0;
+  for (unsigned r = 0; r < 128; ++r) {
+    Fiber& other = L.fibers[group * 128 + r];
+    if (other.state == FiberState::kInWarpgroupOp) other.state = FiberState::kRunnable;
+  }
+}
+
+void wait_until(std::function<bool()> ready, const std::string& what) {
+  if (ready()) return;
+  Fiber& f = *g_launch->running;
+  f.ready = std::move(ready);
+  f.waiting_for = what;
+  f.state = FiberState::kWaiting;
+  yield();
+}
+
+void add_block_hooks(void (*on_block_start)(unsigned), void (*on_thread_exit)(unsigned)) {
+  block_hooks().push_back({on_block_start, on_thread_exit});
+}
+
 void async_copy(void* smem_dst, const void* gmem_src, int cp_size, int src_size) {
   Fiber& f = *g_launch->running;
   auto* dst = static_cast<unsigned char*>(smem_dst);
@@ -403,12 +485,14 @@ void async_copy(void* smem_dst, const void* gmem_src, int cp_size, int src_size)
       fail("cp.async into shared memory another copy (thread " + std::to_string(s.writer) +
            ") still has in flight");
     }
+    if (s.state == ByteState::kBarrier) fail("cp.async over an mbarrier");
     if (s.read_epoch == f.t.epoch && (s.read_warps & ~(1u << f.t.warp)) != 0) {
       fail("cp.async overwrites shared memory that another warp read in the same barrier "
            "interval (a __syncthreads is missing between the read and this copy)");
     }
     s.state = ByteState::kPending;
     s.writer = static_cast<uint16_t>(f.t.tid);
+    s.mbarrier = 0;
     dst[i] = kPoison;  // the copy may land at any time until it is waited for
   }
   f.uncommitted.push_back(c);
@@ -453,8 +537,10 @@ void launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem_bytes
                   std::to_string(grid.z) + "\n";
   L->body = std::move(body);
   L->smem_bytes = dynamic_smem_bytes;
-  L->smem_storage.assign(dynamic_smem_bytes + 128, kPoison);
-  L->smem = L->smem_storage.data() + (128 - reinterpret_cast<uintptr_t>(L->smem_storage.data()) % 128);
+  // 1024-byte aligned, as the 128-byte swizzle patterns of TMA and wgmma repeat every 1024 B
+  L->smem_storage.assign(dynamic_smem_bytes + 1024, kPoison);
+  L->smem = L->smem_storage.data() +
+            (1024 - reinterpret_cast<uintptr_t>(L->smem_storage.data()) % 1024);
   L->shadow.assign(dynamic_smem_bytes, ShadowByte{});
   grid_dim = grid;
   block_dim = block;

@@ -104,19 +104,42 @@ using WarpCompute = void (*)(WarpSlot (&slots)[32], uint32_t epoch);
 // Returns this lane's slot after the collective completed (outputs filled in).
 const WarpSlot& warp_collective(const WarpSlot& mine, WarpCompute compute);
 
+// ---- warpgroup collectives (sm_90: wgmma) ----------------------------------------------------
+// The 128 threads of warps 4g .. 4g+3 each deposit `operands` (a pointer into the thread's own
+// frame, valid while it waits) under `key`; the last to arrive checks that all 128 keys agree
+// (the same instruction, .sync.aligned) and runs `compute` once over the 128 operand pointers,
+// indexed by the thread's rank in the warpgroup.
+using WarpgroupCompute = void (*)(void* const (&operands)[128]);
+void warpgroup_collective(uint64_t key, void* operands, WarpgroupCompute compute);
+
+// ---- waiting on a condition (mbarrier.try_wait) ---------------------------------------------
+// Suspends the running thread until ready() holds (checked whenever the scheduler picks the
+// next thread). `what` names the wait in a deadlock report.
+void wait_until(std::function<bool()> ready, const std::string& what);
+
+// ---- per-block state of other units (emu_sm90.cpp) ------------------------------------------
+// Called at every block start with the block's thread count, and when a thread exits (a
+// handler may fail(): e.g. an exit with asynchronous work still in flight).
+void add_block_hooks(void (*on_block_start)(unsigned threads), void (*on_thread_exit)(unsigned tid));
+
 // ---- shared memory -----------------------------------------------------------------------
 unsigned char* dynamic_smem();       // base of this block's dynamic shared memory
 size_t dynamic_smem_size();
 bool in_dynamic_smem(const void* p, size_t bytes);
 
 // Shadow state of a dynamic shared memory byte (what the async copy checks read and write).
-enum class ByteState : uint8_t { kPlain = 0, kPending, kLanded };
+// kPending / kLanded: a cp.async or a TMA copy (then `mbarrier` names the barrier + 1 whose
+// phase `mbar_phase` the copy completes, and a reader must have waited for that phase);
+// kBarrier: an mbarrier object, touched only by mbarrier instructions.
+enum class ByteState : uint8_t { kPlain = 0, kPending, kLanded, kBarrier };
 struct ShadowByte {
   ByteState state = ByteState::kPlain;
   uint16_t writer = 0;       // thread that issued (pending) or landed (landed) the copy
   uint32_t landed_epoch = 0;
   uint32_t read_epoch = 0;   // the barrier interval of the last ldmatrix read ...
   uint32_t read_warps = 0;   // ... and the warps that read it in that interval
+  uint32_t mbarrier = 0;     // TMA copies: 1 + the mbarrier's offset in shared memory
+  uint32_t mbar_phase = 0;
 };
 ShadowByte* shadow(const void* smem_byte);
 

@@ -5,41 +5,17 @@
 //    approximate math;
 //  - planted bugs in tiny kernels (a read before the cp.async wait, a missing barrier, a
 //    divergent warp, a deadlock, an oversized launch) that the emulator must report.
-// Prints one line per check; the exit status is the number of failures.
+// The sm_90 instructions' checks are in emu_selftest_sm90.cu. Prints one line per check; the
+// exit status is the number of failures.
 #include <cfloat>
 #include <cstdio>
-#include <functional>
 #include <random>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "emu_selftest.h"
+
 namespace {
-
-int failures = 0;
-
-void report(const std::string& name, bool ok, const std::string& detail = "") {
-  std::printf("%s %s%s%s\n", ok ? "ok  " : "FAIL", name.c_str(), detail.empty() ? "" : ": ",
-              detail.c_str());
-  failures += ok ? 0 : 1;
-}
-
-int kernel_tag;  // the launches' kernel identity (messages name it "<kernel>")
-
-// Runs body on every thread of the grid; returns the emulator's error ("" when none).
-std::string run(dim3 grid, dim3 block, size_t smem, std::function<void()> body) {
-  try {
-    cuda_emu::launch(&kernel_tag, grid, block, smem, std::move(body));
-  } catch (const std::runtime_error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-void expect_error(const std::string& name, const std::string& error, const std::string& needle) {
-  report(name, error.find(needle) != std::string::npos,
-         error.empty() ? "not detected" : "reported: " + error);
-}
 
 uint16_t bits_of(__nv_bfloat16 x) { uint16_t u; std::memcpy(&u, &x, 2); return u; }
 uint16_t bits_of(__half x) { uint16_t u; std::memcpy(&u, &x, 2); return u; }
@@ -386,6 +362,7 @@ int main() {
   check_launch_config();
   check_math();
   check_conversions();
+  check_sm90();
   std::printf("%d failed\n", failures);
   return failures;
 }
