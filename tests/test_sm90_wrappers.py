@@ -74,15 +74,15 @@ __global__ void all_shapes(float* out, uint64_t desc_a, uint64_t desc_b, uint4 r
 
 // the host side: the driver's tensor-map encoder through the runtime
 sm90_probe::Params host_side(const void* a, const void* b, void* d) {
-  return sm90_probe::make_params(a, b, d, 50);
+  return sm90_probe::make_params(a, b, d, 50, 320, true);
 }
 
 template __global__ void all_shapes<__nv_bfloat16>(float*, uint64_t, uint64_t, uint4);
 template __global__ void all_shapes<__half>(float*, uint64_t, uint64_t, uint4);
-template __global__ void sm90_probe::gemm_probe_kernel<false, false>(const __grid_constant__ sm90_probe::Params, int);
-template __global__ void sm90_probe::gemm_probe_kernel<true, false>(const __grid_constant__ sm90_probe::Params, int);
-template __global__ void sm90_probe::gemm_probe_kernel<false, true>(const __grid_constant__ sm90_probe::Params, int);
-template __global__ void sm90_probe::gemm_probe_kernel<true, true>(const __grid_constant__ sm90_probe::Params, int);
+template __global__ void sm90_probe::gemm_probe_kernel<false, false>(const __grid_constant__ sm90_probe::Params, int, int);
+template __global__ void sm90_probe::gemm_probe_kernel<true, false>(const __grid_constant__ sm90_probe::Params, int, int);
+template __global__ void sm90_probe::gemm_probe_kernel<false, true>(const __grid_constant__ sm90_probe::Params, int, int);
+template __global__ void sm90_probe::gemm_probe_kernel<true, true>(const __grid_constant__ sm90_probe::Params, int, int);
 """
 
 

@@ -22,13 +22,14 @@ double bf16_value(uint16_t u) { return __uint_as_float(uint32_t(u) << 16); }
 
 CUtensorMap encode_2d(CUtensorMapDataType type, void* base, uint64_t inner, uint64_t outer,
                       uint64_t row_bytes, uint32_t box_inner, uint32_t box_outer,
-                      CUtensorMapSwizzle swizzle, CUresult* result = nullptr) {
+                      CUtensorMapSwizzle swizzle, CUresult* result = nullptr,
+                      CUtensorMapFloatOOBfill fill = CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) {
   alignas(128) CUtensorMap encoded;  // not the return slot: g++ may misalign that one
   const cuuint64_t dims[2] = {inner, outer}, strides[1] = {row_bytes};
   const cuuint32_t box[2] = {box_inner, box_outer}, elem_strides[2] = {1, 1};
   const CUresult r = cuda_emu::tensor_map_encode_tiled(
       &encoded, type, 2, base, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
-      CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+      CU_TENSOR_MAP_L2_PROMOTION_NONE, fill);
   if (result != nullptr) *result = r;
   CUtensorMap map;
   std::memcpy(&map, &encoded, sizeof map);
@@ -181,7 +182,7 @@ uint32_t canonical_address(bool mn_major, int span, uint32_t start, uint32_t lbo
 }
 
 void check_wgmma_layout(bool mn_major, int span) {
-  constexpr int N = 16;
+  constexpr int N = 128;  // 16 groups of 8 rows; two 64-wide groups of a 128-byte MN-major row
   std::mt19937 rng(span + mn_major);
   std::normal_distribution<float> nd;
   std::vector<uint16_t> A(64 * 16), B(N * 16);  // A[m][k], B[n][k]
@@ -193,7 +194,7 @@ void check_wgmma_layout(bool mn_major, int span) {
     lbo = span == 0 ? 128 : 16;  // swizzled K-major: unused
     sbo = span == 0 ? 256 : 8 * span;
   } else {
-    lbo = span == 0 ? 1024 : 16 * span;
+    lbo = span == 0 ? 2048 : 16 * span;
     sbo = span == 0 ? 128 : 8 * span;
   }
   const uint32_t start_a = 0, start_b = 16384;
@@ -219,6 +220,7 @@ void check_wgmma_layout(bool mn_major, int span) {
         }
       }
     }
+    cuda_emu::fence_proxy_async();
     __syncthreads();
     float d[N / 2];
     cuda_emu::wgmma_fence();
@@ -243,7 +245,7 @@ void check_wgmma_layout(bool mn_major, int span) {
       worst = std::max(worst, std::fabs(D[m][n] - exact) / (mag * std::ldexp(1.0, -20)));
     }
   }
-  report(std::string("wgmma m64n16k16 bf16, ") + (mn_major ? "MN" : "K") + "-major, swizzle " +
+  report(std::string("wgmma m64n128k16 bf16, ") + (mn_major ? "MN" : "K") + "-major, swizzle " +
              (span ? std::to_string(span) + "B" : std::string("none")) +
              ": the ISA's canonical layout = A B",
          err.empty() && worst <= 1.0, err.empty() ? "error / bound " + std::to_string(worst) : err);
@@ -253,6 +255,7 @@ void check_wgmma_misuse() {
   std::string err = run(1, 128, 4096, [&] {
     unsigned char* smem = cuda_emu::dynamic_smem();
     if (threadIdx.x == 0) std::memset(smem, 0, 4096);
+    cuda_emu::fence_proxy_async();
     __syncthreads();
     float d[4] = {};
     cuda_emu::wgmma_fence();
@@ -267,6 +270,7 @@ void check_wgmma_misuse() {
   err = run(1, 128, 4096, [&] {
     unsigned char* smem = cuda_emu::dynamic_smem();
     if (threadIdx.x == 0) std::memset(smem, 0, 4096);
+    cuda_emu::fence_proxy_async();
     __syncthreads();
     float d[4] = {};
     cuda_emu::wgmma_fence();
@@ -286,6 +290,177 @@ void check_wgmma_misuse() {
   expect_error("planted: wgmma in a block of 96 threads", err, "incomplete");
   err = run(1, 128, 0, [&] { cuda_emu::setmaxnreg(true, 20); });
   expect_error("planted: setmaxnreg 20", err, "multiple of 8 in 24 .. 256");
+}
+
+// wgmma's fragments against mma.m16n8k16's (emu_ptx.cpp, the ISA's mma tables): warp w of the
+// warpgroup holding the mma A fragment of rows 16 w .. 16 w + 15 must get, register by
+// register, what mma gives for those rows.
+void check_wgmma_against_mma() {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd;
+  uint16_t Bt[8][16];  // B[k][n] as Bt[n][k]
+  for (auto& row : Bt) for (auto& x : row) x = bf16_bits(nd(rng));
+  uint32_t regs[128][4];
+  for (auto& t : regs) for (auto& r : t) r = bf16_bits(nd(rng)) | uint32_t(bf16_bits(nd(rng))) << 16;
+  int differ = 0;
+  const std::string err = run(1, 128, 8192, [&] {
+    unsigned char* smem = cuda_emu::dynamic_smem();
+    const int t = threadIdx.x;
+    if (t == 0) {
+      for (int n = 0; n < 8; ++n) {
+        for (int k = 0; k < 16; ++k) {
+          // K-major, no swizzle: core matrix (8 n x 16 bytes), the k halves 128 bytes apart
+          std::memcpy(smem + n * 16 + (k / 8) * 128 + (k % 8) * 2, &Bt[n][k], 2);
+          std::memcpy(smem + 4096 + n * 32 + k * 2, &Bt[n][k], 2);  // row-major, for ldmatrix
+        }
+      }
+    }
+    cuda_emu::fence_proxy_async();
+    __syncthreads();
+    float dw[4], dm[4];
+    const float zero[4] = {0.f, 0.f, 0.f, 0.f};
+    const uint32_t(&a)[4] = regs[t];
+    cuda_emu::wgmma_fence();
+    cuda_emu::wgmma_rs(cuda_emu::MmaInput::kBF16, 8, dw, a, uint64_t(128 >> 4) << 16, false, 1, 1,
+                       0);
+    cuda_emu::wgmma_commit_group();
+    cuda_emu::wgmma_wait_group(0);
+    const int lane = t % 32, j = lane / 8, r = lane % 8;
+    uint32_t b[2];
+    cuda_emu::ldmatrix_m8n8_b16(2, false, b, smem + 4096 + r * 32 + 16 * (j & 1));
+    cuda_emu::mma_m16n8k16_f32(cuda_emu::MmaInput::kBF16, dm, a, b[0], b[1], zero);
+    if (std::memcmp(dw, dm, sizeof dw) != 0) ++differ;
+  });
+  report("wgmma m64n8k16 (A from registers) = mma.m16n8k16 per warp, register by register",
+         err.empty() && differ == 0, err.empty() ? std::to_string(differ) + " threads differ" : err);
+}
+
+// Two consumer warpgroups with a wgmma each in flight at once, in either order.
+std::string two_warpgroups(bool overwrite) {
+  return run(1, 256, 8192, [&] {
+    unsigned char* smem = cuda_emu::dynamic_smem();
+    const int t = threadIdx.x, group = t / 128;
+    if (t == 0) std::memset(smem, 0x3c, 8192);  // bf16 0x3c3c, about 0.011
+    cuda_emu::fence_proxy_async();
+    __syncthreads();
+    float d[4];
+    const uint64_t desc = uint64_t((group * 4096) >> 4) | uint64_t(128 >> 4) << 16;
+    cuda_emu::wgmma_fence();
+    cuda_emu::wgmma_ss(cuda_emu::MmaInput::kBF16, 8, d, desc, desc, false, 1, 1, 0, 0);
+    cuda_emu::wgmma_commit_group();
+    if (overwrite && t == 0) smem[0] = 0;  // warpgroup 0's operand, before its wait
+    cuda_emu::wgmma_wait_group(0);
+  });
+}
+
+void check_wgmma_hazards() {
+  for (auto s : {cuda_emu::Schedule::kLowFirst, cuda_emu::Schedule::kHighFirst}) {
+    cuda_emu::set_schedule(s);
+    const std::string name = s == cuda_emu::Schedule::kLowFirst ? " (low first)" : " (high first)";
+    report("two warpgroups with wgmma in flight" + name, two_warpgroups(false).empty());
+    expect_error("planted: one of two warpgroups overwrites its operand in flight" + name,
+                 two_warpgroups(true), "changed before wgmma.wait_group");
+  }
+  cuda_emu::set_schedule(cuda_emu::Schedule::kSkewAlternating);
+  for (int plant = 0; plant < 2; ++plant) {
+    const std::string err = run(1, 128, 4096, [&] {
+      unsigned char* smem = cuda_emu::dynamic_smem();
+      if (threadIdx.x == 0) std::memset(smem, 0x3c, 4096);
+      cuda_emu::fence_proxy_async();
+      __syncthreads();
+      uint32_t a[4] = {0x3c003c00u, 0x3c003c00u, 0x3c003c00u, 0x3c003c00u};
+      float d[4];
+      cuda_emu::wgmma_fence();
+      cuda_emu::wgmma_rs(cuda_emu::MmaInput::kBF16, 8, d, a, 0, false, 1, 1, 0);
+      cuda_emu::wgmma_commit_group();
+      if (threadIdx.x == 7) (plant == 0 ? a[2] : reinterpret_cast<uint32_t&>(d[1])) = 0;
+      cuda_emu::wgmma_wait_group(0);
+    });
+    expect_error(plant == 0 ? "planted: A registers of an in-flight wgmma overwritten"
+                            : "planted: accumulators of an in-flight wgmma written",
+                 err, plant == 0 ? "A registers of an in-flight wgmma changed"
+                                 : "of an in-flight wgmma was written");
+  }
+  std::string err = run(1, 128, 4096, [&] {
+    unsigned char* smem = cuda_emu::dynamic_smem();
+    if (threadIdx.x == 0) std::memset(smem, 0x3c, 4096);
+    cuda_emu::fence_proxy_async();
+    __syncthreads();
+    float d[4];
+    const uint64_t swizzled_128 = uint64_t(1) << 62 | uint64_t(1024 >> 4) << 32;
+    cuda_emu::wgmma_fence();
+    cuda_emu::wgmma_ss(cuda_emu::MmaInput::kBF16, 8, d, (256 >> 4) | swizzled_128, swizzled_128,
+                       false, 1, 1, 0, 0);
+  });
+  expect_error("planted: a 128-byte swizzled operand starting mid-pattern (needs a base offset)",
+               err, "needs a base offset");
+  err = run(1, 384, 0, [&] {
+    if (threadIdx.x < 128) cuda_emu::setmaxnreg(false, 24);
+    else cuda_emu::setmaxnreg(true, 256);
+  });
+  expect_error("planted: setmaxnreg beyond the register file (24 + 2 x 256 per thread)", err,
+               "more than the SM's 65536");
+}
+
+void check_tma_edges() {
+  // out-of-bounds NaN fill: a quiet NaN of the element's width, which wgmma may read
+  alignas(16) static uint16_t g[8 * 64];
+  for (auto& x : g) x = bf16_bits(1.f);
+  const CUtensorMap nan_map = encode_2d(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, g, 64, 8, 128, 64, 16,
+                                        CU_TENSOR_MAP_SWIZZLE_NONE, nullptr,
+                                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA);
+  uint16_t filled = 0, inside = 0;
+  std::string err = run(1, 32, 4096, [&] {
+    unsigned char* smem = cuda_emu::dynamic_smem();
+    auto* bar = reinterpret_cast<uint64_t*>(smem + 3072);
+    if (threadIdx.x == 0) {
+      cuda_emu::mbarrier_init(bar, 1);
+      cuda_emu::mbarrier_arrive_expect_tx(bar, 64 * 16 * 2);
+      const int32_t c[2] = {0, 0};
+      cuda_emu::tma_load(smem, &nan_map, c, 2, bar);
+      cuda_emu::mbarrier_try_wait_parity(bar, 0);
+      std::memcpy(&inside, smem, 2);
+      std::memcpy(&filled, smem + 8 * 128, 2);  // row 8: past the tensor's 8 rows
+    }
+  });
+  report("TMA out-of-bounds NaN fill: 0x7fff (bf16), in-bounds data unchanged",
+         err.empty() && filled == 0x7fff && inside == bf16_bits(1.f), err);
+
+  // a TMA store of fp32 whose low half is 0xffff is data, not poison
+  alignas(16) static float out[16];
+  const CUtensorMap f32_map = encode_2d(CU_TENSOR_MAP_DATA_TYPE_FLOAT32, out, 4, 4, 16, 4, 4,
+                                        CU_TENSOR_MAP_SWIZZLE_NONE);
+  const float odd = __uint_as_float(0x3f80ffffu);
+  err = run(1, 32, 1024, [&] {
+    auto* tile = reinterpret_cast<float*>(cuda_emu::dynamic_smem());
+    if (threadIdx.x < 16) tile[threadIdx.x] = odd;
+    cuda_emu::fence_proxy_async();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const int32_t c[2] = {0, 0};
+      cuda_emu::tma_store(&f32_map, c, 2, tile);
+      cuda_emu::bulk_commit_group();
+      cuda_emu::bulk_wait_group(0);
+    }
+  });
+  report("TMA store of fp32 values with 0xffff low halves", err.empty() && out[5] == odd, err);
+
+  // a swizzled box lands only where its pattern starts (1024 bytes for 128B)
+  alignas(16) static uint16_t h[64 * 16];
+  const CUtensorMap sw_map = encode_2d(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, h, 64, 16, 128, 64, 8,
+                                       CU_TENSOR_MAP_SWIZZLE_128B);
+  err = run(1, 32, 4096, [&] {
+    unsigned char* smem = cuda_emu::dynamic_smem();
+    auto* bar = reinterpret_cast<uint64_t*>(smem + 3072);
+    if (threadIdx.x == 0) {
+      cuda_emu::mbarrier_init(bar, 1);
+      cuda_emu::mbarrier_arrive_expect_tx(bar, 64 * 8 * 2);
+      const int32_t c[2] = {0, 0};
+      cuda_emu::tma_load(smem + 384, &sw_map, c, 2, bar);
+    }
+  });
+  expect_error("planted: a 128-byte swizzled TMA box at a 384-byte offset", err,
+               "not aligned to its 128-byte swizzle pattern");
 }
 
 void check_tensor_map_encode() {
@@ -314,20 +489,25 @@ struct ProbeRun {
   bool tail_untouched = true;
 };
 
+// K = 320: five k-tiles through the two stages, so that each stage's mbarriers go through
+// both parities and the last tile's stage is never released.
 template <bool kBNMajor, bool kARegisters>
-ProbeRun run_probe(sm90_probe::Plant plant) {
+ProbeRun run_probe(sm90_probe::Plant plant, int K = 320) {
   constexpr int kRows = 50;  // rows 50..63 of the tile lie outside the tensors
   std::mt19937 rng(kBNMajor * 2 + kARegisters);
   std::normal_distribution<float> nd;
-  alignas(16) static uint16_t A[kRows * 64], B[64 * 64];
+  std::vector<uint16_t> A(kRows * K), B(64 * K);  // B[k][n] if N-major, else Bt[n][k]
   alignas(16) static float D[64 * 64];
   for (auto& x : A) x = bf16_bits(nd(rng));
-  for (auto& x : B) x = bf16_bits(nd(rng));  // B[k][n] if N-major, else Bt[n][k]
+  for (auto& x : B) x = bf16_bits(nd(rng));
   for (auto& x : D) x = 12345.f;
-  alignas(64) const sm90_probe::Params p = sm90_probe::make_params(A, B, D, kRows);
+  alignas(64) const sm90_probe::Params p =
+      sm90_probe::make_params(A.data(), B.data(), D, kRows, K, kBNMajor);
+  cudaFuncSetAttribute(&kernel_tag, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                       sm90_probe::kSmemBytes);
   ProbeRun r;
   r.error = run(1, 256, sm90_probe::kSmemBytes, [&] {
-    sm90_probe::gemm_probe_kernel<kBNMajor, kARegisters>(p, static_cast<int>(plant));
+    sm90_probe::gemm_probe_kernel<kBNMajor, kARegisters>(p, K / 64, static_cast<int>(plant));
   });
   for (int m = 0; m < 64 && r.error.empty(); ++m) {
     for (int n = 0; n < 64; ++n) {
@@ -336,14 +516,15 @@ ProbeRun run_probe(sm90_probe::Plant plant) {
         continue;
       }
       double exact = 0, mag = 0;
-      for (int k = 0; k < 64; ++k) {
-        const double b = bf16_value(kBNMajor ? B[k * 64 + n] : B[n * 64 + k]);
-        const double prod = bf16_value(A[m * 64 + k]) * b;
+      for (int k = 0; k < K; ++k) {
+        const double b = bf16_value(kBNMajor ? B[k * 64 + n] : B[n * K + k]);
+        const double prod = bf16_value(A[m * K + k]) * b;
         exact += prod;
         mag += std::fabs(prod);
       }
-      // four k16 steps, each within 2^-20 of its largest term, rounded toward zero
-      r.worst = std::max(r.worst, std::fabs(D[m * 64 + n] - exact) / (mag * std::ldexp(1.0, -19)));
+      // K / 16 k16 steps, each within 2^-20 of its largest term, rounded toward zero
+      r.worst = std::max(r.worst, std::fabs(D[m * 64 + n] - exact) /
+                                      (mag * (K / 16) * std::ldexp(1.0, -20)));
     }
   }
   return r;
@@ -352,7 +533,7 @@ ProbeRun run_probe(sm90_probe::Plant plant) {
 template <bool kBNMajor, bool kARegisters>
 void check_probe() {
   const ProbeRun r = run_probe<kBNMajor, kARegisters>(sm90_probe::Plant::kNone);
-  report(std::string("GEMM probe (TMA -> wgmma -> TMA store), A from ") +
+  report(std::string("GEMM probe (TMA pipeline, 2 stages, 5 k-tiles -> wgmma -> TMA store), A from ") +
              (kARegisters ? "registers (ldmatrix)" : "shared memory") + ", B " +
              (kBNMajor ? "N-major" : "K-major") + ": D = A B, rows past the tensor untouched",
          r.error.empty() && r.worst <= 1.0 && r.tail_untouched,
@@ -367,6 +548,9 @@ void check_probe_plants() {
   expect_error("planted: ldmatrix of TMA tiles without waiting on the mbarrier",
                run_probe<false, true>(Plant::kNoBarrierWait).error, "mbarrier.try_wait missing");
   cuda_emu::set_schedule(cuda_emu::Schedule::kSkewAlternating);
+  expect_error("planted: A registers reloaded while the previous tile's wgmma reads them",
+               run_probe<false, true>(Plant::kOneABuffer).error,
+               "A registers of an in-flight wgmma changed");
   expect_error("planted: no wgmma.fence before the first wgmma",
                run_probe<false, false>(Plant::kNoWgmmaFence).error, "without a wgmma.fence");
   expect_error("planted: B overwritten while the wgmma are in flight",
@@ -374,9 +558,19 @@ void check_probe_plants() {
                "changed before wgmma.wait_group");
   expect_error("planted: expect_tx announces half the bytes",
                run_probe<false, false>(Plant::kHalfTransaction).error, "has not landed");
+  expect_error("planted: D staged for the TMA store without fence.proxy.async",
+               run_probe<true, true>(Plant::kNoProxyFence).error, "fence.proxy.async missing");
   expect_error("planted: exit while the TMA store may still read shared memory",
                run_probe<false, false>(Plant::kNoStoreReadWait).error,
                "cp.async.bulk.wait_group.read missing");
+  cuda_emu::set_schedule(cuda_emu::Schedule::kLowFirst);  // the producer refills at once
+  expect_error("planted: a stage released before its wgmma retire",
+               run_probe<false, false>(Plant::kEarlyRelease).error,
+               "changed before wgmma.wait_group");
+  expect_error("planted: the producer refills a stage without waiting for its release",
+               run_probe<false, false>(Plant::kNoEmptyWait).error,
+               "whose previous phase no try_wait has seen complete");
+  cuda_emu::set_schedule(cuda_emu::Schedule::kSkewAlternating);
 }
 
 }  // namespace
@@ -392,6 +586,9 @@ void check_sm90() {
     for (int span : {0, 32, 64, 128}) check_wgmma_layout(mn_major, span);
   }
   check_wgmma_misuse();
+  check_wgmma_against_mma();
+  check_wgmma_hazards();
+  check_tma_edges();
   check_probe<false, false>();
   check_probe<true, false>();
   check_probe<false, true>();

@@ -53,7 +53,17 @@ struct WgmmaOp {
   int count;                  // accumulators of this thread (n / 2)
   std::vector<float> result;  // what the registers hold once the op retires
   std::shared_ptr<Snapshot> snapshot;
+  const uint32_t* a_regs;     // A from registers: they must not change until it retires
+  uint32_t a_values[4];
 };
+
+// What in-flight accumulator registers hold: a NaN (any read shows), with a payload that
+// lets the retiring wait_group see whether the kernel wrote to them in the meantime.
+constexpr uint32_t kInFlight = 0x7fa5a5a5u;
+
+void mark_in_flight(float* d, int count) {
+  for (int i = 0; i < count; ++i) std::memcpy(d + i, &kInFlight, 4);
+}
 
 struct TmaStore {
   std::vector<std::pair<unsigned char*, std::vector<unsigned char>>> writes;  // global
@@ -77,6 +87,10 @@ struct ThreadState {
 struct BlockState {
   std::map<uint32_t, Mbarrier> barriers;  // by key: 1 + offset in dynamic shared memory
   std::vector<ThreadState> threads;
+  std::vector<int> max_registers;  // per warpgroup, from setmaxnreg (0: not set)
+  // dynamic shared memory as of the last fence.proxy.async (by any thread): what the async
+  // proxy may read of the bytes threads wrote (generic proxy)
+  std::vector<unsigned char> fenced;
   unsigned exited = 0;
 };
 BlockState g_block;
@@ -84,6 +98,8 @@ BlockState g_block;
 void on_block_start(unsigned threads) {
   g_block = BlockState{};
   g_block.threads.resize(threads);
+  g_block.max_registers.assign((threads + 127) / 128, 0);
+  g_block.fenced.assign(dynamic_smem(), dynamic_smem() + dynamic_smem_size());  // the poison
 }
 
 ThreadState& me() { return g_block.threads[current().tid]; }
@@ -258,10 +274,16 @@ uint64_t box_bytes(const MapRecord& m) {
   return n;
 }
 
-// Shared-memory reads by an asynchronous unit (TMA store, wgmma): the bytes must hold data,
-// and data a TMA load brought in must have been seen landing by `threads` (an mbarrier wait).
+// Shared-memory reads by an asynchronous unit (TMA store, wgmma) of one element: it must hold
+// data (not all poison bytes), and data a TMA load brought in must have been seen landing by
+// `threads` (an mbarrier wait). `seen` caches the (mbarrier, phase) pairs already verified for
+// this reader, as one collective reads thousands of bytes of the same few landings.
+struct SeenLandings {
+  uint32_t mbarrier = 0, phase = 0;
+};
+
 void check_async_read(const unsigned char* p, int bytes, const char* op, unsigned first_thread,
-                      unsigned threads) {
+                      unsigned threads, SeenLandings& seen) {
   for (int i = 0; i < bytes; ++i) {
     const ShadowByte& s = *shadow(p + i);
     const std::string where = std::string(op) + " reads shared memory at window address " +
@@ -272,7 +294,13 @@ void check_async_read(const unsigned char* p, int bytes, const char* op, unsigne
            (s.mbarrier != 0 ? "its mbarrier phase has not completed)"
                             : "cp.async.wait_group missing)"));
     }
-    if (s.state == ByteState::kLanded && s.mbarrier != 0) {
+    if (s.mbarrier == 0 && p[i] != g_block.fenced[p + i - dynamic_smem()]) {
+      fail(where + ", written by a thread (generic proxy) after the last fence.proxy.async: "
+           "the async proxy may not see it (fence.proxy.async missing before the barrier)");
+    }
+    if (s.state == ByteState::kLanded && s.mbarrier != 0 &&
+        !(seen.mbarrier == s.mbarrier && seen.phase == s.mbar_phase)) {
+      seen = {s.mbarrier, s.mbar_phase};
       for (unsigned t = first_thread; t < first_thread + threads; ++t) {
         if (!tma_landing_seen(s, t)) {
           fail(where + " that a TMA load landed in phase " + std::to_string(s.mbar_phase) +
@@ -282,11 +310,11 @@ void check_async_read(const unsigned char* p, int bytes, const char* op, unsigne
       }
     }
   }
-  for (int i = 0; i + 1 < bytes; i += 2) {
-    if (p[i] == kPoison && p[i + 1] == kPoison) {
-      fail(std::string(op) + " reads shared memory nothing has written in this block (poison "
-           "0xffff) at window address " + hex(p + i - dynamic_smem()));
-    }
+  bool poison = true;
+  for (int i = 0; i < bytes; ++i) poison &= p[i] == kPoison;
+  if (poison) {
+    fail(std::string(op) + " reads shared memory nothing has written in this block (poison "
+         "0xff bytes) at window address " + hex(p - dynamic_smem()));
   }
 }
 
@@ -349,10 +377,16 @@ uint32_t operand_offset(const Descriptor& d, bool mn_major, int mn, int k) {
 void read_operand(MmaInput type, uint64_t desc, bool mn_major, int rows, double (*out)[16],
                   Snapshot& snap, const char* which, unsigned first_thread) {
   const Descriptor d = decode(desc);
+  SeenLandings seen;
   if (d.base_offset != 0) {
     fail(std::string("wgmma ") + which + " descriptor has base offset " +
          std::to_string(d.base_offset) + " (the emulator models operands whose swizzle pattern "
          "starts at the address bits, base offset 0)");
+  }
+  if (d.span != 0 && d.start % (8 * d.span) >= uint32_t(d.span)) {
+    fail(std::string("wgmma ") + which + " descriptor starts at window address " + hex(d.start) +
+         ", past the first row of its " + std::to_string(d.span) + "-byte swizzle pattern (which "
+         "repeats every " + std::to_string(8 * d.span) + " bytes): that needs a base offset");
   }
   for (int mn = 0; mn < rows; ++mn) {
     for (int k = 0; k < 16; ++k) {
@@ -363,7 +397,7 @@ void read_operand(MmaInput type, uint64_t desc, bool mn_major, int rows, double 
              "dynamic shared memory (" + std::to_string(dynamic_smem_size()) + " bytes)");
       }
       const unsigned char* p = dynamic_smem() + addr;
-      check_async_read(p, 2, "wgmma", first_thread, 128);
+      check_async_read(p, 2, "wgmma", first_thread, 128, seen);
       record(snap, p, 2);
       uint16_t bits;
       std::memcpy(&bits, p, 2);
@@ -380,7 +414,8 @@ struct WgmmaArgs {
   uint64_t desc_a, desc_b;
   bool scale_d;
   int scale_a, scale_b, trans_a, trans_b;
-  float c[128];  // this thread's accumulator inputs
+  float c[128];  // this thread's accumulator inputs, then its results
+  std::shared_ptr<Snapshot> snapshot;  // the collective's operand bytes
 };
 
 // The register fragments of 9.7.15.5.1 (m64nNk16): thread r of the warpgroup is lane r % 32
@@ -392,8 +427,6 @@ struct WgmmaArgs {
 //            col = 2 * threadID_in_group + (i & 1) (+ 8 for i >= 4).
 int d_row(int r, int i) { return 16 * (r / 32) + (r % 32) / 4 + 8 * ((i >> 1) & 1); }
 int d_col(int r, int i) { return 8 * (i >> 2) + 2 * (r % 4) + (i & 1); }
-
-std::shared_ptr<Snapshot> g_wgmma_snapshot;  // of the collective being computed
 
 void wgmma_compute(void* const (&ops)[128]) {
   const auto& a0 = *static_cast<const WgmmaArgs*>(ops[0]);
@@ -425,7 +458,7 @@ void wgmma_compute(void* const (&ops)[128]) {
       op.c[i] = tensor_core_dot16(A[d_row(r, i)], B[d_col(r, i)], c);
     }
   }
-  g_wgmma_snapshot = snap;
+  for (int r = 0; r < 128; ++r) static_cast<WgmmaArgs*>(ops[r])->snapshot = snap;
 }
 
 // The value the accumulator registers at d will hold once everything in flight retires.
@@ -463,8 +496,9 @@ void wgmma(WgmmaArgs& args) {
   }
   warpgroup_collective(key, &args, &wgmma_compute);
   WgmmaOp op{args.d, args.n / 2, std::vector<float>(args.c, args.c + args.n / 2),
-             g_wgmma_snapshot};
-  for (int i = 0; i < op.count; ++i) args.d[i] = std::numeric_limits<float>::quiet_NaN();
+             args.snapshot, args.a_regs, {}};
+  if (args.a_regs != nullptr) std::memcpy(op.a_values, args.a_regs, sizeof op.a_values);
+  mark_in_flight(args.d, op.count);
   t.wgmma_open.push_back(std::move(op));
 }
 
@@ -568,7 +602,9 @@ bool mbarrier_try_wait_parity(uint64_t* bar, uint32_t parity) {
 }
 
 void fence_mbarrier_init() {}
-void fence_proxy_async() {}
+void fence_proxy_async() {
+  std::memcpy(g_block.fenced.data(), dynamic_smem(), g_block.fenced.size());
+}
 
 // ---- tensor maps ------------------------------------------------------------------------------
 CUresult tensor_map_encode_tiled(CUtensorMap* map, CUtensorMapDataType type, cuuint32_t rank,
@@ -647,6 +683,12 @@ void tma_load(void* smem_dst, const CUtensorMap* map, const int32_t* coords, int
   if (reinterpret_cast<uintptr_t>(dst) % 128 != 0) {
     fail("cp.async.bulk.tensor destination is not 128-byte aligned");
   }
+  if (m.swizzle_span != 0 && (dst - dynamic_smem()) % (8 * m.swizzle_span) != 0) {
+    fail("cp.async.bulk.tensor destination (window address " + hex(dst - dynamic_smem()) +
+         ") is not aligned to its " + std::to_string(m.swizzle_span) + "-byte swizzle pattern (" +
+         std::to_string(8 * m.swizzle_span) + " bytes): the wgmma that reads it would need a "
+         "base offset");
+  }
   if (!in_dynamic_smem(dst, bytes)) {
     fail("cp.async.bulk.tensor box of " + std::to_string(bytes) + " bytes does not fit the "
          "block's dynamic shared memory from its destination");
@@ -661,7 +703,9 @@ void tma_load(void* smem_dst, const CUtensorMap* map, const int32_t* coords, int
     if (g != nullptr) {
       std::memcpy(out, g, m.elem_bytes);
     } else if (m.oob_nan) {
-      std::memset(out, 0xff, m.elem_bytes);  // a NaN of every float width
+      // 0x7fff..ff: a NaN in every float format of that width, and not the poison pattern
+      std::memset(out, 0xff, m.elem_bytes);
+      out[m.elem_bytes - 1] = 0x7f;
     } else {
       std::memset(out, 0, m.elem_bytes);
     }
@@ -699,10 +743,11 @@ void tma_store(const CUtensorMap* map, const int32_t* coords, int rank, const vo
   }
   const uint32_t base = smem_window_address(src);
   TmaStore store{{}, std::make_shared<Snapshot>()};
+  SeenLandings seen;
   for_each_box_element(m, coords, [&](uint64_t off, const unsigned char* g) {
     const unsigned char* p =
         dynamic_smem() + swizzle_address(base + static_cast<uint32_t>(off), m.swizzle_span);
-    check_async_read(p, m.elem_bytes, "cp.async.bulk.tensor (store)", current().tid, 1);
+    check_async_read(p, m.elem_bytes, "cp.async.bulk.tensor (store)", current().tid, 1, seen);
     record(*store.snapshot, p, m.elem_bytes);
     if (g != nullptr) {
       store.writes.emplace_back(const_cast<unsigned char*>(g),
@@ -752,20 +797,34 @@ void wgmma_commit_group() {
 
 void wgmma_wait_group(int n) {
   ThreadState& t = me();
-  if (n < 0 || n > 7) fail("wgmma.wait_group " + std::to_string(n) + " outside 0 .. 7");
-  while (static_cast<int>(t.wgmma_groups.size()) > n) {
-    for (WgmmaOp& op : t.wgmma_groups.front()) {
+  if (n < 0) fail("wgmma.wait_group " + std::to_string(n));
+  const size_t retiring = t.wgmma_groups.size() > size_t(n) ? t.wgmma_groups.size() - n : 0;
+  for (size_t g = 0; g < retiring; ++g) {  // checked before any result lands in the registers
+    for (WgmmaOp& op : t.wgmma_groups[g]) {
       check_unchanged(*op.snapshot, "wgmma", "wgmma.wait_group retired it");
+      if (op.a_regs != nullptr && std::memcmp(op.a_regs, op.a_values, sizeof op.a_values) != 0) {
+        fail("the A registers of an in-flight wgmma changed before the wgmma.wait_group that "
+             "retires it");
+      }
+      for (int i = 0; i < op.count; ++i) {
+        uint32_t bits;
+        std::memcpy(&bits, op.d + i, 4);
+        if (bits != kInFlight) {
+          fail("accumulator " + std::to_string(i) + " of an in-flight wgmma was written before "
+               "the wgmma.wait_group that retires it");
+        }
+      }
+    }
+  }
+  for (size_t g = 0; g < retiring; ++g) {
+    for (WgmmaOp& op : t.wgmma_groups.front()) {
       std::memcpy(op.d, op.result.data(), sizeof(float) * op.count);
     }
     t.wgmma_groups.pop_front();
   }
   // accumulators that a younger operation still has in flight stay undefined
-  auto poison = [](const WgmmaOp& op) {
-    for (int i = 0; i < op.count; ++i) op.d[i] = std::numeric_limits<float>::quiet_NaN();
-  };
-  for (const auto& g : t.wgmma_groups) for (const WgmmaOp& op : g) poison(op);
-  for (const WgmmaOp& op : t.wgmma_open) poison(op);
+  for (const auto& g : t.wgmma_groups) for (const WgmmaOp& op : g) mark_in_flight(op.d, op.count);
+  for (const WgmmaOp& op : t.wgmma_open) mark_in_flight(op.d, op.count);
   t.wgmma_fenced = false;
 }
 
@@ -783,14 +842,35 @@ void wgmma_rs(MmaInput type, int n, float* d, const uint32_t (&a)[4], uint64_t d
 
 // ---- 9.7.17.x: setmaxnreg ---------------------------------------------------------------------
 // setmaxnreg.{inc,dec}.sync.aligned.u32 count: count in 24 .. 256, a multiple of 8, the same
-// for the whole warpgroup (which must execute it together).
-static void no_compute(void* const (&)[128]) {}
+// for the whole warpgroup (which must execute it together); .dec must not raise the count and
+// .inc not lower it; .inc waits until the CTA's register pool has the registers. The pool is
+// the SM's 65536: warpgroups whose count is not known here are taken at the minimum, 24.
+constexpr int kRegisterFile = 65536;
+
+static void apply_setmaxnreg(void* const (&ops)[128]) {
+  const uint32_t word = *static_cast<const uint32_t*>(ops[0]);
+  const bool increase = word >> 16;
+  const int count = static_cast<int>(word & 0xffff);
+  int& mine = g_block.max_registers[current().tid / 128];
+  if (mine != 0 && (increase ? count < mine : count > mine)) {
+    fail(std::string("setmaxnreg.") + (increase ? "inc" : "dec") + " " + std::to_string(count) +
+         " from " + std::to_string(mine) + " registers");
+  }
+  mine = count;
+  int total = 0;
+  for (int r : g_block.max_registers) total += 128 * (r == 0 ? 24 : r);
+  if (total > kRegisterFile) {
+    fail("setmaxnreg: the warpgroups ask for " + std::to_string(total) + " registers in all, more "
+         "than the SM's " + std::to_string(kRegisterFile) + " (setmaxnreg.inc would wait forever)");
+  }
+}
 
 void setmaxnreg(bool increase, uint32_t count) {
   if (count < 24 || count > 256 || count % 8 != 0) {
     fail("setmaxnreg count " + std::to_string(count) + " is not a multiple of 8 in 24 .. 256");
   }
-  warpgroup_collective((uint64_t(increase) << 32 | count) ^ 0x5e7a1ull << 40, nullptr, &no_compute);
+  uint32_t word = uint32_t(increase) << 16 | count;
+  warpgroup_collective(uint64_t(word) ^ 0x5e7a1ull << 40, &word, &apply_setmaxnreg);
 }
 
 }  // namespace cuda_emu

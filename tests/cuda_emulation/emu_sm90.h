@@ -8,9 +8,12 @@
 // - a TMA load reads global memory at issue, poisons its destination, and lands when the
 //   phase of its mbarrier completes; a thread may read the data only after it has itself
 //   observed that phase (mbarrier.try_wait);
-// - wgmma reads its shared-memory operands at issue and again at wgmma.wait_group: any change
-//   in between is reported. Its accumulator registers hold NaN until the wait_group that
-//   retires it;
+// - wgmma reads its shared-memory operands at issue and again when the last of its warpgroup
+//   waits for it: any change in between is reported. Its accumulator registers hold a marked
+//   NaN until the wait_group that retires it, which also checks that neither they nor the A
+//   registers were written meanwhile;
+// - fence.proxy.async keeps an image of shared memory: what threads wrote after it, an
+//   asynchronous reader (wgmma, TMA store) reports as an unfenced write;
 // - a TMA store reads shared memory at issue and again at cp.async.bulk.wait_group.read, and
 //   writes global memory when its group is waited for (or at the thread's exit).
 #pragma once

@@ -9,6 +9,7 @@
 #include <cuda.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace mpt_ext::attn::cuda::sm90 {
 
@@ -48,7 +49,8 @@ __device__ __forceinline__ void mbarrier_init(uint64_t* bar, uint32_t count) {
 #ifdef MPT_EXT_CUDA_EMULATION
   cuda_emu::mbarrier_init(bar, count);
 #else
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count));
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count)
+               : "memory");
 #endif
 }
 
@@ -229,18 +231,34 @@ __device__ __forceinline__ void wgmma_commit_group() {
 #endif
 }
 
-// Waits until at most N wgmma groups are in flight. The accumulators of the retired ones are
-// passed through an empty asm so that the compiler orders their reads after the wait.
-template <int N, int kRegs>
-__device__ __forceinline__ void wgmma_wait_group(float (&acc)[kRegs]) {
+// Pins registers in place around a wgmma boundary: an empty asm that reads and writes each,
+// so that the compiler neither moves their accesses across it nor reuses them meanwhile.
+template <typename T, int kRegs>
+__device__ __forceinline__ void fence_registers(T (&regs)[kRegs]) {
+#ifndef MPT_EXT_CUDA_EMULATION
+#pragma unroll
+  for (int i = 0; i < kRegs; ++i) {
+    if constexpr (sizeof(T) == 4 && std::is_floating_point_v<T>) {
+      asm volatile("" : "+f"(regs[i])::"memory");
+    } else {
+      asm volatile("" : "+r"(regs[i])::"memory");
+    }
+  }
+#else
+  (void)regs;
+#endif
+}
+
+// Waits until at most N wgmma groups are in flight; `registers`: every accumulator (and A
+// register array) of the retired operations, fenced so that their reads stay after the wait.
+template <int N, typename... Registers>
+__device__ __forceinline__ void wgmma_wait_group(Registers&... registers) {
 #ifdef MPT_EXT_CUDA_EMULATION
   cuda_emu::wgmma_wait_group(N);
-  (void)acc;
 #else
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-#pragma unroll
-  for (int i = 0; i < kRegs; ++i) asm volatile("" : "+f"(acc[i])::"memory");
 #endif
+  (fence_registers(registers), ...);
 }
 
 // ---- shared-memory matrix descriptors (wgmma operands) ----------------------------------------

@@ -43,6 +43,10 @@ inline EncodeTiled encode_tiled() {
 inline CUtensorMap make_tensor_map(CUtensorMapDataType type, int rank, const void* base,
                                    const uint64_t* dims, const uint64_t* row_strides,
                                    const uint32_t* box, CUtensorMapSwizzle swizzle) {
+  if (rank < 1 || rank > 5) {
+    throw std::invalid_argument("mpt_ext: a tensor map has rank 1 .. 5, not " +
+                                std::to_string(rank));
+  }
   // encoded into a local, not into the return slot: the driver wants 64-byte alignment, and a
   // caller's temporary need not have it (g++ does not always honour CUtensorMap's alignas)
   alignas(128) CUtensorMap encoded;
