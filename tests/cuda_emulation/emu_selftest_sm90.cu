@@ -251,12 +251,17 @@ void check_wgmma_layout(bool mn_major, int span) {
          err.empty() && worst <= 1.0, err.empty() ? "error / bound " + std::to_string(worst) : err);
 }
 
+// Thread 0 fills the first `bytes` of shared memory (0x3c3c: bf16 0.011), fenced for the async
+// proxy, and the block waits for it.
+void fill_shared(unsigned char value, size_t bytes) {
+  if (threadIdx.x == 0) std::memset(cuda_emu::dynamic_smem(), value, bytes);
+  cuda_emu::fence_proxy_async();
+  __syncthreads();
+}
+
 void check_wgmma_misuse() {
   std::string err = run(1, 128, 4096, [&] {
-    unsigned char* smem = cuda_emu::dynamic_smem();
-    if (threadIdx.x == 0) std::memset(smem, 0, 4096);
-    cuda_emu::fence_proxy_async();
-    __syncthreads();
+    fill_shared(0x00, 4096);
     float d[4] = {};
     cuda_emu::wgmma_fence();
     const uint64_t desc_b = threadIdx.x < 64 ? 0 : 2048 >> 4;
@@ -268,10 +273,7 @@ void check_wgmma_misuse() {
                "different warpgroup instructions");
   float seen_in_flight = 0, seen_after = 1;
   err = run(1, 128, 4096, [&] {
-    unsigned char* smem = cuda_emu::dynamic_smem();
-    if (threadIdx.x == 0) std::memset(smem, 0, 4096);
-    cuda_emu::fence_proxy_async();
-    __syncthreads();
+    fill_shared(0x00, 4096);
     float d[4] = {};
     cuda_emu::wgmma_fence();
     cuda_emu::wgmma_ss(cuda_emu::MmaInput::kBF16, 8, d, 0, 0, false, 1, 1, 0, 0);
@@ -364,10 +366,7 @@ void check_wgmma_hazards() {
   cuda_emu::set_schedule(cuda_emu::Schedule::kSkewAlternating);
   for (int plant = 0; plant < 2; ++plant) {
     const std::string err = run(1, 128, 4096, [&] {
-      unsigned char* smem = cuda_emu::dynamic_smem();
-      if (threadIdx.x == 0) std::memset(smem, 0x3c, 4096);
-      cuda_emu::fence_proxy_async();
-      __syncthreads();
+      fill_shared(0x3c, 4096);
       uint32_t a[4] = {0x3c003c00u, 0x3c003c00u, 0x3c003c00u, 0x3c003c00u};
       float d[4];
       cuda_emu::wgmma_fence();
@@ -382,10 +381,7 @@ void check_wgmma_hazards() {
                                  : "of an in-flight wgmma was written");
   }
   std::string err = run(1, 128, 4096, [&] {
-    unsigned char* smem = cuda_emu::dynamic_smem();
-    if (threadIdx.x == 0) std::memset(smem, 0x3c, 4096);
-    cuda_emu::fence_proxy_async();
-    __syncthreads();
+    fill_shared(0x3c, 4096);
     float d[4];
     const uint64_t swizzled_128 = uint64_t(1) << 62 | uint64_t(1024 >> 4) << 32;
     cuda_emu::wgmma_fence();
