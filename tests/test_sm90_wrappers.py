@@ -120,6 +120,16 @@ def test_wrappers_emit_the_hopper_instructions(cubin):
         assert instruction in sass, f"no {instruction} in the sm_90a SASS"
 
 
+@needs_nvcc
+def test_gpu_probe_program_builds(tmp_path):
+    # scripts/gpu-check's first stage: the probe's host program, as the GPU machine builds it
+    run = subprocess.run(
+        [NVCC, "-std=c++17", "-O3", "-gencode", "arch=compute_90a,code=sm_90a", "-I", str(ROOT),
+         str(ROOT / "scripts" / "sm90_probe.cu"), "-o", str(tmp_path / "sm90_probe")],
+        capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+
+
 def test_generated_wgmma_header_is_current():
     spec = importlib.util.spec_from_file_location("gen_wgmma", SM90 / "gen_wgmma.py")
     gen = importlib.util.module_from_spec(spec)
