@@ -2,14 +2,14 @@
 // project's wrappers (TMA pipeline -> wgmma -> TMA store) against a float64 matrix product,
 // in its four forms (A from shared memory or registers, B K- or N-major), the same check the
 // emulator's self-test makes on the CPU. scripts/gpu-check builds and runs it first:
-//   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -I . scripts/sm90_probe.cu -o sm90_probe
+//   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -I . scripts/sm90_probe.cu \
+//     -o sm90_probe
 //   ./sm90_probe   # one line per form; the exit status is the number of failures
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <random>
 #include <vector>
 
@@ -26,18 +26,8 @@ namespace {
     }                                                                                \
   } while (0)
 
-uint16_t bf16_bits(float f) {  // round to nearest even
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
-}
-
-double bf16_value(uint16_t b) {
-  const uint32_t u = uint32_t(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+uint16_t bf16_bits(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
+double bf16_value(uint16_t b) { return __bfloat162float(__ushort_as_bfloat16(b)); }
 
 template <bool kBNMajor, bool kARegisters>
 bool run_form(int rows, int k) {

@@ -41,7 +41,6 @@ namespace {
 
 constexpr size_t kStackBytes = 256 * 1024;
 constexpr size_t kGuardBytes = 4096;  // PROT_NONE below each stack: an overflow faults
-constexpr unsigned char kPoison = 0xff;
 
 enum class FiberState { kRunnable, kAtBarrier, kInWarpOp, kInWarpgroupOp, kWaiting, kDone };
 
@@ -259,7 +258,9 @@ std::string deadlock_report(Launch& L) {
   for (const Fiber& f : L.fibers) {
     if (f.state == FiberState::kDone || shown >= 4) continue;
     std::string waits = " waits in a warp collective";
-    if (f.state == FiberState::kAtBarrier) waits = " waits at barrier " + std::to_string(f.barrier_id);
+    if (f.state == FiberState::kAtBarrier) {
+      waits = " waits at barrier " + std::to_string(f.barrier_id);
+    }
     if (f.state == FiberState::kInWarpgroupOp) waits = " waits in a warpgroup instruction";
     if (f.state == FiberState::kWaiting) waits = " waits for " + f.waiting_for;
     s += " thread " + std::to_string(f.t.tid) + waits + ";";
@@ -270,10 +271,11 @@ std::string deadlock_report(Launch& L) {
 
 void run_block(Launch& L, unsigned n_threads, bool high_first) {
   // Fresh, poisoned shared memory for every block: nothing carries over from the last one.
-  std::memset(L.smem, kPoison, L.smem_bytes);
+  std::memset(L.smem, kSmemPoison, L.smem_bytes);
   std::fill(L.shadow.begin(), L.shadow.end(), ShadowByte{});
   if (__start_cuda_emu_shared != nullptr && __stop_cuda_emu_shared > __start_cuda_emu_shared) {
-    std::memset(__start_cuda_emu_shared, kPoison, __stop_cuda_emu_shared - __start_cuda_emu_shared);
+    std::memset(__start_cuda_emu_shared, kSmemPoison,
+                __stop_cuda_emu_shared - __start_cuda_emu_shared);
   }
   L.fibers.assign(n_threads, Fiber{});
   L.warps.assign((n_threads + 31) / 32, Warp{});
@@ -493,7 +495,7 @@ void async_copy(void* smem_dst, const void* gmem_src, int cp_size, int src_size)
     s.state = ByteState::kPending;
     s.writer = static_cast<uint16_t>(f.t.tid);
     s.mbarrier = 0;
-    dst[i] = kPoison;  // the copy may land at any time until it is waited for
+    dst[i] = kSmemPoison;  // the copy may land at any time until it is waited for
   }
   f.uncommitted.push_back(c);
 }
@@ -538,7 +540,7 @@ void launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem_bytes
   L->body = std::move(body);
   L->smem_bytes = dynamic_smem_bytes;
   // 1024-byte aligned, as the 128-byte swizzle patterns of TMA and wgmma repeat every 1024 B
-  L->smem_storage.assign(dynamic_smem_bytes + 1024, kPoison);
+  L->smem_storage.assign(dynamic_smem_bytes + 1024, kSmemPoison);
   L->smem = L->smem_storage.data() +
             (1024 - reinterpret_cast<uintptr_t>(L->smem_storage.data()) % 1024);
   L->shadow.assign(dynamic_smem_bytes, ShadowByte{});

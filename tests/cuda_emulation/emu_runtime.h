@@ -123,6 +123,9 @@ void wait_until(std::function<bool()> ready, const std::string& what);
 void add_block_hooks(void (*on_block_start)(unsigned threads), void (*on_thread_exit)(unsigned tid));
 
 // ---- shared memory -----------------------------------------------------------------------
+// What shared memory holds before anything writes it, in every block: 0xff bytes, a NaN in
+// fp16, bf16 and fp32.
+constexpr unsigned char kSmemPoison = 0xff;
 unsigned char* dynamic_smem();       // base of this block's dynamic shared memory
 size_t dynamic_smem_size();
 bool in_dynamic_smem(const void* p, size_t bytes);

@@ -17,15 +17,6 @@
 
 namespace {
 
-uint16_t bits_of(__nv_bfloat16 x) { uint16_t u; std::memcpy(&u, &x, 2); return u; }
-uint16_t bits_of(__half x) { uint16_t u; std::memcpy(&u, &x, 2); return u; }
-float value(uint16_t u, bool bf16) {
-  if (bf16) return __uint_as_float(uint32_t(u) << 16);
-  __half h;
-  std::memcpy(&h, &u, 2);
-  return __half2float(h);
-}
-
 // ---- tensor cores: D = A B + C through ldmatrix and mma, checked as a matrix product ---------
 // A (16 x 16) row-major and B stored as Bt[n][k] (or B[k][n] with .trans) in shared memory; lane
 // addresses as the ISA assigns them (threads 8j..8j+7: rows of matrix j); D read back by the

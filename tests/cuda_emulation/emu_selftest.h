@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -31,6 +32,16 @@ inline void expect_error(const std::string& name, const std::string& error,
                          const std::string& needle) {
   report(name, error.find(needle) != std::string::npos,
          error.empty() ? "not detected" : "reported: " + error);
+}
+
+// 16-bit floats as bits, and back (bf16: true for bfloat16, false for binary16).
+inline uint16_t bits_of(__nv_bfloat16 x) { uint16_t u; std::memcpy(&u, &x, 2); return u; }
+inline uint16_t bits_of(__half x) { uint16_t u; std::memcpy(&u, &x, 2); return u; }
+inline float value(uint16_t u, bool bf16) {
+  if (bf16) return __uint_as_float(uint32_t(u) << 16);
+  __half h;
+  std::memcpy(&h, &u, 2);
+  return __half2float(h);
 }
 
 void check_sm90();  // emu_selftest_sm90.cu

@@ -18,7 +18,7 @@
 namespace {
 
 uint16_t bf16_bits(float f) { return cuda_emu::cvt_rn_bf16_f32(f); }
-double bf16_value(uint16_t u) { return __uint_as_float(uint32_t(u) << 16); }
+double bf16_value(uint16_t u) { return value(u, true); }
 
 CUtensorMap encode_2d(CUtensorMapDataType type, void* base, uint64_t inner, uint64_t outer,
                       uint64_t row_bytes, uint32_t box_inner, uint32_t box_outer,

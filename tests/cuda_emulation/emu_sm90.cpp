@@ -20,7 +20,6 @@
 namespace cuda_emu {
 namespace {
 
-constexpr unsigned char kPoison = 0xff;
 
 // ---- per-block state ------------------------------------------------------------------------
 
@@ -89,7 +88,8 @@ struct BlockState {
   std::vector<ThreadState> threads;
   std::vector<int> max_registers;  // per warpgroup, from setmaxnreg (0: not set)
   // dynamic shared memory as of the last fence.proxy.async (by any thread): what the async
-  // proxy may read of the bytes threads wrote (generic proxy)
+  // proxy may read of the bytes threads wrote (generic proxy); empty before the first fence,
+  // when every byte is as the block started (poison)
   std::vector<unsigned char> fenced;
   unsigned exited = 0;
 };
@@ -99,7 +99,6 @@ void on_block_start(unsigned threads) {
   g_block = BlockState{};
   g_block.threads.resize(threads);
   g_block.max_registers.assign((threads + 127) / 128, 0);
-  g_block.fenced.assign(dynamic_smem(), dynamic_smem() + dynamic_smem_size());  // the poison
 }
 
 ThreadState& me() { return g_block.threads[current().tid]; }
@@ -294,7 +293,9 @@ void check_async_read(const unsigned char* p, int bytes, const char* op, unsigne
            (s.mbarrier != 0 ? "its mbarrier phase has not completed)"
                             : "cp.async.wait_group missing)"));
     }
-    if (s.mbarrier == 0 && p[i] != g_block.fenced[p + i - dynamic_smem()]) {
+    const unsigned char fenced =
+        g_block.fenced.empty() ? kSmemPoison : g_block.fenced[p + i - dynamic_smem()];
+    if (s.mbarrier == 0 && p[i] != fenced) {
       fail(where + ", written by a thread (generic proxy) after the last fence.proxy.async: "
            "the async proxy may not see it (fence.proxy.async missing before the barrier)");
     }
@@ -311,7 +312,7 @@ void check_async_read(const unsigned char* p, int bytes, const char* op, unsigne
     }
   }
   bool poison = true;
-  for (int i = 0; i < bytes; ++i) poison &= p[i] == kPoison;
+  for (int i = 0; i < bytes; ++i) poison &= p[i] == kSmemPoison;
   if (poison) {
     fail(std::string(op) + " reads shared memory nothing has written in this block (poison "
          "0xff bytes) at window address " + hex(p - dynamic_smem()));
@@ -363,10 +364,13 @@ Descriptor decode(uint64_t desc) {
 
 uint32_t operand_offset(const Descriptor& d, bool mn_major, int mn, int k) {
   uint32_t off;
-  if (!mn_major && d.span == 0) off = (mn % 8) * 16 + (mn / 8) * d.sbo + (k % 8) * 2 + (k / 8) * d.lbo;
-  else if (!mn_major) off = (mn % 8) * d.span + (mn / 8) * d.sbo + k * 2;
-  else if (d.span == 0) off = (mn % 8) * 2 + (mn / 8) * d.sbo + (k % 8) * 16 + (k / 8) * d.lbo;
-  else {
+  if (!mn_major && d.span == 0) {
+    off = (mn % 8) * 16 + (mn / 8) * d.sbo + (k % 8) * 2 + (k / 8) * d.lbo;
+  } else if (!mn_major) {
+    off = (mn % 8) * d.span + (mn / 8) * d.sbo + k * 2;
+  } else if (d.span == 0) {
+    off = (mn % 8) * 2 + (mn / 8) * d.sbo + (k % 8) * 16 + (k / 8) * d.lbo;
+  } else {
     const int per_row = d.span / 2;
     off = (mn % per_row) * 2 + (mn / per_row) * d.lbo + (k % 8) * d.span + (k / 8) * d.sbo;
   }
@@ -515,7 +519,9 @@ void on_thread_exit(unsigned tid) {
   if (!t.wgmma_open.empty() || !t.wgmma_groups.empty()) {
     fail("exits with wgmma operations in flight (wgmma.commit_group / wait_group missing)");
   }
-  if (!t.stores_open.empty()) fail("exits with a TMA store never committed (cp.async.bulk.commit_group missing)");
+  if (!t.stores_open.empty()) {
+    fail("exits with a TMA store never committed (cp.async.bulk.commit_group missing)");
+  }
   for (StoreGroup& g : t.store_groups) {
     if (!g.read_done) {
       fail("exits while a TMA store may still read its shared memory "
@@ -603,7 +609,7 @@ bool mbarrier_try_wait_parity(uint64_t* bar, uint32_t parity) {
 
 void fence_mbarrier_init() {}
 void fence_proxy_async() {
-  std::memcpy(g_block.fenced.data(), dynamic_smem(), g_block.fenced.size());
+  g_block.fenced.assign(dynamic_smem(), dynamic_smem() + dynamic_smem_size());
 }
 
 // ---- tensor maps ------------------------------------------------------------------------------
@@ -720,7 +726,7 @@ void tma_load(void* smem_dst, const CUtensorMap* map, const int32_t* coords, int
     s.state = ByteState::kPending;
     s.writer = static_cast<uint16_t>(current().tid);
     s.mbarrier = key;
-    dst[i] = kPoison;
+    dst[i] = kSmemPoison;
   }
   b.loads.push_back(std::move(load));
   add_tx(b, -static_cast<int64_t>(bytes), "cp.async.bulk.tensor complete_tx");
@@ -830,7 +836,8 @@ void wgmma_wait_group(int n) {
 
 void wgmma_ss(MmaInput type, int n, float* d, uint64_t desc_a, uint64_t desc_b, bool scale_d,
               int scale_a, int scale_b, int trans_a, int trans_b) {
-  WgmmaArgs args{type, n, d, nullptr, desc_a, desc_b, scale_d, scale_a, scale_b, trans_a, trans_b, {}};
+  WgmmaArgs args{type, n, d, nullptr, desc_a, desc_b, scale_d, scale_a, scale_b, trans_a, trans_b,
+                 {}};
   wgmma(args);
 }
 

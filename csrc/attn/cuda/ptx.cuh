@@ -71,11 +71,15 @@ struct ElemOps<__nv_bfloat16> {
   }
 };
 
-#ifndef MPT_EXT_CUDA_EMULATION
+// The shared-window address of a shared-memory pointer (cvta.to.shared): what PTX operands
+// and wgmma descriptors name. The emulator gives the offset in its dynamic shared memory.
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
+#ifdef MPT_EXT_CUDA_EMULATION
+  return cuda_emu::smem_window_address(p);
+#else
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 #endif
+}
 
 // The block's dynamic shared memory (the launch's smem bytes), 128-byte aligned.
 __device__ __forceinline__ unsigned char* dynamic_smem() {

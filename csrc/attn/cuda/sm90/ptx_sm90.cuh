@@ -11,16 +11,9 @@
 #include <cstdint>
 #include <type_traits>
 
-namespace mpt_ext::attn::cuda::sm90 {
+#include "../ptx.cuh"  // smem_addr
 
-// The shared-window address of a shared-memory pointer (cvta.to.shared).
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-#ifdef MPT_EXT_CUDA_EMULATION
-  return cuda_emu::smem_window_address(p);
-#else
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-#endif
-}
+namespace mpt_ext::attn::cuda::sm90 {
 
 // The block's dynamic shared memory, 1024-byte aligned (the 128-byte swizzle patterns of TMA
 // and wgmma repeat every 1024 bytes of the shared window). The kernels declare no static
@@ -49,7 +42,7 @@ __device__ __forceinline__ void mbarrier_init(uint64_t* bar, uint32_t count) {
 #ifdef MPT_EXT_CUDA_EMULATION
   cuda_emu::mbarrier_init(bar, count);
 #else
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count)
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count)
                : "memory");
 #endif
 }
@@ -67,7 +60,7 @@ __device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
 #ifdef MPT_EXT_CUDA_EMULATION
   cuda_emu::mbarrier_arrive(bar, 1);
 #else
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 #endif
 }
 
@@ -76,7 +69,7 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_
 #ifdef MPT_EXT_CUDA_EMULATION
   cuda_emu::mbarrier_arrive_expect_tx(bar, bytes);
 #else
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)),
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)),
                "r"(bytes)
                : "memory");
 #endif
@@ -94,7 +87,7 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t phase) {
       "wait_%=:\n"
       "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
       "@!done bra wait_%=;\n"
-      "}\n" ::"r"(smem_u32(bar)),
+      "}\n" ::"r"(smem_addr(bar)),
       "r"(phase)
       : "memory");
 #endif
@@ -121,8 +114,8 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, u
 #else
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, "
-      "{%3, %4}], [%2];\n" ::"r"(smem_u32(dst)),
-      "l"(map), "r"(smem_u32(bar)), "r"(c0), "r"(c1)
+      "{%3, %4}], [%2];\n" ::"r"(smem_addr(dst)),
+      "l"(map), "r"(smem_addr(bar)), "r"(c0), "r"(c1)
       : "memory");
 #endif
 }
@@ -135,8 +128,8 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, u
 #else
   asm volatile(
       "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, "
-      "{%3, %4, %5}], [%2];\n" ::"r"(smem_u32(dst)),
-      "l"(map), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2)
+      "{%3, %4, %5}], [%2];\n" ::"r"(smem_addr(dst)),
+      "l"(map), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "r"(c2)
       : "memory");
 #endif
 }
@@ -149,8 +142,8 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const CUtensorMap* map, u
 #else
   asm volatile(
       "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, "
-      "{%3, %4, %5, %6}], [%2];\n" ::"r"(smem_u32(dst)),
-      "l"(map), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      "{%3, %4, %5, %6}], [%2];\n" ::"r"(smem_addr(dst)),
+      "l"(map), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
 #endif
 }
@@ -165,7 +158,7 @@ __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, const void*
 #else
   asm volatile(
       "cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(map),
-      "r"(smem_u32(src)), "r"(c0), "r"(c1)
+      "r"(smem_addr(src)), "r"(c0), "r"(c1)
       : "memory");
 #endif
 }
@@ -179,7 +172,7 @@ __device__ __forceinline__ void tma_store_4d(const CUtensorMap* map, const void*
   asm volatile(
       "cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
           map),
-      "r"(smem_u32(src)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      "r"(smem_addr(src)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
 #endif
 }
@@ -268,7 +261,7 @@ enum class Swizzle : uint64_t { kNone = 0, k128B = 1, k64B = 2, k32B = 3 };
 // the swizzle mode in bits 63:62.
 __device__ __forceinline__ uint64_t smem_desc(const void* start, Swizzle swizzle,
                                               uint32_t leading_bytes, uint32_t stride_bytes) {
-  return (uint64_t(smem_u32(start) & 0x3ffff) >> 4) |
+  return (uint64_t(smem_addr(start) & 0x3ffff) >> 4) |
          (uint64_t((leading_bytes & 0x3ffff) >> 4) << 16) |
          (uint64_t((stride_bytes & 0x3ffff) >> 4) << 32) | (uint64_t(swizzle) << 62);
 }
