@@ -148,6 +148,17 @@ def sm_count(sms: int):
 
 
 @contextlib.contextmanager
+def compute_capability(cc: int):
+    """The emulated device reports compute capability cc (major * 10 + minor) inside, sm_90
+    outside: the dispatcher's architecture checks take the other branch."""
+    previous = _KERNELS.cuda_emu_set_compute_capability(cc)
+    try:
+        yield
+    finally:
+        _KERNELS.cuda_emu_set_compute_capability(previous)
+
+
+@contextlib.contextmanager
 def emulated_cuda_kernels():
     """mpt_ext's public API on CPU tensors runs the emulated CUDA kernels while inside, and
     allocations start out poisoned (glibc M_PERTURB: 0x7f bytes, NaN in fp16 and ~3e38 in

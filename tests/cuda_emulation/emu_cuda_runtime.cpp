@@ -31,6 +31,8 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
   const cuda_emu::DeviceProps& p = cuda_emu::device_props();
   switch (attr) {
     case cudaDevAttrMultiProcessorCount: *value = p.sm_count; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = p.cc_major; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = p.cc_minor; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = p.smem_per_block_optin; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlock: *value = p.smem_per_block; return cudaSuccess;
     case cudaDevAttrMaxThreadsPerBlock: *value = p.max_threads_per_block; return cudaSuccess;

@@ -472,6 +472,8 @@ void wait_until(std::function<bool()> ready, const std::string& what) {
   yield();
 }
 
+void yield_to_others() { yield(); }
+
 void add_block_hooks(void (*on_block_start)(unsigned), void (*on_thread_exit)(unsigned)) {
   block_hooks().push_back({on_block_start, on_thread_exit});
 }
@@ -595,6 +597,16 @@ extern "C" void cuda_emu_set_block_order_seed(uint64_t seed) {
 extern "C" int cuda_emu_set_sm_count(int sms) {
   const int previous = cuda_emu::device_props().sm_count;
   cuda_emu::device_props().sm_count = sms;
+  return previous;
+}
+
+// The emulated device's compute capability (major * 10 + minor, e.g. 90) for the tests;
+// returns the previous one.
+extern "C" int cuda_emu_set_compute_capability(int cc) {
+  cuda_emu::DeviceProps& p = cuda_emu::device_props();
+  const int previous = p.cc_major * 10 + p.cc_minor;
+  p.cc_major = cc / 10;
+  p.cc_minor = cc % 10;
   return previous;
 }
 

@@ -31,6 +31,8 @@ namespace cuda_emu {
 // change sm_count, emulation.sm_count).
 struct DeviceProps {
   int sm_count = 132;
+  int cc_major = 9;  // an H100 / H200: sm_90
+  int cc_minor = 0;
   int max_threads_per_block = 1024;
   int smem_per_block = 48 * 1024;          // without the opt-in attribute
   int smem_per_block_optin = 227 * 1024;   // cudaDevAttrMaxSharedMemoryPerBlockOptin
@@ -116,6 +118,10 @@ void warpgroup_collective(uint64_t key, void* operands, WarpgroupCompute compute
 // Suspends the running thread until ready() holds (checked whenever the scheduler picks the
 // next thread). `what` names the wait in a deadlock report.
 void wait_until(std::function<bool()> ready, const std::string& what);
+
+// Lets the scheduler run another thread now (the running one stays runnable): a release
+// (mbarrier.arrive) is where a waiting thread may act before the releasing one goes on.
+void yield_to_others();
 
 // ---- per-block state of other units (emu_sm90.cpp) ------------------------------------------
 // Called at every block start with the block's thread count, and when a thread exits (a

@@ -181,6 +181,10 @@ void arrive(uint64_t* bar, uint32_t count, const char* op) {
   }
   b.pending -= count;
   complete_phase_if_done(barrier_key(bar, op), b);
+  // a thread the arrival releases may act before this one goes on: a buffer handed back while
+  // an asynchronous reader (wgmma, TMA store) still has it in flight can then be refilled
+  // before that reader retires, and the reader's check sees the change
+  yield_to_others();
 }
 
 // ---- tensor maps (cuTensorMapEncodeTiled) ---------------------------------------------------
