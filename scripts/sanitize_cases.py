@@ -48,6 +48,18 @@ def attention_cases():
                                                       window_size=window, alibi_slopes=slopes)
                         out.float().square().sum().backward()
                     del os.environ[variable]
+        # the sm_90a forward (MPT_EXT_ATTN_FWD_KERNEL=sm90) on an sm_90 GPU: each bucket, the
+        # stage ring wrapping, a block past the rows, empty blocks, every score kind
+        if torch.cuda.get_device_capability() == (9, 0):
+            os.environ["MPT_EXT_ATTN_FWD_KERNEL"] = "sm90"
+            for d, (sq, sk), causal in ((64, (130, 520), False), (128, (300, 40), True),
+                                        (96, (17, 300), True), (40, (129, 129), False)):
+                q = torch.randn(2, sq, 4, d, device=dev, dtype=dtype)
+                kv = torch.randn(2, sk, 2, d, device=dev, dtype=dtype)
+                for kw in (dict(), dict(alibi_slopes=mpt_ext.alibi_slopes(4, device=dev)),
+                           dict(softcap=20.0, window_size=(50, 7))):
+                    mpt_ext.flash_attn_func(q, kv, kv, causal=causal, **kw)
+            del os.environ["MPT_EXT_ATTN_FWD_KERNEL"]
         # varlen with an empty sequence
         cu = torch.tensor([0, 5, 5, 40], device=dev, dtype=torch.int32)
         q = torch.randn(40, 4, 64, device=dev, dtype=dtype, requires_grad=True)

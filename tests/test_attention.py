@@ -296,6 +296,36 @@ def test_tile_variants(device, dtype, variable, head_dim, tile, dq, monkeypatch)
     check_many_blocks(check_bwd if backward else check_fwd, head_dim, dtype, device)
 
 
+# The sm_90a forward (csrc/attn/cuda/sm90, MPT_EXT_ATTN_FWD_KERNEL=sm90) on an H100 / H200:
+# the many-block sizes and docs/DESIGN.md's mask grid at odd sizes, each head dim it covers
+# (96 and 40 run zero-padded in the 128 and 64 buckets); the backward on its lse.
+SM90_HEAD_DIMS = (40, 64, 96, 128)
+
+
+def _sm90_or_skip(monkeypatch):
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the sm90 forward needs an sm_90 GPU")
+    monkeypatch.setenv("MPT_EXT_ATTN_FWD_KERNEL", "sm90")
+
+
+@pytest.mark.parametrize("device,dtype,head_dim", devices(
+    "attn", cpu=[], cuda=[(dt, d) for dt in CUDA_DTYPES for d in SM90_HEAD_DIMS]))
+def test_sm90_forward(device, dtype, head_dim, monkeypatch):
+    _sm90_or_skip(monkeypatch)
+    check_many_blocks(check_fwd, head_dim, dtype, device)
+    for causal, window in MASKS:
+        for seqlen_q, seqlen_k in ((1, 239), (239, 1), (113, 113), (300, 1025)):
+            q, k, v = random_qkv(2, seqlen_q, seqlen_k, 4, 2, head_dim, dtype, device=device)
+            check_fwd(q, k, v, alibi_slopes=make_slopes("batch", 2, 4, device=device),
+                      causal=causal, window_size=window)
+
+
+@pytest.mark.parametrize("device,dtype", devices("attn", cpu=[], cuda=[(dt,) for dt in CUDA_DTYPES]))
+def test_sm90_forward_then_backward(device, dtype, monkeypatch):
+    _sm90_or_skip(monkeypatch)
+    check_many_blocks(check_bwd, 128, dtype, device)
+
+
 def test_backward_slopes_without_grad():
     # Slopes given but frozen: no d(slopes), q/k/v grads still right.
     q, k, v = random_qkv(2, 17, 17, 3, 3, 32, torch.float32, requires_grad=True)

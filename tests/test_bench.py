@@ -354,6 +354,30 @@ def test_deterministic_contender_is_timed_forward_backward_only(monkeypatch):
     assert separate.env == (("MPT_EXT_ATTN_BWD_DQ", "separate"),)
 
 
+def test_sm90_contender_sets_the_forward_kernel_where_it_runs(monkeypatch):
+    """The sm_90a forward A/B's against the portable one through MPT_EXT_ATTN_FWD_KERNEL, in
+    both passes, on sm_90 GPUs and head dims up to 128 only."""
+    import mpt_ext
+    from mpt_ext.bench.baselines import attention_impls
+    from mpt_ext.bench.baselines.spec import AttnSpec
+    from mpt_ext.bench.core import Unavailable
+    impl = {i.name: i for i in attention_impls()}["mpt_ext sm90"]
+    assert impl.env == (("MPT_EXT_ATTN_FWD_KERNEL", "sm90"),)
+    assert impl.cuda_only and impl.passes is None
+    slopes = mpt_ext.alibi_slopes(2)
+    with pytest.raises(Unavailable, match="needs an sm_90 GPU"):
+        impl.build(AttnSpec(1, 2, 2, 8, 8, 64, True, slopes, torch.float32, CPU))
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(mpt_ext._library, "CUDA_ATTN", True)
+    assert callable(impl.build(AttnSpec(1, 2, 2, 8, 8, 128, True, slopes, torch.bfloat16, cuda)))
+    with pytest.raises(Unavailable, match="no sm90 forward at head dim 256"):
+        impl.build(AttnSpec(1, 2, 2, 8, 8, 256, True, slopes, torch.bfloat16, cuda))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    with pytest.raises(Unavailable, match="needs an sm_90 GPU"):
+        impl.build(AttnSpec(1, 2, 2, 8, 8, 64, True, slopes, torch.bfloat16, cuda))
+
+
 # ---- one thread setting, interleaved rounds, reliability flags -----------------------------
 
 def _recording_norm_impls(log):

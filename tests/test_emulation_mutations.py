@@ -26,6 +26,9 @@ NORM_FAST = "tests/test_norm_emulated.py::test_norm_emulated[scalar_multi_warp]"
 SEQLENS_ON_DEVICE = "tests/test_seqlens_on_device_emulated.py::"
 DQ_ATOMIC = "tests/test_attention_emulated.py::test_bwd_dq_variant_emulated[atomic-d64_causal_alibi_gqa]"
 DQ_SPLIT = "tests/test_attention_emulated.py::test_bwd_dq_variant_emulated[split-d64_causal_alibi_gqa]"
+SM90_FWD = "csrc/attn/cuda/sm90/attn_fwd_sm90_kernel.cuh"
+# 520 keys in 128-key tiles: the 3-stage ring wraps
+SM90_FAST = "tests/test_attention_sm90_emulated.py::test_sm90_fwd_emulated[d64_plain_ring_wraps]"
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,33 @@ MUTATIONS = [
              "after = n0 >= last_diag;", "after = n0 + 1 >= last_diag;",
              "tests/test_attention_emulated.py::test_score_kind_emulated[alibi_tile_edge_after_d64]",
              "max error"),
-    Mutation("fma_exp_on_huge_scores", "csrc/attn/cuda/attn_fwd_kernel.cuh",
+    Mutation("fma_exp_on_huge_scores", "csrc/attn/cuda/fwd_softmax.cuh",
              "if (units.fma_exp_ok(ref, row_shift)) {", "if (true) {",
              "tests/test_attention_emulated.py::test_huge_slopes_keep_only_the_diagonal_emulated",
              "NaN in output"),
+    Mutation("sm90_reads_v_before_it_lands", SM90_FWD,
+             "    mbarrier_wait(&full_v[stage], parity);\n", "", SM90_FAST,
+             "that a TMA load landed in phase 0 .* has not waited for"),
+    Mutation("sm90_refills_a_stage_in_use", SM90_FWD,
+             "        mbarrier_wait(&empty[s], (round & 1) ^ 1);\n", "", SM90_FAST,
+             "whose previous phase no try_wait has seen complete"),
+    Mutation("sm90_releases_the_stage_before_p_v_retires", SM90_FWD,
+             "    wgmma_wait_group<0>(o_acc, pa_regs);\n    mbarrier_arrive(&empty[stage]);",
+             "    mbarrier_arrive(&empty[stage]);\n    wgmma_wait_group<0>(o_acc, pa_regs);",
+             SM90_FAST, "an in-flight wgmma reads .* changed before wgmma.wait_group"),
+    Mutation("sm90_drops_the_wgmma_fence", SM90_FWD,
+             "    mbarrier_wait(&full_k[stage], parity);\n    wgmma_fence();\n",
+             "    mbarrier_wait(&full_k[stage], parity);\n", SM90_FAST,
+             "wgmma.mma_async without a wgmma.fence"),
+    Mutation("sm90_announces_half_the_k_bytes", SM90_FWD,
+             "mbarrier_arrive_expect_tx(&full_k[s], Cfg::kKVBytes);",
+             "mbarrier_arrive_expect_tx(&full_k[s], Cfg::kKVBytes / 2);", SM90_FAST, "deadlock"),
+    Mutation("sm90_both_warpgroups_read_the_first_q_rows", SM90_FWD,
+             "chunk * kBlockM * 64 + wg_row0 * 64 + k_elem", "chunk * kBlockM * 64 + k_elem",
+             SM90_FAST, "out: max error"),
+    Mutation("sm90_reads_s_before_it_retires", SM90_FWD,
+             "    wgmma_wait_group<0>(s_acc);\n", "", SM90_FAST,
+             "accumulator 0 of an in-flight wgmma was written"),
     Mutation("dkdv_split_column_part_with_the_forward_sign", "csrc/attn/cuda/attn_bwd_kernels.cuh",
              "fmaf(col_slope, static_cast<float>(col), -tL[il])",
              "fmaf(-col_slope, static_cast<float>(col), -tL[il])",  # keys are the rows here

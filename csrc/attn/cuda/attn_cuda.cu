@@ -15,11 +15,15 @@
 #include "../../common/device_input_errors.h"
 #include "attn_bwd_workspace.h"
 #include "attn_varlen_tail.h"
+#include "fwd_kernel_choice.h"
 #include "hdims.cuh"
 #include "instantiations.h"
+#include "sm90/fwd_sm90_fit.h"
 
 namespace mpt_ext {
 namespace {
+
+using attn::cuda::FwdKernel;
 
 // Smallest compiled bucket holding head_dim (smaller head dims run zero-padded).
 int head_dim_bucket(int64_t d) {
@@ -88,6 +92,21 @@ AttnShape checked_on_device(const AttnShape& s) {
 
 cudaStream_t stream_of(const AttnFwdParams& p) { return static_cast<cudaStream_t>(p.stream); }
 
+// Whether the forward runs the sm_90a kernel (fwd_kernel_choice.h): asked for, and this call
+// is one it covers; asked for alone (sm90) where it is not, an error that says why.
+bool fwd_runs_sm90(FwdKernel kernel, const AttnFwdParams& p, int bucket) {
+  if (kernel == FwdKernel::kPortable) return false;
+  const std::string unfit = bucket == 64 || bucket == 128
+                                ? attn::cuda::sm90::fwd_sm90_unfit(p)
+                                : "head-dim bucket " + std::to_string(bucket) +
+                                      " has no sm90 kernel";
+  if (unfit.empty()) return true;
+  if (kernel == FwdKernel::kSm90) {
+    throw std::invalid_argument(std::string(attn::cuda::kFwdKernelVariable) + "=sm90: " + unfit);
+  }
+  return false;
+}
+
 }  // namespace
 
 void attn_fwd_cuda(const AttnFwdParams& params) {
@@ -104,8 +123,17 @@ void attn_fwd_cuda(const AttnFwdParams& params) {
                                     p.lse_head_stride)};
     attn::cuda::launch_varlen_tails(tails, 2, stream_of(p));
   }
-  dispatch(p.dtype, head_dim_bucket(s.head_dim), [&](auto t, auto d) {
-    attn::cuda::run_attn_fwd<decltype(t), decltype(d)::value>(p);
+  const int bucket = head_dim_bucket(s.head_dim);
+  const FwdKernel kernel = attn::cuda::requested_fwd_kernel();  // checked on every call
+  if (s.batch == 0 || s.num_heads == 0 || attn::cuda::grid_seqlen(s, s.seqlen_q) == 0) return;
+  const bool sm90 = fwd_runs_sm90(kernel, p, bucket);
+  dispatch(p.dtype, bucket, [&](auto t, auto d) {
+    using T = decltype(t);
+    constexpr int kD = decltype(d)::value;
+    if constexpr (kD == 64 || kD == 128) {
+      if (sm90) return attn::cuda::sm90::run_attn_fwd_sm90<T, kD>(p);
+    }
+    attn::cuda::run_attn_fwd<T, kD>(p);
   });
 }
 

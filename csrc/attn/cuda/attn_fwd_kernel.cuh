@@ -11,8 +11,8 @@
 
 #include <cuda_runtime.h>
 
-#include "seq_score.cuh"
-#include "tile.cuh"
+#include "fwd_block.cuh"
+#include "fwd_softmax.cuh"
 
 namespace mpt_ext::attn::cuda {
 
@@ -54,15 +54,15 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   uint16_t* sV = sK + kStages * kBlockN * kD;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  // Heaviest (last, for causal) query blocks first: better tail balance.
-  const int m_block = gridDim.x - 1 - blockIdx.x;
-  const int h = blockIdx.y, b = blockIdx.z;
-  const SeqInfo si = seq_info(p.shape, b);
-  const int m0 = m_block * kBlockM;
-  if (m0 >= si.sq) return;
-  const int hk = h / static_cast<int>(p.shape.num_heads / p.shape.num_heads_k);
+  FwdBlock blk;
+  if (!fwd_block(p, kBlockM, kBlockN, blk)) return;
+  const SeqInfo& si = blk.si;
+  const int h = blk.h, b = blk.b, m0 = blk.m0, diag_shift = blk.diag_shift;
+  const int n_min = blk.n_min, n_max = blk.n_max, rows_here = blk.rows_here;
   const int d = static_cast<int>(p.shape.head_dim);
-  const int diag_shift = si.sk - si.sq;
+  const TileKeys& tk = blk.tk;
+  uint16_t* go = blk.go;
+  float* glse = blk.glse;
 
   const uint16_t* q_base = static_cast<const uint16_t*>(p.q);
   const uint16_t* k_base = static_cast<const uint16_t*>(p.k);
@@ -70,28 +70,12 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   const uint16_t* gq = q_base + seq_offset(p.q_strides, b, si.q_row0, si.varlen) +
                        h * p.q_strides.head + m0 * p.q_strides.row;
   const uint16_t* gk = k_base + seq_offset(p.k_strides, b, si.k_row0, si.varlen) +
-                       hk * p.k_strides.head;
+                       blk.hk * p.k_strides.head;
   const uint16_t* gv = v_base + seq_offset(p.v_strides, b, si.k_row0, si.varlen) +
-                       hk * p.v_strides.head;
-  uint16_t* go = static_cast<uint16_t*>(p.out) +
-                 seq_offset(p.out_strides, b, si.q_row0, si.varlen) + h * p.out_strides.head +
-                 m0 * p.out_strides.row;
-  float* glse = p.lse + lse_offset(p, si, b, h) + m0;
-
-  const int m_last = min(m0 + kBlockM, si.sq) - 1;
-  const TileKeys tk = tile_keys(m0, m_last, si, p.mask);
-  // Key tiles any row of this block can see (lo and hi grow with the row).
-  const int n_min = static_cast<int>(tk.first.lo / kBlockN);
-  const int n_max = tk.last.hi > tk.first.lo
-                        ? static_cast<int>((tk.last.hi + kBlockN - 1) / kBlockN)
-                        : n_min;
-  const int rows_here = m_last - m0 + 1;
+                       blk.hk * p.v_strides.head;
 
   if (n_max <= n_min) {  // no row sees any key: output 0, lse -inf
-    for (int e = tid; e < rows_here * d; e += kThreads) {
-      go[(e / d) * p.out_strides.row + e % d] = 0;
-    }
-    for (int r = tid; r < rows_here; r += kThreads) glse[r] = -INFINITY;
+    write_empty_rows(go, p.out_strides.row, glse, rows_here, d, tid, kThreads);
     return;
   }
 
@@ -169,90 +153,17 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       }
     }
 
-    // Score mod and mask into units u (ScoreUnits): log2 score = exp_scale * (u + row_shift).
-    // Fast tiles (no mask; for ALiBi, keys on one side of every row's diagonal: all unmasked
-    // causal tiles) take one FMA per score at most; the others the full form and the mask.
-    // This lane's element (nt, e) is key n0 + col0 + col, col = 8 nt + (e & 1).
-    const bool masked = !tk.fully_visible(n0, kBlockN);
-    bool one_sided = false;
-    const float tile_slope =
-        units.tile_slope(m0 + diag_shift, m0 + kBlockM - 1 + diag_shift, n0, kBlockN, &one_sided);
-    const bool fast = Units::kFolded && !masked && one_sided;
+    // Score mod, mask and online softmax per m16 tile (fwd_softmax.cuh).
+    const KeyTileForm form = key_tile_form(units, tk, m0 + diag_shift,
+                                           m0 + kBlockM - 1 + diag_shift, n0, kBlockN);
     const int col0 = (lane & 3) * 2;
-    // row_offset: the row's diagonal minus this thread's column 0 of the tile (alibi_dist)
-    auto row_offset = [&](int mt, int r) { return m0 + row_local[mt][r] + diag_shift - n0 - col0; };
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
-      if (fast) {
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            s[mt][nt][e] = units.column(s[mt][nt][e], tile_slope, nt * 8 + (e & 1));
-          }
-        }
-      } else {
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = e >> 1, col = nt * 8 + (e & 1);
-            float unused;
-            float v = units.full(s[mt][nt][e], alibi_dist(row_offset(mt, r), col), &unused);
-            if (masked && mask.hidden(row_offset(mt, r) - col, n0 + col0 + col)) v = -INFINITY;
-            s[mt][nt][e] = v;
-          }
-        }
-      }
-    }
-
-    // Online softmax in u, exponentiated by one FMA and ex2 each (ScoreUnits::fma_exp_ok).
-    // A row that has seen only masked keys keeps max -inf; it exponentiates against 0
-    // instead so that no (-inf) - (-inf) NaN appears.
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
-          mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
-        }
-        // the ALiBi row part of a fast tile (0 on the others, whose u holds all of it)
-        const float row_shift = fast ? units.row_shift(tile_slope, row_offset(mt, r)) : 0.f;
-        mx = quad_max(fmaxf(row_max[mt][r], mx + row_shift));
-        const float ref = mx == -INFINITY ? 0.f : mx;
-        // 0 when the old max was -inf
-        const float rescale = exp2f((row_max[mt][r] - ref) * units.exp_scale);
-        row_max[mt][r] = mx;
-        float sum = 0.f;
-        if (units.fma_exp_ok(ref, row_shift)) {
-          const float bias = (row_shift - ref) * units.exp_scale;
-#pragma unroll
-          for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-            for (int e = 2 * r; e < 2 * r + 2; ++e) {
-              s[mt][nt][e] = exp2f(fmaf(s[mt][nt][e], units.exp_scale, bias));
-              sum += s[mt][nt][e];
-            }
-          }
-        } else {
-#pragma unroll
-          for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-            for (int e = 2 * r; e < 2 * r + 2; ++e) {
-              s[mt][nt][e] = exp2f((s[mt][nt][e] + row_shift - ref) * units.exp_scale);
-              sum += s[mt][nt][e];
-            }
-          }
-        }
-        row_sum[mt][r] = row_sum[mt][r] * rescale + sum;
-#pragma unroll
-        for (int dt = 0; dt < kDT; ++dt) {
-          o[mt][dt][2 * r] *= rescale;
-          o[mt][dt][2 * r + 1] *= rescale;
-        }
-      }
+      // the row's diagonal minus this thread's column 0 of the tile (alibi_dist)
+      const int row_offset[2] = {m0 + row_local[mt][0] + diag_shift - n0 - col0,
+                                 m0 + row_local[mt][1] + diag_shift - n0 - col0};
+      score_mod_rows(s[mt], units, mask, form, row_offset, n0 + col0);
+      online_softmax_rows(s[mt], o[mt], row_max[mt], row_sum[mt], units, form, row_offset);
     }
 
     // O += P V
@@ -278,29 +189,8 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   // Epilogue: normalise, write O (rows < sq, cols < d) and the natural-log lse.
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float l = quad_sum(row_sum[mt][r]);  // all lanes: before the row check
-      const bool empty = (l == 0.f);  // NaN scores give NaN out and lse, not a masked row
-      const float inv = empty ? 0.f : 1.f / l;
-      const int rl = row_local[mt][r];
-      if (rl >= rows_here) continue;
-      uint16_t* orow = go + rl * p.out_strides.row;
-#pragma unroll
-      for (int dt = 0; dt < kDT; ++dt) {
-        const int col = dt * 8 + (lane & 3) * 2;
-        const float v0 = o[mt][dt][2 * r] * inv, v1 = o[mt][dt][2 * r + 1] * inv;
-        if (x.out_pair_ok && col + 1 < d) {
-          *reinterpret_cast<uint32_t*>(orow + col) = Ops::pack(v0, v1);
-        } else {
-          if (col < d) orow[col] = Ops::from_float(v0);
-          if (col + 1 < d) orow[col + 1] = Ops::from_float(v1);
-        }
-      }
-      if ((lane & 3) == 0) {
-        glse[rl] = empty ? -INFINITY : fmaf(row_max[mt][r], units.exp_scale, log2f(l)) * kLn2;
-      }
-    }
+    store_out_rows<T>(o[mt], row_max[mt], row_sum[mt], units, row_local[mt], rows_here, d, go,
+                      p.out_strides.row, glse, x.out_pair_ok, lane);
   }
 }
 

@@ -13,4 +13,10 @@ void run_attn_fwd(const AttnFwdParams& p);
 template <typename T, int kD>
 void run_attn_bwd(const AttnBwdParams& p);
 
+namespace sm90 {
+// kD 64 and 128 only (sm90/attn_fwd_sm90_launch.cuh); call where fwd_sm90_fit.h allows.
+template <typename T, int kD>
+void run_attn_fwd_sm90(const AttnFwdParams& p);
+}  // namespace sm90
+
 }  // namespace mpt_ext::attn::cuda

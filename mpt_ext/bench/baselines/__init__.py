@@ -17,6 +17,7 @@ def attention_impls() -> list[AttentionImpl]:
         AttentionImpl("mpt_ext", OURS, "bshd", ours.build_attention),
         # the forward's and backward's other tiles, for the A/B that picks the defaults
         *ours.tile_contenders(),
+        ours.sm90_contender(),
         # the backward's reproducible dQ (split, and the separate kernel) against the default
         # atomic dQ (same forward)
         AttentionImpl("mpt_ext deterministic", OURS, "bshd", ours.build_attention_deterministic,

@@ -49,6 +49,26 @@ def dq_separate_contender() -> AttentionImpl:
                          passes=(FWD_BWD,), env=((DQ_VARIABLE, "separate"),))
 
 
+FWD_KERNEL_VARIABLE = "MPT_EXT_ATTN_FWD_KERNEL"
+
+
+def build_attention_sm90(spec: AttnSpec) -> AttnFn:
+    """Ours with the sm_90a forward (csrc/attn/cuda/sm90) where it runs: an sm_90 GPU, head
+    dims up to 128, the batched layout; the backward is the portable one either way."""
+    if spec.device.type != "cuda" or torch.cuda.get_device_capability(spec.device) != (9, 0):
+        raise Unavailable("the sm90 forward needs an sm_90 GPU")
+    if spec.head_dim > 128:
+        raise Unavailable(f"no sm90 forward at head dim {spec.head_dim}")
+    return build_attention(spec)
+
+
+def sm90_contender() -> AttentionImpl:
+    """The sm_90a forward (wgmma, TMA, warp specialisation) A/B'd against the portable
+    mma.sync one, the default until it has passed on a GPU (csrc/attn/cuda/fwd_kernel_choice.h)."""
+    return AttentionImpl("mpt_ext sm90", OURS, "bshd", build_attention_sm90, cuda_only=True,
+                         env=((FWD_KERNEL_VARIABLE, "sm90"),))
+
+
 def tile_listing(which: str) -> dict[int, tuple[str, ...]]:
     """Each compiled head-dim bucket's tiles for `which` ("fwd" or "bwd"), default first."""
     return _library.ATTN_FWD_TILES if which == "fwd" else _library.ATTN_BWD_TILES

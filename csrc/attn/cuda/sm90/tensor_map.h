@@ -24,8 +24,13 @@ inline EncodeTiled encode_tiled() {
   static const EncodeTiled fn = [] {
     void* f = nullptr;
     cudaDriverEntryPointQueryResult found{};
+#if CUDART_VERSION >= 12050
     const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
                                                            cudaEnableDefault, &found);
+#else  // toolkits before 12.5 have only the unversioned lookup
+    const cudaError_t e = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &f, cudaEnableDefault,
+                                                  &found);
+#endif
     if (e != cudaSuccess || found != cudaDriverEntryPointSuccess || f == nullptr) {
       throw std::runtime_error("mpt_ext: the CUDA driver has no cuTensorMapEncodeTiled (needs a "
                                "CUDA 12 driver)");
