@@ -103,6 +103,16 @@ def test_sm90_size_one_dims_with_any_stride(emulated, monkeypatch):
         mpt_ext.flash_attn_func(q.expand(1, 70, 2, 64), k2, k2)
 
 
+def test_sm90_no_keys_runs_the_portable_kernel(emulated, monkeypatch):
+    # a zero-length slice of real keys: no tensor map has a zero extent, nothing to attend to
+    monkeypatch.setenv(VARIABLE, "sm90")
+    q, k, v = qkv(1, 40, 40, 2, 1, 64, torch.bfloat16)
+    emulation.take_launched_kernels()
+    out, lse, _ = mpt_ext.flash_attn_func(q, k[:, :0], v[:, :0], return_attn_probs=True)
+    assert fwd_kernels() == ["portable"]
+    assert torch.all(out == 0) and torch.all(lse == float("-inf"))
+
+
 def _forward(d=64, **kw):
     q, k, v = qkv(1, 40, 40, 2, 1, d, torch.bfloat16, **kw)
     emulation.take_launched_kernels()

@@ -95,7 +95,9 @@ cudaStream_t stream_of(const AttnFwdParams& p) { return static_cast<cudaStream_t
 // Whether the forward runs the sm_90a kernel (fwd_kernel_choice.h): asked for, and this call
 // is one it covers; asked for alone (sm90) where it is not, an error that says why.
 bool fwd_runs_sm90(FwdKernel kernel, const AttnFwdParams& p, int bucket) {
-  if (kernel == FwdKernel::kPortable) return false;
+  // no keys: nothing to attend to, and a tensor map needs a nonzero extent; the portable
+  // kernel writes the empty rows
+  if (kernel == FwdKernel::kPortable || p.shape.seqlen_k == 0) return false;
   const std::string unfit = bucket == 64 || bucket == 128
                                 ? attn::cuda::sm90::fwd_sm90_unfit(p)
                                 : "head-dim bucket " + std::to_string(bucket) +
