@@ -4,11 +4,10 @@ on a machine without a GPU: ptxas accepts them, keeps every wgmma asynchronous (
 TMA, mbarrier, setmaxnreg). Their results are tested on the emulated GPU
 (test_attention_sm90_emulated.py) and, with a GPU, in test_attention.py."""
 import re
-import subprocess
 
 import pytest
 
-from test_sm90_wrappers import CUOBJDUMP, NVCC, ROOT, needs_nvcc
+from test_sm90_wrappers import CUOBJDUMP, needs_nvcc, nvcc_sm90a, sass_of
 
 # One instantiation per head-dim bucket, element type and score kind the tests below look
 # at: the forward's d 128 (bf16, ALiBi: the MPT case) and d 64 (fp16, softcap: the general
@@ -31,13 +30,8 @@ def compiled(tmp_path_factory):
     source.write_text(PROGRAM)
     out = work / "sm90_kernels.o"
     # the flags of the extension's build (CMakeLists.txt), for sm_90a only
-    run = subprocess.run(
-        [NVCC, "-std=c++17", "-O3", "--use_fast_math", "--expt-relaxed-constexpr",
-         "-DMPT_EXT_HAS_SM90A", "-gencode", "arch=compute_90a,code=sm_90a", "-c", "-Xptxas",
-         "-v", "-I", str(ROOT), str(source), "-o", str(out)],
-        capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-4000:]
-    return out, run.stderr
+    return out, nvcc_sm90a("--use_fast_math", "--expt-relaxed-constexpr", "-DMPT_EXT_HAS_SM90A",
+                           "-c", "-Xptxas", "-v", str(source), "-o", str(out), timeout=900)
 
 
 @needs_nvcc
@@ -54,7 +48,6 @@ def test_sm90_kernels_assemble_without_spills_or_serialized_wgmma(compiled):
 @pytest.mark.skipif(CUOBJDUMP is None, reason="needs cuobjdump (the CUDA toolkit or triton's)")
 def test_sm90_kernels_emit_the_hopper_instructions(compiled):
     out, _ = compiled
-    sass = subprocess.run([CUOBJDUMP, "-sass", str(out)], capture_output=True, text=True,
-                          timeout=300).stdout
+    sass = sass_of(out)
     for instruction in ("HGMMA", "UTMALDG", "SYNCS", "USETMAXREG"):
         assert instruction in sass, f"no {instruction} in the sm_90a SASS"

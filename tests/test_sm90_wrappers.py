@@ -39,6 +39,21 @@ NVCC = _nvcc()
 CUOBJDUMP = _cuobjdump()
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="needs nvcc (the CUDA toolkit), not a GPU")
 
+
+def nvcc_sm90a(*args: str, timeout: int = 600) -> str:
+    """nvcc -std=c++17 -O3 for sm_90a with the tree on the include path, then `args`; fails the
+    test on an error; returns the compiler's log (ptxas -v's lines when args ask for them)."""
+    run = subprocess.run([NVCC, "-std=c++17", "-O3", "-gencode", "arch=compute_90a,code=sm_90a",
+                          "-I", str(ROOT), *args], capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return run.stderr
+
+
+def sass_of(obj: Path) -> str:
+    """The SASS of an object file's embedded cubin."""
+    return subprocess.run([CUOBJDUMP, "-sass", str(obj)], capture_output=True, text=True,
+                          timeout=300).stdout
+
 # Every generated wgmma wrapper, and the probe kernel in each of its four forms.
 PROGRAM = r"""
 #include "tests/cuda_emulation/sm90_gemm_probe.cuh"
@@ -92,12 +107,7 @@ def cubin(tmp_path_factory):
     source = work / "sm90_wrappers.cu"
     source.write_text(PROGRAM)
     out = work / "sm90_wrappers.o"  # host and device code; cuobjdump reads the embedded cubin
-    run = subprocess.run(
-        [NVCC, "-std=c++17", "-O3", "-gencode", "arch=compute_90a,code=sm_90a", "-c", "-Xptxas",
-         "-v", "-I", str(ROOT), str(source), "-o", str(out)],
-        capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-4000:]
-    return out, run.stderr
+    return out, nvcc_sm90a("-c", "-Xptxas", "-v", str(source), "-o", str(out))
 
 
 @needs_nvcc
@@ -114,8 +124,7 @@ def test_wrappers_assemble_for_sm90a(cubin):
 @pytest.mark.skipif(CUOBJDUMP is None, reason="needs cuobjdump (the CUDA toolkit or triton's)")
 def test_wrappers_emit_the_hopper_instructions(cubin):
     out, _ = cubin
-    sass = subprocess.run([CUOBJDUMP, "-sass", str(out)], capture_output=True, text=True,
-                          timeout=300).stdout
+    sass = sass_of(out)
     for instruction in ("HGMMA", "UTMALDG", "UTMASTG", "SYNCS", "USETMAXREG"):
         assert instruction in sass, f"no {instruction} in the sm_90a SASS"
 
@@ -123,11 +132,7 @@ def test_wrappers_emit_the_hopper_instructions(cubin):
 @needs_nvcc
 def test_gpu_probe_program_builds(tmp_path):
     # scripts/gpu-check's first stage: the probe's host program, as the GPU machine builds it
-    run = subprocess.run(
-        [NVCC, "-std=c++17", "-O3", "-gencode", "arch=compute_90a,code=sm_90a", "-I", str(ROOT),
-         str(ROOT / "scripts" / "sm90_probe.cu"), "-o", str(tmp_path / "sm90_probe")],
-        capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-4000:]
+    nvcc_sm90a(str(ROOT / "scripts" / "sm90_probe.cu"), "-o", str(tmp_path / "sm90_probe"))
 
 
 def test_generated_wgmma_header_is_current():
