@@ -63,10 +63,14 @@ def _attn_bwd_fake(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
 
 
 @torch.library.register_fake("mpt_ext::attn_kvcache")
-def _attn_kvcache_fake(q, k_cache, v_cache, k, v, cache_seqlens, alibi_slopes, softmax_scale,
-                       causal, window_left, window_right, softcap, num_splits):
-    _check_devices(q, k_cache=k_cache, v_cache=v_cache, k=k, v=v, cache_seqlens=cache_seqlens,
-                   alibi_slopes=alibi_slopes)
+def _attn_kvcache_fake(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
+                       cache_batch_idx, cache_leftpad, block_table, alibi_slopes, softmax_scale,
+                       causal, window_left, window_right, softcap, rotary_interleaved,
+                       num_splits):
+    _check_devices(q, k_cache=k_cache, v_cache=v_cache, k=k, v=v, rotary_cos=rotary_cos,
+                   rotary_sin=rotary_sin, cache_seqlens=cache_seqlens,
+                   cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad,
+                   block_table=block_table, alibi_slopes=alibi_slopes)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
     return out, lse
@@ -235,7 +239,9 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
     (batch, nheads)) adds ``-slope * |i + seqlen_k - seqlen_q - j|``; causal masking is
     aligned bottom-right. Returns out, or (out, softmax_lse, None) with return_attn_probs.
     Gradients flow to q, k, v and, when it requires grad, to alibi_slopes; softmax_lse is
-    not differentiable (requires_grad=False)."""
+    not differentiable (requires_grad=False). softmax_lse is the true logsumexp of the biased
+    scores; with causal ALiBi flash-attn 2's lse leaves out the row term of the bias:
+    theirs = ours + slope[h] * (i + seqlen_k - seqlen_q) for query row i."""
     _no_dropout(dropout_p)
     layout = "(batch, seqlen, nheads, headdim)"
     _check_tensor("q", q, 4, layout)
@@ -270,20 +276,45 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     return (out, lse, None) if _flag("return_attn_probs", return_attn_probs) else out
 
 
-def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None,
+def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None,
+                            rotary_sin=None,
                             cache_seqlens: Union[None, int, torch.Tensor] = None,
+                            cache_batch_idx=None, cache_leftpad=None, block_table=None,
                             softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                            alibi_slopes=None, num_splits=0, return_softmax_lse=False):
-    """Attention of q (batch, seqlen_q, nheads, d) against a preallocated KV cache
-    (batch_cache, seqlen_cache, nheads_k, d). If k and v are given they are written into
-    the cache at cache_seqlens[b] (in place) before attending; sequence b then attends to
-    its first cache_seqlens[b] + seqlen_new keys. cache_seqlens may be an int (the same for
-    every sequence), an int32 tensor (batch,), or None (the whole cache is valid)."""
+                            rotary_interleaved=True, alibi_slopes=None, num_splits=0,
+                            return_softmax_lse=False):
+    """Attention of q (batch, seqlen_q, nheads, d) against a preallocated KV cache, with
+    flash-attn 2.8's signature and semantics.
+
+    k_cache, v_cache: (batch_cache, seqlen_cache, nheads_k, d), or with block_table
+    (num_blocks, page_block_size, nheads_k, d) (any page_block_size >= 1; flash-attn needs a
+    multiple of 256). If k and v (batch, seqlen_new, nheads_k, d) are given they are written
+    into the cache at cache_seqlens[b] (in place) before attending; sequence b then attends
+    to the cache positions [cache_leftpad[b], cache_seqlens[b] + seqlen_new).
+
+    - cache_seqlens: int (the same for every sequence), int32 (batch,), or None (the whole
+      cache is valid; no append).
+    - cache_batch_idx: int32 (batch,), the cache row of each sequence (default b).
+    - cache_leftpad: int32 (batch,), the first valid cache position of each sequence.
+    - block_table: int32 (batch, max_num_blocks_per_seq), the paged cache's blocks.
+    - rotary_cos, rotary_sin: (seqlen_ro, rotary_dim / 2) in q's dtype (rotary_dim a multiple
+      of 16): q and the new keys are rotated inside the op (they need k and v), the keys at
+      their cache positions, q at cache_seqlens[b] (+ i when causal or local).
+      rotary_interleaved pairs dims (0, 1), (2, 3), ...; False pairs (i, i + rotary_dim / 2).
+    - num_splits: split-KV count on CUDA (0: a heuristic); the CPU kernel ignores it.
+
+    Returns out, or (out, softmax_lse (batch, nheads, seqlen_q)) with return_softmax_lse.
+    With ALiBi, lse is the true logsumexp of the biased scores (see flash_attn_func)."""
     _check_tensor("q", q, 4, "(batch, seqlen_q, nheads, headdim)")
     _check_tensor("k_cache", k_cache, 4, "(batch_cache, seqlen_cache, nheads_k, headdim)")
     _check_tensor("v_cache", v_cache, 4, "(batch_cache, seqlen_cache, nheads_k, headdim)")
     for name, t in (("k", k), ("v", v)):
         tensor_arg(name, t, "a torch.Tensor (batch, seqlen_new, nheads_k, headdim)")
+    for name, t in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
+        tensor_arg(name, t, "a torch.Tensor (seqlen_ro, rotary_dim / 2)")
+    for name, t in (("cache_batch_idx", cache_batch_idx), ("cache_leftpad", cache_leftpad)):
+        tensor_arg(name, t, "an int32 torch.Tensor (batch,)")
+    tensor_arg("block_table", block_table, "an int32 torch.Tensor (batch, max_num_blocks_per_seq)")
     tensor_arg("alibi_slopes", alibi_slopes, _SLOPES)
     if cache_seqlens is not None and not isinstance(cache_seqlens, torch.Tensor):
         cache_seqlens = integer("cache_seqlens", cache_seqlens,
@@ -298,9 +329,11 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None,
     # An inference op, as in flash-attn: its outputs carry no autograd history (the op
     # mutates the caches, so it has no autograd formula).
     with torch.no_grad():
-        out, lse = ops.attn_kvcache(q, k_cache, v_cache, k, v, cache_seqlens, alibi_slopes,
-                                    _scale(softmax_scale, q.shape[-1]), _flag("causal", causal),
-                                    wl, wr, _float("softcap", softcap), num_splits)
+        out, lse = ops.attn_kvcache(
+            q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx,
+            cache_leftpad, block_table, alibi_slopes, _scale(softmax_scale, q.shape[-1]),
+            _flag("causal", causal), wl, wr, _float("softcap", softcap),
+            _flag("rotary_interleaved", rotary_interleaved), num_splits)
     return (out, lse) if _flag("return_softmax_lse", return_softmax_lse) else out
 
 

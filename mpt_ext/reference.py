@@ -6,7 +6,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ["layer_norm_ref", "rms_norm_ref", "attention_ref", "attention_varlen_ref", "kvcache_ref"]
+__all__ = ["layer_norm_ref", "rms_norm_ref", "attention_ref", "attention_varlen_ref", "kvcache_ref",
+           "rotary_ref"]
 
 
 def _fused_sum(x, residual, compute_dtype, sum_dtype):
@@ -157,45 +158,105 @@ def attention_varlen_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return torch.cat(outs, dim=0), torch.cat(lses, dim=1)
 
 
+def rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+               interleaved: bool, compute_dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Rotary embedding (flash-attn's apply_rotary_emb): x (..., n, heads, d) with row r at
+    position positions[r]; cos/sin (seqlen_ro, rotary_dim / 2). Dims [0, rotary_dim) turn in
+    pairs ((0, 1), (2, 3), ... if interleaved, else (i, i + rotary_dim / 2)); the rest pass
+    through. Returns compute_dtype."""
+    rd = 2 * cos.shape[1]
+    c = cos[positions].to(compute_dtype)[:, None, :]  # (n, 1, rd / 2)
+    s = sin[positions].to(compute_dtype)[:, None, :]
+    x = x.to(compute_dtype)
+    rot, rest = x[..., :rd], x[..., rd:]
+    if interleaved:
+        a, b = rot[..., 0::2], rot[..., 1::2]
+        turned = torch.stack((a * c - b * s, b * c + a * s), dim=-1).flatten(-2)
+    else:
+        a, b = rot[..., :rd // 2], rot[..., rd // 2:]
+        turned = torch.cat((a * c - b * s, b * c + a * s), dim=-1)
+    return torch.cat((turned, rest), dim=-1)
+
+
+def _lengths(arg, batch, default):
+    if arg is None:
+        return [default] * batch
+    if isinstance(arg, int):
+        return [arg] * batch
+    return [int(x) for x in arg.tolist()]
+
+
 def kvcache_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 k: Optional[torch.Tensor] = None, v: Optional[torch.Tensor] = None,
-                cache_seqlens=None, softmax_scale: Optional[float] = None, causal: bool = False,
-                window_size=(-1, -1), softcap: float = 0.0,
+                rotary_cos: Optional[torch.Tensor] = None,
+                rotary_sin: Optional[torch.Tensor] = None, cache_seqlens=None,
+                cache_batch_idx: Optional[torch.Tensor] = None,
+                cache_leftpad: Optional[torch.Tensor] = None,
+                block_table: Optional[torch.Tensor] = None,
+                softmax_scale: Optional[float] = None, causal: bool = False,
+                window_size=(-1, -1), softcap: float = 0.0, rotary_interleaved: bool = True,
                 alibi_slopes: Optional[torch.Tensor] = None,
                 compute_dtype: torch.dtype = torch.float64):
-    """flash_attn_with_kvcache's semantics without touching the inputs.
+    """flash_attn_with_kvcache's semantics (its arguments, in its order) without touching the
+    inputs.
 
-    q (batch, seqlen_q, nheads, d); caches (batch_cache >= batch, seqlen_cache, nheads_k, d).
-    The caches are cloned; if k, v (batch, seqlen_new, nheads_k, d) are given they are written
-    at positions cache_seqlens[b] .. cache_seqlens[b] + seqlen_new of sequence b. Sequence b
-    then attends (attention_ref semantics) to its first cache_seqlens[b] + seqlen_new keys.
-    cache_seqlens: int, int tensor (batch,), or None (the whole cache is valid, no append).
+    q (batch, seqlen_q, nheads, d); caches (batch_cache, seqlen_cache, nheads_k, d), or pages
+    (num_blocks, page_size, nheads_k, d) with block_table (batch, pages_per_seq): position c
+    of sequence b is row c % page_size of page block_table[b, c // page_size]; otherwise row c
+    of cache row cache_batch_idx[b] (default b). The caches are cloned; if k, v
+    (batch, seqlen_new, nheads_k, d) are given they are written at positions
+    cache_seqlens[b] + t (k rotated first when rotary_cos / rotary_sin are given). Sequence b
+    then attends (attention_ref semantics) to positions [cache_leftpad[b],
+    cache_seqlens[b] + seqlen_new), with q rotated at position cache_seqlens[b] (+ i when
+    causal or local). cache_seqlens: int, int tensor (batch,), or None (the whole cache).
 
     Returns (out, lse (batch, nheads, seqlen_q)) in compute_dtype and the updated caches
     (k_cache, v_cache) in the caches' dtype.
     """
-    batch, seqlen_cache = q.shape[0], k_cache.shape[1]
-    if cache_seqlens is None:
-        lengths = [seqlen_cache] * batch
-    elif isinstance(cache_seqlens, int):
-        lengths = [cache_seqlens] * batch
+    batch = q.shape[0]
+    if block_table is not None:
+        page = k_cache.shape[1]
+        seqlen_cache = block_table.shape[1] * page
     else:
-        lengths = [int(x) for x in cache_seqlens.tolist()]
+        seqlen_cache = k_cache.shape[1]
+    ends = _lengths(cache_seqlens, batch, seqlen_cache)
+    firsts = _lengths(cache_leftpad, batch, 0)
+    rows = _lengths(cache_batch_idx, batch, 0) if cache_batch_idx is not None else range(batch)
+
+    def where(b, positions):  # cache indices (dim 0, dim 1) of sequence b's positions
+        positions = torch.as_tensor(positions, dtype=torch.long)
+        if block_table is None:
+            return torch.full_like(positions, rows[b]), positions
+        return block_table[b].long().cpu()[positions // page], positions % page
+
     k_cache, v_cache = k_cache.clone(), v_cache.clone()
+    rotary = rotary_cos is not None
     seqlen_new = 0
     if k is not None:
         seqlen_new = k.shape[1]
         for b in range(batch):
-            k_cache[b, lengths[b]:lengths[b] + seqlen_new] = k[b]
-            v_cache[b, lengths[b]:lengths[b] + seqlen_new] = v[b]
+            positions = torch.arange(ends[b], ends[b] + seqlen_new)
+            k_b = k[b]
+            if rotary:
+                k_b = rotary_ref(k_b, rotary_cos, rotary_sin, positions, rotary_interleaved)
+            idx = where(b, positions)
+            k_cache[idx] = k_b.to(k_cache.dtype)
+            v_cache[idx] = v[b]
+    local = tuple(window_size) != (-1, -1)
     outs, lses = [], []
     for b in range(batch):
-        n = lengths[b] + seqlen_new if cache_seqlens is not None else seqlen_cache
+        idx = where(b, torch.arange(firsts[b], ends[b] + seqlen_new))
+        q_b = q[b]
+        if rotary:
+            positions = ends[b] + (torch.arange(q.shape[1]) if causal or local
+                                   else torch.zeros(q.shape[1], dtype=torch.long))
+            q_b = rotary_ref(q_b, rotary_cos, rotary_sin, positions, rotary_interleaved,
+                             compute_dtype)
         slopes = None
         if alibi_slopes is not None:
             slopes = alibi_slopes if alibi_slopes.dim() == 1 else alibi_slopes[b]
         out_b, lse_b = attention_ref(
-            q[b:b + 1], k_cache[b:b + 1, :n], v_cache[b:b + 1, :n], softmax_scale=softmax_scale,
+            q_b[None], k_cache[idx][None], v_cache[idx][None], softmax_scale=softmax_scale,
             causal=causal, window_size=window_size, softcap=softcap, alibi_slopes=slopes,
             compute_dtype=compute_dtype)
         outs.append(out_b)

@@ -10,6 +10,7 @@
 
 #include "../csrc/attn_kvcache/attn_kvcache.h"
 #include "attn_args.h"
+#include "attn_kvcache_args.h"
 
 namespace mpt_ext {
 namespace {
@@ -19,8 +20,12 @@ template <typename Kernels>
 std::tuple<at::Tensor, at::Tensor> attn_kvcache(
     const at::Tensor& q, at::Tensor& k_cache, at::Tensor& v_cache,
     const std::optional<at::Tensor>& k_new, const std::optional<at::Tensor>& v_new,
-    const std::optional<at::Tensor>& cache_seqlens, const std::optional<at::Tensor>& alibi_slopes,
-    double softmax_scale, bool causal, int64_t window_left, int64_t window_right, double softcap,
+    const std::optional<at::Tensor>& rotary_cos, const std::optional<at::Tensor>& rotary_sin,
+    const std::optional<at::Tensor>& cache_seqlens,
+    const std::optional<at::Tensor>& cache_batch_idx,
+    const std::optional<at::Tensor>& cache_leftpad, const std::optional<at::Tensor>& block_table,
+    const std::optional<at::Tensor>& alibi_slopes, double softmax_scale, bool causal,
+    int64_t window_left, int64_t window_right, double softcap, bool rotary_interleaved,
     int64_t num_splits) {
   c10::DeviceGuard guard(q.device());
   check_qkv(q, k_cache, v_cache, /*varlen=*/false, /*kv_cache=*/true);
@@ -29,10 +34,11 @@ std::tuple<at::Tensor, at::Tensor> attn_kvcache(
   TORCH_CHECK_VALUE(k_new.has_value() == v_new.has_value(), "k and v must be given together");
 
   AttnKVCacheParams kp;
+  fill_layout(kp.layout, q, k_cache, cache_seqlens, cache_batch_idx, cache_leftpad, block_table);
   AttnFwdParams& p = kp.fwd;
   p.shape.batch = q.size(0);
   p.shape.seqlen_q = q.size(1);
-  p.shape.seqlen_k = k_cache.size(1);
+  p.shape.seqlen_k = kp.layout.seqlen_cache;
   p.shape.num_heads = q.size(2);
   p.shape.num_heads_k = k_cache.size(2);
   p.shape.head_dim = q.size(3);
@@ -51,39 +57,20 @@ std::tuple<at::Tensor, at::Tensor> attn_kvcache(
                       "k and v must have shape (batch, seqlen_new, nheads_k, headdim) = (",
                       q.size(0), ", *, ", k_cache.size(2), ", ", q.size(3), "), got k ",
                       kn.sizes(), " and v ", vn.sizes());
+    TORCH_CHECK_VALUE(cache_seqlens.has_value(),
+                      "appending k and v needs cache_seqlens (where each sequence's new keys go)");
     kp.k_new = kn.data_ptr();
     kp.v_new = vn.data_ptr();
     kp.seqlen_new = kn.size(1);
     kp.k_new_strides = strides_of(kn);
     kp.v_new_strides = strides_of(vn);
   }
-  TORCH_CHECK_VALUE(k_cache.size(0) >= q.size(0), "k_cache must hold at least batch = ", q.size(0),
-                    " sequences, got ", k_cache.size(0));
-  if (cache_seqlens.has_value()) {
-    const at::Tensor& cs = *cache_seqlens;
-    TORCH_CHECK_TYPE(cs.scalar_type() == at::kInt, "cache_seqlens must be int32, got ",
-                     cs.scalar_type());
-    check_same_device(cs, "cache_seqlens", q, "q");
-    TORCH_CHECK_VALUE(cs.dim() == 1 && cs.size(0) == q.size(0),
-                      "cache_seqlens must have shape (batch,) = (", q.size(0), ",), got ",
-                      cs.sizes());
-    TORCH_CHECK_VALUE(cs.is_contiguous(), "cache_seqlens must be contiguous");
-    // An append past the end of the cache would write out of bounds. The CUDA kernels check
-    // each length themselves (reading them here would sync every decode step).
-    if (!Kernels::kSeqlensOnDevice) {
-      const int32_t* c = cs.data_ptr<int32_t>();
-      for (int64_t b = 0; b < cs.size(0); ++b) {
-        TORCH_CHECK_VALUE(c[b] >= 0 && int64_t(c[b]) + kp.seqlen_new <= k_cache.size(1),
-                          "cache_seqlens[", b, "] = ", c[b], " plus ", kp.seqlen_new,
-                          " new keys does not fit in the cache of ", k_cache.size(1),
-                          " positions");
-      }
-    }
-    kp.cache_seqlens = cs.data_ptr<int32_t>();
-  } else {
-    TORCH_CHECK_VALUE(kp.seqlen_new == 0,
-                      "appending k and v needs cache_seqlens (where each sequence's new keys go)");
-  }
+  // Bad lengths, rows, pads or pages would read or write out of bounds. The CUDA kernels check
+  // each sequence themselves (reading them here would sync every decode step).
+  if (!Kernels::kSeqlensOnDevice) check_sequences_on_host(kp.layout, q.size(0), kp.seqlen_new);
+  const bool local = window_left >= 0 || window_right >= 0;
+  fill_rotary(kp.rotary, rotary_cos, rotary_sin, rotary_interleaved, causal || local, q,
+              kp.layout, kp.seqlen_new, k_new.has_value());
   kp.num_splits = static_cast<int>(num_splits);
 
   at::Tensor out = at::empty_like(q, at::MemoryFormat::Contiguous);
@@ -91,6 +78,11 @@ std::tuple<at::Tensor, at::Tensor> attn_kvcache(
                              q.options().dtype(at::kFloat));
   set_out(p, out, lse, /*varlen=*/false);
   if (q.numel() == 0) return {out, lse};
+  at::Tensor q_rotated;  // rotary: the op's rotated copy of q
+  if (kp.rotary.cos != nullptr) {
+    q_rotated = at::empty_like(q, at::MemoryFormat::Contiguous);
+    kp.rotary.q_rotated = q_rotated.data_ptr();
+  }
   at::Tensor workspace;  // split-KV partials; kept alive until the kernels are enqueued
   const int64_t ws_bytes = value_errors([&] { return Kernels::workspace_bytes(kp); });
   if (ws_bytes > 0) {

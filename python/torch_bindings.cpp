@@ -19,8 +19,10 @@ MPT_EXT_OPS_LIBRARY(m) {
       "-> (Tensor dq, Tensor dk, Tensor dv, Tensor dslopes)");
   m.def(
       "attn_kvcache(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor? k, Tensor? v, "
-      "Tensor? cache_seqlens, Tensor? alibi_slopes, float softmax_scale, bool causal, "
-      "int window_left, int window_right, float softcap, int num_splits) "
+      "Tensor? rotary_cos, Tensor? rotary_sin, Tensor? cache_seqlens, Tensor? cache_batch_idx, "
+      "Tensor? cache_leftpad, Tensor? block_table, Tensor? alibi_slopes, float softmax_scale, "
+      "bool causal, int window_left, int window_right, float softcap, bool rotary_interleaved, "
+      "int num_splits) "
       "-> (Tensor out, Tensor lse)");
   // A bad cu_seqlens / cache_seqlens the CUDA kernels noted on `device` since the last check
   // (csrc/common/device_input_errors.h), raised as a ValueError; the caller synchronises first.

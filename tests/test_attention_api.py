@@ -79,7 +79,8 @@ def test_opcheck_attn_kvcache(append):
     k = torch.randn(2, 3, 2, 16) if append else None
     v = torch.randn(2, 3, 2, 16) if append else None
     seqlens = torch.tensor([2, 9], dtype=torch.int32)
-    args = (q, k_cache, v_cache, k, v, seqlens, torch.rand(4), 0.25, True, -1, -1, 0.0, 0)
+    args = (q, k_cache, v_cache, k, v, None, None, seqlens, None, None, None, torch.rand(4), 0.25,
+            True, -1, -1, 0.0, True, 0)
     torch.library.opcheck(ops.attn_kvcache.default, args)
 
 
@@ -392,7 +393,7 @@ def test_bad_input_kvcache(case, match):
         k, v = torch.randn(2, 1, 3, 16), torch.randn(2, 1, 3, 16)
     kc0 = k_cache.clone() if k_cache.dim() == 4 else None
     with pytest.raises((ValueError, TypeError), match=match):
-        mpt_ext.flash_attn_with_kvcache(q, k_cache, v_cache, k, v, seqlens, **kw)
+        mpt_ext.flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=seqlens, **kw)
     if kc0 is not None:
         assert torch.equal(k_cache, kc0), "a rejected call must not write the cache"
 

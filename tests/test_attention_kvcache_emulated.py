@@ -68,3 +68,46 @@ def test_kvcache_emulated_grid(emulated, d, seqlen_q, heads, num_splits):
         dtype=(torch.bfloat16, torch.float16)[i % 2], per_batch_slopes=i % 3 == 0,
         alibi=i % 5 != 0, causal=i % 4 != 1, window_size=windows[i % 4],
         softcap=(0.0, 7.0)[i % 2], num_splits=num_splits)
+
+
+# ---- flash-attn's cache layouts and rotary (test_attention_kvcache_layout.layout_case) --------
+LAYOUTS = {
+    "paged_16_gqa_splits": dict(batch=3, seqlen_cache=200, heads=8, heads_k=2, d=64,
+                                lengths=[0, 100, 199], page_size=16, num_splits=3),
+    "paged_3_prefill_leftpad": dict(batch=2, seqlen_cache=60, heads=4, heads_k=4, d=64,
+                                    seqlen_q=5, seqlen_new=5, lengths=[20, 50],
+                                    leftpad=[4, 13], page_size=3, num_splits=2),
+    "batch_idx_fp16": dict(batch=3, seqlen_cache=70, heads=4, heads_k=1, d=64,
+                           dtype=torch.float16, lengths=[3, 0, 69], batch_idx=True),
+    "leftpad_window": dict(batch=2, seqlen_cache=90, heads=6, heads_k=3, d=96, seqlen_q=2,
+                           seqlen_new=2, lengths=[40, 88], leftpad=[39, 10],
+                           window_size=(20, 0)),
+    "rotary_interleaved_causal": dict(batch=2, seqlen_cache=64, heads=4, heads_k=2, d=64,
+                                      seqlen_q=3, seqlen_new=3, lengths=[0, 50], rotary_dim=32),
+    "rotary_neox_not_causal_full_dim": dict(batch=2, seqlen_cache=64, heads=4, heads_k=4, d=64,
+                                            seqlen_q=2, seqlen_new=2, lengths=[9, 61],
+                                            rotary_dim=64, interleaved=False, causal=False),
+    "rotary_paged_leftpad_unaligned_new": dict(batch=2, seqlen_cache=48, heads=8, heads_k=2,
+                                               d=128, seqlen_q=2, seqlen_new=2,
+                                               lengths=[9, 44], leftpad=[2, 30], page_size=8,
+                                               rotary_dim=48, interleaved=False,
+                                               unaligned_new=True, softcap=5.0),
+}
+
+
+def run_layout(num_splits=0, causal=True, window_size=(-1, -1), softcap=0.0,
+               unaligned_new=False, **case):
+    from test_attention_kvcache_layout import layout_case
+    inp = layout_case(**{"dtype": torch.bfloat16, **case})
+    if unaligned_new:  # new keys that are not 16-byte aligned: the element-wise append path
+        for name in ("k", "v"):
+            wide = torch.randn(*inp[name].shape[:-1], inp[name].shape[-1] + 1,
+                               dtype=inp[name].dtype)
+            inp[name] = wide[..., 1:]
+    return check_kvcache(**inp, against_cpu=False, cuda_bar=True, causal=causal,
+                         window_size=window_size, softcap=softcap, num_splits=num_splits)
+
+
+@pytest.mark.parametrize("case", list(LAYOUTS))
+def test_kvcache_layouts_emulated(emulated, case):
+    run_layout(**LAYOUTS[case])

@@ -22,6 +22,7 @@ ROOT = emulation.ROOT
 
 ATTN_FAST = "tests/test_attention_emulated.py::test_attention_emulated[d64_causal_alibi_gqa]"
 KVCACHE_FAST = "tests/test_attention_kvcache_emulated.py::test_kvcache_emulated[decode_gqa_splits3]"
+KVCACHE_LAYOUT = "tests/test_attention_kvcache_emulated.py::test_kvcache_layouts_emulated["
 NORM_FAST = "tests/test_norm_emulated.py::test_norm_emulated[scalar_multi_warp]"
 SEQLENS_ON_DEVICE = "tests/test_seqlens_on_device_emulated.py::"
 DQ_ATOMIC = "tests/test_attention_emulated.py::test_bwd_dq_variant_emulated[atomic-d64_causal_alibi_gqa]"
@@ -162,10 +163,21 @@ MUTATIONS = [
              "static_cast<uint16_t*>(t.data)[off] = 0;", "(void)off;",
              SEQLENS_ON_DEVICE + "test_uncovered_rows_are_filled_on_the_device",
              r"assert torch\.equal\(out\[7:\]"),
-    Mutation("decode_cache_length_used_unchecked", "csrc/attn_kvcache/cuda/attn_kvcache_split_kv.cuh",
-             "seqlen_k = fits ? cached + a.seqlen_new : 0;", "seqlen_k = cached + a.seqlen_new;",
+    Mutation("decode_cache_length_used_unchecked", "csrc/attn_kvcache/kvcache_layout.h",
+             "s.num_keys = s.ok ? s.cached - s.first + seqlen_new : 0;",
+             "s.num_keys = s.cached - s.first + seqlen_new;",
              SEQLENS_ON_DEVICE + "test_bad_cache_seqlens_attend_to_nothing_and_are_reported[no_room]",
              r"assert torch\.equal\(out\[1\]"),
+    Mutation("decode_key_position_drops_leftpad", "csrc/attn_kvcache/cuda/attn_kvcache_split_kv.cuh",
+             "kvcache::place_of(a.layout, b, seq_row, first + j)",
+             "kvcache::place_of(a.layout, b, seq_row, j)",
+             KVCACHE_LAYOUT + "paged_3_prefill_leftpad]", "out: (NaN in output|max error)"),
+    Mutation("append_rotates_keys_one_position_late", "csrc/attn_kvcache/cuda/attn_kvcache_append.cu",
+             "dst[e] = rotated(a.rotary, src, e, pos);", "dst[e] = rotated(a.rotary, src, e, pos + 1);",
+             KVCACHE_LAYOUT + "rotary_interleaved_causal]", r"k_cache \(rotated keys\)"),
+    Mutation("q_rotation_ignores_the_row_position", "csrc/attn_kvcache/cuda/attn_kvcache_append.cu",
+             "(a.rotary.per_query_position ? i : 0)", "0",
+             KVCACHE_LAYOUT + "rotary_interleaved_causal]", "out: max error"),
     Mutation("norm_row_sum_drops_barrier", "csrc/norm/cuda/norm_cuda_common.cuh",
              "  __syncthreads();  // scratch may still be read by the previous row_sum\n", "",
              NORM_FAST, "y: max error"),

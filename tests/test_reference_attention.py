@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mpt_ext.reference import attention_ref, attention_varlen_ref, kvcache_ref
+from mpt_ext.reference import attention_ref, attention_varlen_ref, kvcache_ref, rotary_ref
 
 
 def loop_attention(q, k, v, scale, causal, window, softcap, slopes):
@@ -95,7 +95,8 @@ def test_kvcache_ref_appends_and_masks():
     k_new = torch.randn(2, 2, 1, 4, dtype=torch.float64)
     v_new = torch.randn(2, 2, 1, 4, dtype=torch.float64)
     seqlens = torch.tensor([1, 4], dtype=torch.int32)
-    out, lse, kc, vc = kvcache_ref(q, k_cache, v_cache, k_new, v_new, seqlens, causal=True)
+    out, lse, kc, vc = kvcache_ref(q, k_cache, v_cache, k_new, v_new, cache_seqlens=seqlens,
+                                   causal=True)
     assert torch.equal(kc[0, 1:3], k_new[0]) and torch.equal(kc[1, 4:6], k_new[1])
     assert torch.equal(kc[0, 3:], k_cache[0, 3:]) and torch.equal(kc[1, :4], k_cache[1, :4])
     assert torch.equal(vc[0, :1], v_cache[0, :1])
@@ -103,3 +104,64 @@ def test_kvcache_ref_appends_and_masks():
     torch.testing.assert_close(out[1:], o1)
     o0, _ = attention_ref(q[:1], kc[:1, :3], vc[:1, :3], causal=True)
     torch.testing.assert_close(out[:1], o0)
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_rotary_ref_is_a_complex_rotation(interleaved):
+    # each rotated pair (a, b) is the complex number a + ib times e^(i angle)
+    x = torch.randn(5, 2, 24, dtype=torch.float64)
+    angles = torch.rand(9, 8, dtype=torch.float64) * 6
+    positions = torch.tensor([0, 3, 8, 8, 1])
+    out = rotary_ref(x, angles.cos(), angles.sin(), positions, interleaved)
+    pairs = (x[..., :16].unflatten(-1, (8, 2)) if interleaved
+             else torch.stack((x[..., :8], x[..., 8:16]), dim=-1))
+    turned = torch.view_as_real(torch.view_as_complex(pairs.contiguous())
+                                * torch.polar(torch.ones(5, 1, 8, dtype=torch.float64),
+                                              angles[positions][:, None, :]))
+    expected = turned.flatten(-2) if interleaved else torch.cat((turned[..., 0], turned[..., 1]), -1)
+    torch.testing.assert_close(out[..., :16], expected)
+    assert torch.equal(out[..., 16:], x[..., 16:])
+
+
+def test_kvcache_ref_layouts_agree():
+    """A paged cache, a permuted cache (cache_batch_idx) and a left-padded cache hold the same
+    keys as a plain one: the reference gives the same result and writes the same keys."""
+    g = torch.Generator().manual_seed(0)
+    batch, cache, hk, d = 2, 12, 1, 8
+    q = torch.randn(batch, 2, 2, d, dtype=torch.float64, generator=g)
+    kc = torch.randn(batch, cache, hk, d, dtype=torch.float64, generator=g)
+    vc = torch.randn(batch, cache, hk, d, dtype=torch.float64, generator=g)
+    kn = torch.randn(batch, 2, hk, d, dtype=torch.float64, generator=g)
+    vn = torch.randn(batch, 2, hk, d, dtype=torch.float64, generator=g)
+    seqlens = torch.tensor([3, 9], dtype=torch.int32)
+    kw = dict(causal=True, alibi_slopes=torch.tensor([0.5, 0.25]))
+    out, lse, kc1, vc1 = kvcache_ref(q, kc, vc, kn, vn, cache_seqlens=seqlens, **kw)
+    # paged: pages of 4 positions, scattered over a pool in reverse order
+    pool_k = torch.zeros(6, 4, hk, d, dtype=torch.float64)
+    pool_v = torch.zeros_like(pool_k)
+    table = torch.tensor([[5, 4, 3], [2, 1, 0]], dtype=torch.int32)
+    for b in range(batch):
+        for p in range(3):
+            pool_k[table[b, p]] = kc[b, 4 * p:4 * p + 4]
+            pool_v[table[b, p]] = vc[b, 4 * p:4 * p + 4]
+    o2, l2, pk, _ = kvcache_ref(q, pool_k, pool_v, kn, vn, cache_seqlens=seqlens,
+                                block_table=table, **kw)
+    torch.testing.assert_close(o2, out)
+    torch.testing.assert_close(l2, lse)
+    assert torch.equal(pk[table[1].long()].flatten(0, 1), kc1[1])
+    # cache_batch_idx: sequence b in row 2 - b of a 3-row cache
+    rows = torch.tensor([2, 1], dtype=torch.int32)
+    kc3 = torch.zeros(3, cache, hk, d, dtype=torch.float64)
+    vc3 = torch.zeros_like(kc3)
+    kc3[rows.long()], vc3[rows.long()] = kc, vc
+    o3, l3, k3, _ = kvcache_ref(q, kc3, vc3, kn, vn, cache_seqlens=seqlens,
+                                cache_batch_idx=rows, **kw)
+    torch.testing.assert_close(o3, out)
+    assert torch.equal(k3[rows.long()], kc1) and torch.equal(k3[0], kc3[0])
+    # cache_leftpad: 2 junk positions shifted in front of every sequence
+    kc4 = torch.cat((torch.full((batch, 2, hk, d), 1e3, dtype=torch.float64), kc), 1)
+    vc4 = torch.cat((torch.full((batch, 2, hk, d), 1e3, dtype=torch.float64), vc), 1)
+    o4, l4, _, _ = kvcache_ref(q, kc4, vc4, kn, vn, cache_seqlens=seqlens + 2,
+                               cache_leftpad=torch.tensor([2, 2], dtype=torch.int32), **kw)
+    torch.testing.assert_close(o4, out)
+    torch.testing.assert_close(l4, lse)

@@ -16,7 +16,7 @@ from mpt_ext.reference import attention_ref
 
 from attention_helpers import assert_close_to_ref, make_slopes, one_thread
 from test_attention_emulated import varlen_qkv
-from test_attention_kvcache import _case
+from test_attention_kvcache import _case, bits_equal
 
 HEADS, HEADS_K, D = 4, 2, 64
 TOTAL_Q, TOTAL_K = 10, 12
@@ -164,3 +164,52 @@ def test_bad_cache_seqlens_raise_at_the_next_call(emulated):
     with pytest.raises(ValueError, match="cache_seqlens: sequence 0"):
         mpt_ext.flash_attn_with_kvcache(**inp)
     mpt_ext.flash_attn_with_kvcache(**inp)
+
+
+# ---- flash_attn_with_kvcache: cache_batch_idx, cache_leftpad, block_table ----------------------
+BAD_LAYOUT = {
+    "batch_idx": ("cache_batch_idx", [0, 7], "cache_batch_idx: sequence 1"),
+    "leftpad_past_seqlens": ("cache_leftpad", [0, 9], "cache_leftpad: sequence 1"),
+    "leftpad_negative": ("cache_leftpad", [-3, 0], "cache_leftpad: sequence 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LAYOUT))
+def test_bad_layout_values_attend_to_nothing_and_are_reported(emulated, case):
+    from test_attention_kvcache_layout import layout_case
+    name, values, match = BAD_LAYOUT[case]
+    bad = int(match[-1])
+    inp = layout_case(batch=2, seqlen_cache=32, heads=HEADS, heads_k=HEADS_K, d=D, seqlen_q=2,
+                      seqlen_new=2, dtype=torch.bfloat16, lengths=[5, 8], batch_idx=True)
+    if name == "cache_batch_idx":  # sequence 0 keeps its row
+        values = [int(inp[name][0]), values[1]]
+    inp[name] = _as_cu(values)
+    before = inp["k_cache"].clone()
+    out, lse = mpt_ext.flash_attn_with_kvcache(**inp, causal=True, return_softmax_lse=True)
+    with pytest.raises(ValueError, match=match):
+        emulated.raise_device_input_errors(0)
+    assert torch.equal(out[bad], torch.zeros_like(out[bad])) and torch.isneginf(lse[bad]).all()
+    good = 1 - bad
+    assert torch.isfinite(out[good]).all()
+    if case != "batch_idx":  # nothing appended to the bad sequence's row
+        row = int(inp["cache_batch_idx"][bad])
+        assert torch.equal(inp["k_cache"][row].nan_to_num(), before[row].nan_to_num())
+
+
+def test_block_table_entry_outside_the_pages_is_reported(emulated):
+    from test_attention_kvcache_layout import layout_case
+    inp = layout_case(batch=2, seqlen_cache=32, heads=HEADS, heads_k=HEADS_K, d=D, seqlen_q=1,
+                      seqlen_new=1, dtype=torch.bfloat16, lengths=[5, 20], page_size=8)
+    pool = inp["k_cache"].shape[0]
+    inp["block_table"][1, 1] = pool + 100  # the page holding positions 8..15 of sequence 1
+    before = inp["k_cache"].clone()
+    out = mpt_ext.flash_attn_with_kvcache(**inp, causal=True)
+    with pytest.raises(ValueError, match="block_table: sequence 1"):
+        emulated.raise_device_input_errors(0)
+    # the keys on the bad page are left out; only the two appended positions changed
+    assert torch.isfinite(out).all()
+    table = inp["block_table"].long()
+    expected = before.clone()
+    expected[table[0, 0], 5] = inp["k"][0, 0]
+    expected[table[1, 2], 4] = inp["k"][1, 0]
+    assert bits_equal(inp["k_cache"], expected)

@@ -70,6 +70,21 @@ std::string what_was_wrong(SeqlensArg arg, int device, int64_t b) {
              "cache_seqlens: " + seq + " needs 0 <= cache_seqlens[b] and cache_seqlens[b] + "
              "seqlen_new <= seqlen_cache. That sequence attended to no key (out 0, lse -inf) "
              "and its new keys were not appended" + where;
+    case SeqlensArg::kCacheBatchIdx:
+      return "mpt_ext: an earlier flash_attn_with_kvcache call was given an invalid "
+             "cache_batch_idx: " + seq + " needs 0 <= cache_batch_idx[b] < k_cache.size(0). "
+             "That sequence attended to no key (out 0, lse -inf) and its new keys were not "
+             "appended" + where;
+    case SeqlensArg::kCacheLeftpad:
+      return "mpt_ext: an earlier flash_attn_with_kvcache call was given an invalid "
+             "cache_leftpad: " + seq + " needs 0 <= cache_leftpad[b] <= cache_seqlens[b]. "
+             "That sequence attended to no key (out 0, lse -inf) and its new keys were not "
+             "appended" + where;
+    case SeqlensArg::kBlockTable:
+      return "mpt_ext: an earlier flash_attn_with_kvcache call was given an invalid "
+             "block_table: " + seq + " uses an entry outside [0, k_cache.size(0)). Its keys "
+             "on that page were left out of the attention (its output is not valid) and "
+             "new keys bound for it were not appended" + where;
   }
   return "mpt_ext: invalid sequence lengths" + where;
 }

@@ -13,8 +13,15 @@
 
 namespace mpt_ext {
 
-enum class SeqlensArg : int { kCuSeqlensQ = 0, kCuSeqlensK = 1, kCacheSeqlens = 2 };
-constexpr int kSeqlensArgs = 3;
+enum class SeqlensArg : int {
+  kCuSeqlensQ = 0,
+  kCuSeqlensK = 1,
+  kCacheSeqlens = 2,
+  kCacheBatchIdx = 3,  // flash_attn_with_kvcache's other per-sequence arguments
+  kCacheLeftpad = 4,
+  kBlockTable = 5,
+};
+constexpr int kSeqlensArgs = 6;
 
 // Device side: sequence b of `arg` was bad. The word holds b + 1 (0: none); racing writers
 // each leave one bad sequence's number, which is all the report needs.

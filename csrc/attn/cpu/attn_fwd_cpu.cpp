@@ -15,7 +15,7 @@ namespace {
 
 struct FwdContext {
   const AttnFwdParams& p;
-  const int64_t* seqlen_k_per_batch;
+  const KeySource* keys;  // null: p.k / p.v's rows
   int64_t d, dp;           // head dim, padded to kTileCols
   int64_t q_blocks;        // per (batch, head)
   int64_t heads_per_kv;    // GQA group size
@@ -30,6 +30,27 @@ struct FwdScratch {
         o(kBlockQ * dp), m(kBlockQ), l(kBlockQ) {}
 };
 
+// Keys j0 .. j0 + nc - 1 of a KV-cache sequence into the tiles, one contiguous run (a page,
+// or the whole tile) at a time; k and v point at the caches' head hk.
+template <typename T, typename Acc>
+MPT_CPU_INLINE void load_cache_tile(const AttnFwdParams& p, const KeySource& keys, int64_t b,
+                                    const T* k, const T* v, int64_t j0, int64_t nc, int64_t d,
+                                    int64_t dp, FwdScratch<Acc>& w) {
+  for (int64_t j = j0; j < j0 + nc;) {
+    int64_t block = 0, row = 0, run = 0;
+    keys.locate(keys.ctx, b, j, &block, &row, &run);
+    run = std::min(run, j0 + nc - j);
+    const int64_t col = j - j0;
+    load_rows_transposed_only(k + block * p.k_strides.batch + row * p.k_strides.row,
+                              p.k_strides.row, run, d, w.kt.data() + col, kBlockK);
+    load_rows(v + block * p.v_strides.batch + row * p.v_strides.row, p.v_strides.row, run, run,
+              d, w.v.data() + col * dp, dp);
+    j += run;
+  }
+  zero_columns(w.kt.data(), d, kBlockK, nc);
+  load_rows(v, 0, 0, kBlockK - nc, d, w.v.data() + nc * dp, dp);  // zero rows nc .. kBlockK
+}
+
 template <typename T, typename Acc>
 MPT_CPU_INLINE void forward_block(const FwdContext& c, int64_t task, FwdScratch<Acc>& w) {
   const AttnFwdParams& p = c.p;
@@ -39,8 +60,8 @@ MPT_CPU_INLINE void forward_block(const FwdContext& c, int64_t task, FwdScratch<
   const int64_t h = bh % sh.num_heads;
   const int64_t hk = h / c.heads_per_kv;
   const int64_t sq = sequence_length(sh.cu_seqlens_q, b, sh.seqlen_q);
-  const int64_t sk = c.seqlen_k_per_batch ? c.seqlen_k_per_batch[b]
-                                          : sequence_length(sh.cu_seqlens_k, b, sh.seqlen_k);
+  const int64_t sk = c.keys ? c.keys->num_keys[b]
+                            : sequence_length(sh.cu_seqlens_k, b, sh.seqlen_k);
   const int64_t i0 = (task % c.q_blocks) * kBlockQ;
   if (i0 >= sq) return;  // varlen: this sequence is shorter than max_seqlen_q
   const int64_t nr = std::min(kBlockQ, sq - i0);
@@ -49,10 +70,11 @@ MPT_CPU_INLINE void forward_block(const FwdContext& c, int64_t task, FwdScratch<
 
   const T* q = static_cast<const T*>(p.q) + sequence_offset(p.q_strides, sh.cu_seqlens_q, b) +
                i0 * p.q_strides.row + h * p.q_strides.head;
-  const T* k = static_cast<const T*>(p.k) + sequence_offset(p.k_strides, sh.cu_seqlens_k, b) +
-               hk * p.k_strides.head;
-  const T* v = static_cast<const T*>(p.v) + sequence_offset(p.v_strides, sh.cu_seqlens_k, b) +
-               hk * p.v_strides.head;
+  // The KV cache's keys are located per tile (load_cache_tile); its sequences start at block 0.
+  const int64_t k_seq = c.keys ? 0 : sequence_offset(p.k_strides, sh.cu_seqlens_k, b);
+  const int64_t v_seq = c.keys ? 0 : sequence_offset(p.v_strides, sh.cu_seqlens_k, b);
+  const T* k = static_cast<const T*>(p.k) + k_seq + hk * p.k_strides.head;
+  const T* v = static_cast<const T*>(p.v) + v_seq + hk * p.v_strides.head;
   T* out = static_cast<T*>(p.out) + sequence_offset(p.out_strides, sh.cu_seqlens_q, b) +
            i0 * p.out_strides.row + h * p.out_strides.head;
   float* lse = p.lse + lse_offset(p, b) + h * p.lse_head_stride + i0;
@@ -70,8 +92,12 @@ MPT_CPU_INLINE void forward_block(const FwdContext& c, int64_t task, FwdScratch<
   for (int64_t j0 = keys.lo; j0 < keys.hi; j0 += kBlockK) {
     const int64_t nc = std::min(kBlockK, keys.hi - j0);
     if (!keys.touches(j0, j0 + nc, nr)) continue;  // a gap in a windowed block
-    load_rows_transposed(k + j0 * p.k_strides.row, p.k_strides.row, nc, d, w.kt.data(), kBlockK);
-    load_rows(v + j0 * p.v_strides.row, p.v_strides.row, nc, kBlockK, d, w.v.data(), dp);
+    if (c.keys) {
+      load_cache_tile(p, *c.keys, b, k, v, j0, nc, d, dp, w);
+    } else {
+      load_rows_transposed(k + j0 * p.k_strides.row, p.k_strides.row, nc, d, w.kt.data(), kBlockK);
+      load_rows(v + j0 * p.v_strides.row, p.v_strides.row, nc, kBlockK, d, w.v.data(), dp);
+    }
     w.matmul(mr, kBlockK, dp, w.q.data(), dp, w.kt.data(), kBlockK, w.s.data(), kBlockK, false);
     for (int64_t r = 0; r < mr; ++r) {
       Acc* s = w.s.data() + r * kBlockK;
@@ -121,9 +147,9 @@ void forward_block_baseline(const FwdContext& c, int64_t t, FwdScratch<Acc>& w) 
 }
 
 template <typename T, typename Acc>
-void run_forward(const AttnFwdParams& p, const int64_t* seqlen_k_per_batch) {
+void run_forward(const AttnFwdParams& p, const KeySource* keys) {
   const AttnShape& sh = p.shape;
-  const FwdContext c{p, seqlen_k_per_batch, sh.head_dim, round_up(sh.head_dim, kTileCols),
+  const FwdContext c{p, keys, sh.head_dim, round_up(sh.head_dim, kTileCols),
                      (sh.seqlen_q + kBlockQ - 1) / kBlockQ, sh.num_heads / sh.num_heads_k};
   const bool avx2 = cpu_has_avx2_fma();
   run_tasks(
@@ -138,10 +164,10 @@ void run_forward(const AttnFwdParams& p, const int64_t* seqlen_k_per_batch) {
 
 }  // namespace
 
-void flash_forward(const AttnFwdParams& p, const int64_t* seqlen_k_per_batch) {
+void flash_forward(const AttnFwdParams& p, const KeySource* keys) {
   if (p.shape.batch <= 0 || p.shape.num_heads <= 0 || p.shape.seqlen_q <= 0) return;
   dispatch_attention_dtype(p.dtype, "attention forward", [&](auto t, auto acc) {
-    run_forward<decltype(t), decltype(acc)>(p, seqlen_k_per_batch);
+    run_forward<decltype(t), decltype(acc)>(p, keys);
   });
 }
 

@@ -70,11 +70,18 @@ MPT_CPU_INLINE void load_rows(const T* src, int64_t row_stride, int64_t n, int64
     for (int64_t x = 0; x < ld; ++x) dst[r * ld + x] = Acc(0);
 }
 
-// Loads rows [0, n) transposed: dst[x * ld + r] = src[r][x]; columns [n, ld) zeroed.
-// Rows x >= d of dst are left alone (the caller keeps them zero).
+// Zeroes columns [from, ld) of rows [0, d) of dst (a transposed tile's padding keys).
+template <typename Acc>
+MPT_CPU_INLINE void zero_columns(Acc* dst, int64_t d, int64_t ld, int64_t from) {
+  for (int64_t x = 0; x < d; ++x)
+    for (int64_t r = from; r < ld; ++r) dst[x * ld + r] = Acc(0);
+}
+
+// Loads rows [0, n) transposed: dst[x * ld + r] = src[r][x], and nothing else (a piece of a
+// tile: the paged KV cache loads a key tile page by page).
 template <typename T, typename Acc>
-MPT_CPU_INLINE void load_rows_transposed(const T* src, int64_t row_stride, int64_t n, int64_t d,
-                                         Acc* dst, int64_t ld) {
+MPT_CPU_INLINE void load_rows_transposed_only(const T* src, int64_t row_stride, int64_t n,
+                                              int64_t d, Acc* dst, int64_t ld) {
   // 8 x 8 blocks through a register-sized buffer: contiguous writes instead of a scatter.
   constexpr int64_t kB = 8;
   int64_t r = 0;
@@ -94,8 +101,15 @@ MPT_CPU_INLINE void load_rows_transposed(const T* src, int64_t row_stride, int64
     const T* s = src + r * row_stride;
     for (int64_t x = 0; x < d; ++x) dst[x * ld + r] = to_acc<Acc>(s[x]);
   }
-  for (int64_t x = 0; x < d; ++x)
-    for (int64_t r = n; r < ld; ++r) dst[x * ld + r] = Acc(0);
+}
+
+// Loads rows [0, n) transposed: dst[x * ld + r] = src[r][x]; columns [n, ld) zeroed.
+// Rows x >= d of dst are left alone (the caller keeps them zero).
+template <typename T, typename Acc>
+MPT_CPU_INLINE void load_rows_transposed(const T* src, int64_t row_stride, int64_t n, int64_t d,
+                                         Acc* dst, int64_t ld) {
+  load_rows_transposed_only(src, row_stride, n, d, dst, ld);
+  zero_columns(dst, d, ld, n);
 }
 
 template <typename T, typename Acc>

@@ -1,5 +1,5 @@
-// The CPU flash forward, with an optional per-sequence key count so that the KV-cache
-// kernel (keys = cached + appended) reuses it unchanged.
+// The CPU flash forward, with an optional key source so that the KV-cache kernel (keys in a
+// cache row or in pages, after a left pad) reuses it unchanged.
 #pragma once
 
 #include <cstdint>
@@ -8,8 +8,17 @@
 
 namespace mpt_ext::attn::cpu {
 
-// seqlen_k_per_batch: null, or batch entries overriding each sequence's key count (the keys
-// are still read through p.k / p.v with p's strides).
-void flash_forward(const AttnFwdParams& p, const int64_t* seqlen_k_per_batch);
+// Where sequence b's keys are when they are not p.k's rows 0 .. seqlen_k - 1 (attn_kvcache):
+// key j is row `row` of block `block`, at p.k + block * k_strides.batch + row * k_strides.row
+// (likewise v), and keys j .. j + run - 1 are the rows after it in the same block.
+struct KeySource {
+  const int64_t* num_keys = nullptr;  // (batch)
+  const void* ctx = nullptr;
+  void (*locate)(const void* ctx, int64_t b, int64_t j, int64_t* block, int64_t* row,
+                 int64_t* run) = nullptr;
+};
+
+// keys: null (p's keys, batched or varlen) or the KV cache's.
+void flash_forward(const AttnFwdParams& p, const KeySource* keys);
 
 }  // namespace mpt_ext::attn::cpu

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "../../attn/attn_params.h"
+#include "../kvcache_layout.h"
 #include "../../common/device_input_errors.h"
 #include "../../common/host_device.h"
 
@@ -23,17 +24,16 @@ constexpr float kLn2 = 0.6931471805599453f;
 // Everything the split-KV kernel needs, with sizes narrowed to int where the host has
 // checked they fit, and every memory offset computed in int64 on the device.
 struct SplitKvArgs {
-  const void* q;
-  const void* k;  // caches (batch_cache, seqlen_cache, heads_k, d), new keys already appended
+  const void* q;  // the rotated copy when rotary is on
+  const void* k;  // caches (rows or pages, positions, heads_k, d), new keys already appended
   const void* v;
   void* out;
   float* lse;
   TensorStrides q_strides, k_strides, v_strides, out_strides;  // in elements
   int64_t lse_batch, lse_head;
-  const int32_t* cache_seqlens;  // null: the whole cache is valid
-  int32_t* input_errors;         // where a cache_seqlens that does not fit is noted
+  KVCacheLayout layout;   // where each sequence's keys are (../kvcache_layout.h)
+  int32_t* input_errors;  // where a sequence that does not fit is noted
   int seqlen_new;
-  int seqlen_cache;
   int seqlen_q;
   int heads;
   int heads_k;
@@ -55,11 +55,16 @@ struct SplitKvArgs {
   int64_t rows;  // batch * heads * seqlen_q
 };
 
-// The host never reads cache_seqlens (device_input_errors.h): sequence b's length is used
-// only when it and its new keys fit the cache; otherwise the sequence gets no append, attends
-// to no key, and is noted.
-MPT_HOST_DEVICE bool cache_len_fits(int64_t cached, int64_t seqlen_new, int64_t seqlen_cache) {
-  return cached >= 0 && cached + seqlen_new <= seqlen_cache;
+// The host never reads cache_seqlens, cache_batch_idx, cache_leftpad or block_table
+// (device_input_errors.h): a sequence whose values do not fit (kvcache::cache_sequence) gets
+// no append, attends to no key, and is noted; a block-table entry outside the pages is noted
+// and its positions are neither read nor written.
+MPT_HOST_DEVICE kvcache::CacheSequence checked_sequence(const KVCacheLayout& l, int64_t b,
+                                                        int64_t seqlen_new,
+                                                        int32_t* input_errors, bool note) {
+  const kvcache::CacheSequence s = kvcache::cache_sequence(l, b, seqlen_new);
+  if (!s.ok && note) note_bad_sequence(input_errors, kvcache::misfit_argument(l, s, seqlen_new), b);
+  return s;
 }
 
 template <typename T>

@@ -51,14 +51,19 @@ void validate(const AttnKVCacheParams& p) {
         std::to_string(s.seqlen_q) + ", nheads " + std::to_string(s.num_heads) +
         " must each stay below 2^30");
   }
-  if (!rows_aligned(f.k, f.k_strides, s.batch, s.seqlen_k, s.num_heads_k) ||
-      !rows_aligned(f.v, f.v_strides, s.batch, s.seqlen_k, s.num_heads_k)) {
+  const KVCacheLayout& l = p.layout;
+  const int64_t cache_positions = l.block_table != nullptr ? l.page_size : l.seqlen_cache;
+  if (!rows_aligned(f.k, f.k_strides, l.cache_rows, cache_positions, s.num_heads_k) ||
+      !rows_aligned(f.v, f.v_strides, l.cache_rows, cache_positions, s.num_heads_k)) {
     bad("k_cache and v_cache must start at 16-byte aligned addresses and have strides that are "
         "multiples of 8 elements (the kernel reads 16-byte vectors)");
   }
   if (p.seqlen_new < 0) bad("seqlen_new must be >= 0");
-  if (p.seqlen_new > 0 && (p.cache_seqlens == nullptr || p.k_new == nullptr || p.v_new == nullptr)) {
+  if (p.seqlen_new > 0 && (p.layout.cache_seqlens == nullptr || p.k_new == nullptr || p.v_new == nullptr)) {
     bad("appending k and v needs k, v and cache_seqlens");
+  }
+  if (p.rotary.cos != nullptr && (p.k_new == nullptr || p.rotary.q_rotated == nullptr)) {
+    bad("rotary needs the new keys and a buffer for the rotated q");
   }
   if (p.num_splits < 0) bad("num_splits must be >= 0 (0: automatic), got " + std::to_string(p.num_splits));
 }
@@ -126,18 +131,23 @@ void run_append(const AttnKVCacheParams& p, int32_t* input_errors, cudaStream_t 
   attn_kvcache::cuda::AppendArgs a{};
   a.k = {p.k_new, const_cast<void*>(f.k), p.k_new_strides, f.k_strides};
   a.v = {p.v_new, const_cast<void*>(f.v), p.v_new_strides, f.v_strides};
-  a.cache_seqlens = p.cache_seqlens;
+  a.layout = p.layout;
+  a.rotary = p.rotary;
+  a.q = f.q;
+  a.q_strides = f.q_strides;
   a.input_errors = input_errors;
   a.batch = static_cast<int>(s.batch);
   a.seqlen_new = static_cast<int>(p.seqlen_new);
+  a.seqlen_q = static_cast<int>(s.seqlen_q);
+  a.heads = static_cast<int>(s.num_heads);
   a.heads_k = static_cast<int>(s.num_heads_k);
-  a.seqlen_cache = static_cast<int>(s.seqlen_k);
+  a.head_dim = static_cast<int>(s.head_dim);
   a.elem_bytes = 2;
   a.row_bytes = s.head_dim * a.elem_bytes;
   const bool vectorised =
       rows_aligned(p.k_new, p.k_new_strides, s.batch, p.seqlen_new, s.num_heads_k) &&
       rows_aligned(p.v_new, p.v_new_strides, s.batch, p.seqlen_new, s.num_heads_k);
-  attn_kvcache::cuda::launch_append(a, vectorised, stream);
+  attn_kvcache::cuda::launch_append(a, f.dtype == DType::kBFloat16, vectorised, stream);
 }
 
 attn_kvcache::cuda::SplitKvArgs split_kv_args(const AttnKVCacheParams& p, const Plan& plan,
@@ -145,21 +155,23 @@ attn_kvcache::cuda::SplitKvArgs split_kv_args(const AttnKVCacheParams& p, const 
   const AttnFwdParams& f = p.fwd;
   const AttnShape& s = f.shape;
   attn_kvcache::cuda::SplitKvArgs a{};
-  a.q = f.q;
+  const bool rotary = p.rotary.cos != nullptr;  // then q is the append kernel's rotated copy
+  a.q = rotary ? p.rotary.q_rotated : f.q;
+  a.q_strides = rotary ? TensorStrides{s.seqlen_q * s.num_heads * s.head_dim,
+                                       s.num_heads * s.head_dim, s.head_dim}
+                       : f.q_strides;
   a.k = f.k;
   a.v = f.v;
   a.out = f.out;
   a.lse = f.lse;
-  a.q_strides = f.q_strides;
   a.k_strides = f.k_strides;
   a.v_strides = f.v_strides;
   a.out_strides = f.out_strides;
   a.lse_batch = f.lse_batch_stride;
   a.lse_head = f.lse_head_stride;
-  a.cache_seqlens = p.cache_seqlens;
+  a.layout = p.layout;
   a.input_errors = input_errors;
   a.seqlen_new = static_cast<int>(p.seqlen_new);
-  a.seqlen_cache = static_cast<int>(s.seqlen_k);
   a.seqlen_q = static_cast<int>(s.seqlen_q);
   a.heads = static_cast<int>(s.num_heads);
   a.heads_k = static_cast<int>(s.num_heads_k);
@@ -206,7 +218,7 @@ void attn_kvcache_cuda(const AttnKVCacheParams& p) {
   const Plan plan = make_plan(p);
   attn_kvcache::cuda::SplitKvArgs args;
   if (plan.rows > 0) args = split_kv_args(p, plan, input_errors);
-  if (p.seqlen_new > 0) run_append(p, input_errors, stream);
+  if (p.seqlen_new > 0 || p.rotary.cos != nullptr) run_append(p, input_errors, stream);
   if (plan.rows == 0) return;
   const dim3 grid(static_cast<unsigned>(plan.blocks_per_split), static_cast<unsigned>(plan.num_splits));
   launch_kernel(plan.kernel, grid, attn_kvcache::cuda::kThreads, 0, stream, args);

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "../../attn/attn_params.h"
+#include "../attn_kvcache_params.h"
 
 namespace mpt_ext::attn_kvcache::cuda {
 
@@ -21,18 +22,26 @@ struct AppendSide {
 
 struct AppendArgs {
   AppendSide k, v;
-  const int32_t* cache_seqlens;  // never null when appending
-  int32_t* input_errors;         // where a cache_seqlens that does not fit is noted
+  KVCacheLayout layout;   // cache_seqlens never null when appending
+  RotaryParams rotary;    // cos null: no rotary; else the new keys rotate on the way in and
+                          // q is rotated into rotary.q_rotated
+  const void* q;          // rotary: q (batch, seqlen_q, heads, d) with q_strides
+  TensorStrides q_strides;
+  int32_t* input_errors;  // where a sequence that does not fit is noted
   int batch;
   int seqlen_new;
+  int seqlen_q;
+  int heads;
   int heads_k;
-  int seqlen_cache;
+  int head_dim;
   int64_t row_bytes;   // head_dim * elem_bytes
   int64_t elem_bytes;  // 2 (bf16 / fp16)
 };
 
-// vectorised: every source and cache row start is 16-byte aligned (checked by the caller).
-void launch_append(const AppendArgs& a, bool vectorised, cudaStream_t stream);
+// The new keys and values into the caches (and, with rotary, the rotated q), before the
+// attention kernel. vectorised: every source and cache row start is 16-byte aligned (checked
+// by the caller).
+void launch_append(const AppendArgs& a, bool bf16, bool vectorised, cudaStream_t stream);
 void launch_combine(const SplitKvArgs& a, bool bf16, cudaStream_t stream);
 
 // split_kv_kernel<T, kDPad, rows_per_block> (attn_kvcache_split_kv.cuh), instantiated per

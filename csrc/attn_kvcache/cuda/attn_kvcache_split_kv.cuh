@@ -49,17 +49,13 @@ __global__ void __launch_bounds__(kThreads, RowBucket<kM>::kMinBlocksPerSm) spli
   const int d0 = lane * kVec;
   const bool lane_active = d0 < a.head_dim;  // padded head-dim bucket: spare lanes idle
 
-  // Keys of sequence b: the cached ones plus the just-appended ones, or none when they do not
-  // fit the cache (cache_len_fits), so that a bad length never makes us read outside it.
-  int64_t seqlen_k = a.seqlen_cache;
-  if (a.cache_seqlens != nullptr) {
-    const int64_t cached = a.cache_seqlens[b];
-    const bool fits = cache_len_fits(cached, a.seqlen_new, a.seqlen_cache);
-    seqlen_k = fits ? cached + a.seqlen_new : 0;
-    if (!fits && threadIdx.x == 0 && tile == 0 && hk == 0 && split == 0) {
-      note_bad_sequence(a.input_errors, SeqlensArg::kCacheSeqlens, b);
-    }
-  }
+  // Keys of sequence b: the cached ones plus the just-appended ones, or none when its
+  // arguments do not fit the cache (checked_sequence), so that a bad value never makes us read
+  // outside it.
+  const kvcache::CacheSequence seq = checked_sequence(
+      a.layout, b, a.seqlen_new, a.input_errors,
+      threadIdx.x == 0 && tile == 0 && hk == 0 && split == 0);
+  const int64_t seqlen_k = seq.num_keys;
 
   // Per-row state: q slice (scaled), visible key range, ALiBi slope (log2 domain).
   const int rows_in_seq = a.group * a.seqlen_q;
@@ -120,23 +116,31 @@ __global__ void __launch_bounds__(kThreads, RowBucket<kM>::kMinBlocksPerSm) spli
     for (int e = 0; e < kVec; ++e) acc[r][e] = 0.f;
   }
 
+  // Key j is cache position first + j, at position_offset in its cache row or page.
   const char* k_base = static_cast<const char*>(a.k) +
-                       (b * a.k_strides.batch + int64_t(hk) * a.k_strides.head + d0) * int64_t(sizeof(T));
+                       (int64_t(hk) * a.k_strides.head + d0) * int64_t(sizeof(T));
   const char* v_base = static_cast<const char*>(a.v) +
-                       (b * a.v_strides.batch + int64_t(hk) * a.v_strides.head + d0) * int64_t(sizeof(T));
-  const int64_t k_row_bytes = a.k_strides.row * int64_t(sizeof(T));
-  const int64_t v_row_bytes = a.v_strides.row * int64_t(sizeof(T));
+                       (int64_t(hk) * a.v_strides.head + d0) * int64_t(sizeof(T));
+  const int first = static_cast<int>(seq.first);
+  const int64_t seq_row = seq.row;
 
   // start/end are block-uniform, so every thread runs the same iterations (the shuffles
   // below need the whole warp).
   for (int base = start; base < end; base += kKeysPerStep) {
     uint4 kv[kUnroll], vv[kUnroll];
+    bool loaded[kUnroll];  // false: past the split, or on a block-table entry outside the pages
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int j = base + u * kSlots + slot;
-      if (j < end && lane_active) {
-        kv[u] = load16(k_base + int64_t(j) * k_row_bytes);
-        vv[u] = load16(v_base + int64_t(j) * v_row_bytes);
+      kvcache::CachePlace place{-1, 0};
+      if (j < end) {
+        place = kvcache::place_of(a.layout, b, seq_row, first + j);
+        if (place.block < 0 && lane == 0) note_bad_sequence(a.input_errors, SeqlensArg::kBlockTable, b);
+      }
+      loaded[u] = place.block >= 0;
+      if (loaded[u] && lane_active) {
+        kv[u] = load16(k_base + kvcache::offset_of(place, a.k_strides) * int64_t(sizeof(T)));
+        vv[u] = load16(v_base + kvcache::offset_of(place, a.v_strides) * int64_t(sizeof(T)));
       } else {
         kv[u] = make_uint4(0, 0, 0, 0);
         vv[u] = make_uint4(0, 0, 0, 0);
@@ -180,7 +184,7 @@ __global__ void __launch_bounds__(kThreads, RowBucket<kM>::kMinBlocksPerSm) spli
         // alibi_distance (attn_mask.h) in 32-bit: key positions < 2^31 are checked on
         // the host, and the int64 version costs ~40 registers here.
         if (a.slopes) x -= row_slope[r] * fabsf(static_cast<float>(row_diag[r] - j));
-        const bool visible = j < end && j >= row_lo[r] && j < row_hi[r];
+        const bool visible = loaded[u] && j >= row_lo[r] && j < row_hi[r];
         s[u][r] = visible ? x : -INFINITY;
       }
     }
