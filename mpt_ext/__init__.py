@@ -12,6 +12,12 @@ from .attention import (
     flash_attn_varlen_func,
     flash_attn_with_kvcache,
 )
+from .attention_packed import (
+    flash_attn_kvpacked_func,
+    flash_attn_qkvpacked_func,
+    flash_attn_varlen_kvpacked_func,
+    flash_attn_varlen_qkvpacked_func,
+)
 from .norm import layer_norm, rms_norm
 from . import nn
 from .nn import patch
@@ -22,6 +28,10 @@ __all__ = [
     "flash_attn_func",
     "flash_attn_varlen_func",
     "flash_attn_with_kvcache",
+    "flash_attn_qkvpacked_func",
+    "flash_attn_kvpacked_func",
+    "flash_attn_varlen_qkvpacked_func",
+    "flash_attn_varlen_kvpacked_func",
     "alibi_slopes",
     "check_device_input_errors",
     "layer_norm",
