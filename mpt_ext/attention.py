@@ -299,7 +299,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     - block_table: int32 (batch, max_num_blocks_per_seq), the paged cache's blocks.
     - rotary_cos, rotary_sin: (seqlen_ro, rotary_dim / 2) in q's dtype (rotary_dim a multiple
       of 16): q and the new keys are rotated inside the op (they need k and v), the keys at
-      their cache positions, q at cache_seqlens[b] (+ i when causal or local).
+      their cache positions, q at cache_seqlens[b] (+ i when causal or local: a window side
+      below the cache's length).
       rotary_interleaved pairs dims (0, 1), (2, 3), ...; False pairs (i, i + rotary_dim / 2).
     - num_splits: split-KV count on CUDA (0: a heuristic); the CPU kernel ignores it.
 

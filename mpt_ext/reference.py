@@ -208,7 +208,7 @@ def kvcache_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     cache_seqlens[b] + t (k rotated first when rotary_cos / rotary_sin are given). Sequence b
     then attends (attention_ref semantics) to positions [cache_leftpad[b],
     cache_seqlens[b] + seqlen_new), with q rotated at position cache_seqlens[b] (+ i when
-    causal or local). cache_seqlens: int, int tensor (batch,), or None (the whole cache).
+    causal or local: a window side below seqlen_cache). cache_seqlens: int, int tensor (batch,), or None (the whole cache).
 
     Returns (out, lse (batch, nheads, seqlen_q)) in compute_dtype and the updated caches
     (k_cache, v_cache) in the caches' dtype.
@@ -242,7 +242,8 @@ def kvcache_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             idx = where(b, positions)
             k_cache[idx] = k_b.to(k_cache.dtype)
             v_cache[idx] = v[b]
-    local = tuple(window_size) != (-1, -1)
+    # flash-attn reads a window side as wide as the cache as unbounded before it decides
+    local = any(0 <= w < seqlen_cache for w in window_size)
     outs, lses = [], []
     for b in range(batch):
         idx = where(b, torch.arange(firsts[b], ends[b] + seqlen_new))

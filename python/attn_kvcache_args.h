@@ -113,12 +113,13 @@ inline void fill_rotary(RotaryParams& r, const std::optional<at::Tensor>& cos,
                     "rotary_cos must have rotary_dim / 2 columns with rotary_dim a multiple of 16 "
                     "in [16, headdim = ", q.size(3), "] (as in flash-attn), got rotary_dim ",
                     rotary_dim);
-  // The positions rows can reach: keys below seqlen_cache; causal / local queries up to
-  // cache_seqlens[b] + seqlen_q - 1 <= seqlen_cache - seqlen_new + seqlen_q - 1.
-  const int64_t needed = l.seqlen_cache + (per_query ? std::max<int64_t>(0, q.size(1) - seqlen_new) : 0);
+  // The positions rows can reach: keys below seqlen_cache; queries up to cache_seqlens[b]
+  // (+ seqlen_q - 1 when per_query), and cache_seqlens[b] <= seqlen_cache - seqlen_new.
+  const int64_t needed = std::max(
+      l.seqlen_cache, l.seqlen_cache - seqlen_new + (per_query ? q.size(1) : int64_t(1)));
   TORCH_CHECK_VALUE(cos->size(0) >= needed, "rotary_cos and rotary_sin must have at least ",
-                    needed, " rows (the positions of the KV cache",
-                    per_query ? " and of the queries past it" : "", "), got ", cos->size(0));
+                    needed, " rows (the positions of the KV cache and of the queries), got ",
+                    cos->size(0));
   r.cos = cos->data_ptr();
   r.sin = sin->data_ptr();
   r.cos_row_stride = cos->stride(0);

@@ -68,7 +68,11 @@ std::tuple<at::Tensor, at::Tensor> attn_kvcache(
   // Bad lengths, rows, pads or pages would read or write out of bounds. The CUDA kernels check
   // each sequence themselves (reading them here would sync every decode step).
   if (!Kernels::kSeqlensOnDevice) check_sequences_on_host(kp.layout, q.size(0), kp.seqlen_new);
-  const bool local = window_left >= 0 || window_right >= 0;
+  // Query rows rotate at their own positions when causal or local, as in flash-attn, which
+  // first reads a window side as wide as the cache as unbounded.
+  const int64_t cache = kp.layout.seqlen_cache;
+  const bool local = (window_left >= 0 && window_left < cache) ||
+                     (window_right >= 0 && window_right < cache);
   fill_rotary(kp.rotary, rotary_cos, rotary_sin, rotary_interleaved, causal || local, q,
               kp.layout, kp.seqlen_new, k_new.has_value());
   kp.num_splits = static_cast<int>(num_splits);

@@ -178,6 +178,32 @@ def test_rotary_queries_past_the_new_keys():
     check_kvcache(**inp, causal=True)
 
 
+def test_rotary_without_new_rows_on_a_full_cache():
+    # k and v of length 0 on a full cache: q rotates at position seqlen_cache, one row past
+    # the keys' positions, so the tables need seqlen_cache + 1 rows
+    inp = layout_case(batch=2, seqlen_cache=24, heads=2, heads_k=2, d=32, seqlen_q=1,
+                      seqlen_new=0, lengths=[24, 10], rotary_dim=16)
+    inp["k"] = torch.randn(2, 0, 2, 32)
+    inp["v"] = torch.randn(2, 0, 2, 32)
+    with pytest.raises(ValueError, match="must have at least 25 rows"):
+        flash_attn_with_kvcache(**inp)
+    inp["rotary_cos"], inp["rotary_sin"] = rotary_tables(25, 16, torch.float32)
+    check_kvcache(**inp)
+
+
+@pytest.mark.parametrize("window_size", [(100, 100), (-1, 24), (24, -1)], ids=str)
+def test_rotary_window_as_wide_as_the_cache_is_not_local(window_size):
+    # as in flash-attn: such a window is read as unbounded, so q rows all rotate at
+    # cache_seqlens[b], as without a window
+    inp = layout_case(batch=2, seqlen_cache=24, heads=2, heads_k=2, d=32, seqlen_q=3,
+                      seqlen_new=3, lengths=[5, 12], rotary_dim=32)
+    copy = {n: t.clone() if isinstance(t, torch.Tensor) else t for n, t in inp.items()}
+    check_kvcache(**inp, window_size=window_size)
+    windowed = flash_attn_with_kvcache(**copy, window_size=window_size)
+    unbounded = flash_attn_with_kvcache(**copy)
+    torch.testing.assert_close(windowed, unbounded, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("page_size", [None, 8])
 def test_rotary_paged_leftpad_everything(page_size):
     inp = layout_case(batch=3, seqlen_cache=48, heads=8, heads_k=2, d=64, seqlen_q=2,
