@@ -98,6 +98,15 @@ def decode_cases():
                 mpt_ext.flash_attn_with_kvcache(q, kc, vc, kn, kn, cache_seqlens=seqlens,
                                                 causal=True, num_splits=splits,
                                                 alibi_slopes=mpt_ext.alibi_slopes(h, device=dev))
+            # paged, left-padded, rotary: pages of 16 in reverse order, a 64-dim rotation
+            pages = torch.randn(b * 19, 16, hk, d, device=dev, dtype=dtype)
+            table = torch.arange(b * 19, device=dev, dtype=torch.int32).flip(0).view(b, 19)
+            angle = torch.rand(b * 19 * 16 + sq, 32, device=dev)
+            mpt_ext.flash_attn_with_kvcache(
+                q, pages, pages.clone(), kn, kn, angle.cos().to(dtype), angle.sin().to(dtype),
+                seqlens, None, torch.tensor([0, 5, 100], device=dev, dtype=torch.int32), table,
+                causal=True, rotary_interleaved=False,
+                alibi_slopes=mpt_ext.alibi_slopes(h, device=dev))
 
 
 def norm_cases():

@@ -14,6 +14,7 @@ from mpt_ext import alibi_slopes, flash_attn_with_kvcache
 from mpt_ext.reference import rotary_ref
 
 from attention_helpers import DTYPE_IDS
+from devices import cuda_only
 from test_attention_kvcache import bits_equal, check_kvcache
 
 NAN = float("nan")
@@ -232,6 +233,28 @@ def test_rotary_decode_equals_rotated_full_attention(interleaved):
                                      alibi_slopes=alibi_slopes(heads))
              for t in range(seqlen)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full)
+
+
+# ---- on the GPU (the CUDA decode kernels; skipped without one) ---------------------------------
+CUDA_CASES = {
+    "paged_16": dict(lengths=[0, 700, 1020], page_size=16),
+    "paged_256_leftpad": dict(lengths=[300, 700, 1020], leftpad=[299, 5, 0], page_size=256),
+    "batch_idx": dict(lengths=[1, 512, 1000], batch_idx=True),
+    "rotary_neox_leftpad": dict(lengths=[10, 400, 1000], leftpad=[3, 0, 999], rotary_dim=64,
+                                interleaved=False),
+    "rotary_paged_inter": dict(lengths=[10, 400, 1000], page_size=64, rotary_dim=128),
+}
+
+
+@cuda_only("attn_kvcache")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("seqlen_q", [1, 4])
+@pytest.mark.parametrize("case", list(CUDA_CASES))
+def test_cuda_layouts(case, seqlen_q, dtype):
+    inp = layout_case(batch=3, seqlen_cache=1024, heads=16, heads_k=4, d=128,
+                      seqlen_q=seqlen_q, seqlen_new=seqlen_q, dtype=dtype, device="cuda",
+                      **CUDA_CASES[case])
+    check_kvcache(**inp, causal=True)
 
 
 # ---- flash-attn's positional order -------------------------------------------------------------
