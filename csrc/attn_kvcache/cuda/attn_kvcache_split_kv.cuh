@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(kThreads, RowBucket<kM>::kMinBlocksPerSm) spli
     for (int e = 0; e < kVec; ++e) acc[r][e] = 0.f;
   }
 
-  // Key j is cache position first + j, at position_offset in its cache row or page.
+  // Key j is cache position first + j, in its cache row or page (kvcache::place_of).
   const char* k_base = static_cast<const char*>(a.k) +
                        (int64_t(hk) * a.k_strides.head + d0) * int64_t(sizeof(T));
   const char* v_base = static_cast<const char*>(a.v) +
