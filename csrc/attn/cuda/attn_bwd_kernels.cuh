@@ -73,7 +73,6 @@ template <typename T, int kD>
 __device__ __forceinline__ void store_rows(uint16_t* g, int64_t row_stride, const float (&acc)[kD / 8][4],
                                            int row0, int rows_valid, int d, float scale,
                                            bool pair_ok, int lane) {
-  using Ops = ElemOps<T>;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = row0 + (lane >> 2) + 8 * r;
@@ -82,13 +81,7 @@ __device__ __forceinline__ void store_rows(uint16_t* g, int64_t row_stride, cons
 #pragma unroll
     for (int dt = 0; dt < kD / 8; ++dt) {
       const int col = dt * 8 + (lane & 3) * 2;
-      const float v0 = acc[dt][2 * r] * scale, v1 = acc[dt][2 * r + 1] * scale;
-      if (pair_ok && col + 1 < d) {
-        *reinterpret_cast<uint32_t*>(grow + col) = Ops::pack(v0, v1);
-      } else {
-        if (col < d) grow[col] = Ops::from_float(v0);
-        if (col + 1 < d) grow[col + 1] = Ops::from_float(v1);
-      }
+      store_pair<T>(grow, col, d, pair_ok, acc[dt][2 * r] * scale, acc[dt][2 * r + 1] * scale);
     }
   }
 }

@@ -129,7 +129,6 @@ __device__ __forceinline__ void store_out_rows(const float (&o)[kDT][4], const f
                                                const int (&row_local)[2], int rows_here, int d,
                                                uint16_t* go, int64_t out_row_stride, float* glse,
                                                bool out_pair_ok, int lane) {
-  using Ops = ElemOps<T>;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const float l = quad_sum(row_sum[r]);  // all lanes: before the row check
@@ -141,13 +140,7 @@ __device__ __forceinline__ void store_out_rows(const float (&o)[kDT][4], const f
 #pragma unroll
     for (int dt = 0; dt < kDT; ++dt) {
       const int col = dt * 8 + (lane & 3) * 2;
-      const float v0 = o[dt][2 * r] * inv, v1 = o[dt][2 * r + 1] * inv;
-      if (out_pair_ok && col + 1 < d) {
-        *reinterpret_cast<uint32_t*>(orow + col) = Ops::pack(v0, v1);
-      } else {
-        if (col < d) orow[col] = Ops::from_float(v0);
-        if (col + 1 < d) orow[col + 1] = Ops::from_float(v1);
-      }
+      store_pair<T>(orow, col, d, out_pair_ok, o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
     }
     if ((lane & 3) == 0) {
       glse[rl] = empty ? -INFINITY : fmaf(row_max[r], units.exp_scale, log2f(l)) * kLn2;

@@ -89,6 +89,20 @@ __device__ __forceinline__ void load_a_kn(uint32_t (&a)[4], const uint16_t* tile
 
 // The accumulator fragments of two n8 tiles (16 x 16 fp32, C layout) as one A operand:
 // the m16n8 C layout of tiles 2j, 2j+1 is exactly the m16k16 A layout.
+// Stores an mma fragment's two adjacent fp32 values (columns col, col + 1 of a row) as T:
+// one 32-bit store when the pair is aligned and inside the row (pair_ok: the row starts are
+// 4-byte aligned), else element by element, columns >= d skipped.
+template <typename T>
+__device__ __forceinline__ void store_pair(uint16_t* row, int col, int d, bool pair_ok, float v0,
+                                           float v1) {
+  if (pair_ok && col + 1 < d) {
+    *reinterpret_cast<uint32_t*>(row + col) = ElemOps<T>::pack(v0, v1);
+  } else {
+    if (col < d) row[col] = ElemOps<T>::from_float(v0);
+    if (col + 1 < d) row[col + 1] = ElemOps<T>::from_float(v1);
+  }
+}
+
 template <typename T>
 __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4],
                                        const float (&c1)[4]) {
