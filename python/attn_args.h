@@ -98,8 +98,8 @@ inline void fill_common(AttnFwdParams& p, const at::Tensor& q, const at::Tensor&
                         const at::Tensor& v, double softmax_scale, bool causal,
                         int64_t window_left, int64_t window_right, double softcap) {
   p.dtype = to_dtype(q, "q", q.is_cpu());
-  p.mask.softmax_scale = static_cast<float>(softmax_scale);
-  p.mask.softcap = static_cast<float>(softcap);
+  p.mask.softmax_scale = softmax_scale;
+  p.mask.softcap = softcap;
   p.mask.causal = causal;
   // Any window past 2^40 keys is unbounded in practice; clamping keeps the kernels'
   // position arithmetic (i + sk - sq +- window) far from int64 overflow.

@@ -34,8 +34,9 @@ struct AttnShape {
 };
 
 struct AttnMaskParams {
-  float softmax_scale = 1.f;
-  float softcap = 0.f;  // > 0: score = softcap * tanh(score / softcap), before ALiBi
+  // double so that the CPU's float64 path is float64-exact; the CUDA kernels round to float.
+  double softmax_scale = 1.0;
+  double softcap = 0.0;  // > 0: score = softcap * tanh(score / softcap), before ALiBi
   bool causal = false;
   int64_t window_left = -1;   // -1: unbounded
   int64_t window_right = -1;  // -1: unbounded

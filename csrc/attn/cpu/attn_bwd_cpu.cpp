@@ -5,8 +5,15 @@
 //   pass 2, one task per (batch, kv head, key block): dk and dv, looping over the query
 //           heads of the GQA group and the query blocks that see the key block.
 // The d(slope) partials are then summed in a fixed order. Extra memory: tiles per thread
-// plus D and the partials, O(batch * heads * seqlen_q).
+// plus D, the refined lse and the partials, O(batch * heads * seqlen_q).
+//
+// Precision. The forward's lse is fp32; with ALiBi biases near -100 its rounding scales every
+// recomputed P of a row by the same factor c = 1 +- 1e-5, far above fp64's precision. Pass 1
+// measures c as the row's sum of P, divides it out of dq and d(slope), and hands pass 2 the
+// lse refined by log2(c). Pass 2 rounds P to the input dtype before dv += P^T dout, as
+// FlashAttention does, so that P = 1 (one visible key) stays exactly 1 in fp16 / bf16.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -26,6 +33,7 @@ struct BwdContext {
   int64_t k_blocks;       // per (batch, kv head)
   int64_t heads_per_kv;   // GQA group size
   Acc* delta;             // D_i, indexed like the lse
+  Acc* lse2;              // lse * log2(e), refined by pass 1 for pass 2, indexed like the lse
   double* dslope_partial; // one per pass-1 task; null: d(slope) not wanted
 };
 
@@ -35,9 +43,10 @@ struct BwdContext {
 // D'_i = sum_j P_ij dP_ij: the gradient with D_i, which reads the output rounded to the input
 // dtype, replaced by the value the recomputed P and dP imply. Otherwise D_i's rounding times
 // distances up to seqlen_k lands in every row's term (the CUDA dQ kernel does the same).
+// Each sum scales by c when every P of the row does (see the top of the file): divided out.
 struct RowDslope {
   double ds_dist = 0, ds = 0, p_dist = 0;
-  double sum() const { return ds_dist - ds * p_dist; }
+  double sum(double c) const { return ds_dist / c - (ds / c) * (p_dist / c); }
 };
 
 template <typename Acc>
@@ -45,12 +54,14 @@ struct BwdScratch {
   TileMatmul<Acc> matmul = tile_matmul_for<Acc>(cpu_has_avx2_fma());
   std::vector<Acc> q, dout, kt, k, vt, s, dpv, th, pt, dst, acc0, acc1, lse2, delta, terms;
   std::vector<RowDslope> row_dslope;
+  std::vector<double> p_sum;  // per row, over the key tiles of pass 1: the c above
   explicit BwdScratch(int64_t dp)
       : q(kBlockQ * dp), dout(kBlockQ * dp), kt(dp * kBlockK, Acc(0)), k(kBlockK * dp),
         vt(dp * kBlockK, Acc(0)), s(kBlockQ * kBlockK), dpv(kBlockQ * kBlockK),
         th(kBlockQ * kBlockK, Acc(0)), pt(kBlockK * kBlockQ), dst(kBlockK * kBlockQ),
         acc0(std::max(kBlockQ, kBlockK) * dp), acc1(kBlockK * dp), lse2(kBlockQ), delta(kBlockQ),
-        terms(kBlockK), row_dslope(kBlockQ) {}
+        terms(kBlockK), row_dslope(kBlockQ),
+        p_sum(kBlockQ) {}
 };
 
 // Where one (batch, head) lives in the params' tensors.
@@ -84,10 +95,10 @@ MPT_CPU_INLINE HeadView head_view(const AttnBwdParams& p, int64_t b, int64_t h, 
 
 // For query rows [i0, i0 + nr) against key tile [j0, j0 + nc) whose K^T and V^T are in
 // w.kt / w.vt and whose q, dout, lse2, delta rows are loaded: leaves in w.s the gradient
-// with respect to the raw q.k products (dS * dscore/dqk) and, if p_out, P in w.dpv.
-// With want_dslope, adds the tile's terms to w.row_dslope (in double: a row sums up to
-// seqlen_k terms).
-template <typename Acc>
+// with respect to the raw q.k products (dS * dscore/dqk) and, if keep_p, P rounded to T in
+// w.dpv. Adds each row's sum of P to w.p_sum and, with want_dslope, the tile's terms to
+// w.row_dslope (in double: a row sums up to seqlen_k terms).
+template <typename T, typename Acc>
 MPT_CPU_INLINE void tile_score_grads(const BwdContext<Acc>& c, BwdScratch<Acc>& w,
                                     const ScoreMath<Acc>& math, const BlockKeys& keys,
                                     int64_t i0, int64_t nr, int64_t mr, int64_t j0, int64_t nc,
@@ -110,6 +121,7 @@ MPT_CPU_INLINE void tile_score_grads(const BwdContext<Acc>& c, BwdScratch<Acc>& 
     const Acc delta = w.delta[r];
     // s -> dS = P * (dP - D) (d loss / d final score); with keep_p, dpv -> P.
     exp2_shifted_row(s, lse2, kBlockK);  // P
+    w.p_sum[r] += static_cast<double>(row_sum(s, kBlockK));
     const Acc offset = static_cast<Acc>(alibi_row_offset(i0 + r, j0, sq, sk));
     const Acc* iota = kColumnIota<Acc>.v;
     Acc* terms = w.terms.data();  // times |distance|; masked columns have P = dS = 0
@@ -121,7 +133,7 @@ MPT_CPU_INLINE void tile_score_grads(const BwdContext<Acc>& c, BwdScratch<Acc>& 
       for (int64_t x = 0; x < kBlockK; ++x) {
         const Acc prob = s[x];
         s[x] = prob * (dpv[x] - delta);
-        dpv[x] = prob;
+        dpv[x] = to_acc<Acc>(from_acc<T>(prob));
       }
     } else {
       for (int64_t x = 0; x < kBlockK; ++x) s[x] *= dpv[x] - delta;
@@ -139,9 +151,10 @@ MPT_CPU_INLINE void tile_score_grads(const BwdContext<Acc>& c, BwdScratch<Acc>& 
   }
 }
 
+// With refined_lse (pass 2), lse2 comes from pass 1's refinement, else from the forward.
 template <typename T, typename Acc>
 MPT_CPU_INLINE void load_query_rows(const BwdContext<Acc>& c, BwdScratch<Acc>& w, const HeadView& hv,
-                                    int64_t i0, int64_t nr, int64_t mr) {
+                                    int64_t i0, int64_t nr, int64_t mr, bool refined_lse) {
   const AttnBwdParams& p = c.p;
   const AttnFwdParams& f = p.fwd;
   load_rows(static_cast<const T*>(f.q) + hv.q_off + i0 * f.q_strides.row, f.q_strides.row, nr, mr,
@@ -149,9 +162,15 @@ MPT_CPU_INLINE void load_query_rows(const BwdContext<Acc>& c, BwdScratch<Acc>& w
   load_rows(static_cast<const T*>(p.dout) + hv.dout_off + i0 * p.dout_strides.row,
             p.dout_strides.row, nr, mr, c.d, w.dout.data(), c.dp);
   for (int64_t r = 0; r < nr; ++r) {
-    const float lse = f.lse[hv.lse_off + i0 + r];
-    w.lse2[r] = lse == kNegInf<float> ? kNegInf<Acc> : Acc(lse) * kLog2e<Acc>;
-    w.delta[r] = c.delta[hv.lse_off + i0 + r];
+    const int64_t idx = hv.lse_off + i0 + r;
+    if (refined_lse) {
+      w.lse2[r] = c.lse2[idx];
+    } else {
+      const float lse = f.lse[idx];
+      w.lse2[r] = lse == kNegInf<float> ? kNegInf<Acc> : Acc(lse) * kLog2e<Acc>;
+    }
+    w.delta[r] = c.delta[idx];
+    w.p_sum[r] = 0;
   }
 }
 
@@ -188,7 +207,7 @@ MPT_CPU_INLINE void dq_block(const BwdContext<Acc>& c, int64_t task, BwdScratch<
       sum += to_acc<Acc>(dout[r * p.dout_strides.row + x]) * to_acc<Acc>(out[r * f.out_strides.row + x]);
     c.delta[hv.lse_off + i0 + r] = sum;
   }
-  load_query_rows<T>(c, w, hv, i0, nr, mr);
+  load_query_rows<T>(c, w, hv, i0, nr, mr, /*refined_lse=*/false);
 
   BlockKeys keys;
   keys.compute(i0, nr, hv.sq, hv.sk, f.mask);
@@ -201,16 +220,21 @@ MPT_CPU_INLINE void dq_block(const BwdContext<Acc>& c, int64_t task, BwdScratch<
     const int64_t nc = std::min(kBlockK, keys.hi - j0);
     if (!keys.touches(j0, j0 + nc, nr)) continue;
     load_key_tile<T>(c, w, hv, j0, nc, /*row_major_k=*/true);
-    tile_score_grads(c, w, math, keys, i0, nr, mr, j0, nc, hv.sq, hv.sk, false, want_dslope);
+    tile_score_grads<T>(c, w, math, keys, i0, nr, mr, j0, nc, hv.sq, hv.sk, false,
+                        want_dslope);
     w.matmul(mr, dp, kBlockK, w.s.data(), kBlockK, w.k.data(), dp, dq, dp, true);
   }
+  // Divide each row's c out (rows that see no key keep c = 1: all their sums are 0).
   T* dq_out = static_cast<T*>(p.dq) + hv.dq_off + i0 * p.dq_strides.row;
-  for (int64_t r = 0; r < nr; ++r) store_row(dq + r * dp, d, Acc(1), dq_out + r * p.dq_strides.row);
-  if (want_dslope) {
-    double dslope = 0;  // d score / d slope = -|distance|
-    for (int64_t r = 0; r < nr; ++r) dslope -= w.row_dslope[r].sum();
-    c.dslope_partial[task] = dslope;
+  double dslope = 0;  // d score / d slope = -|distance|
+  for (int64_t r = 0; r < nr; ++r) {
+    const bool sees_keys = w.lse2[r] != kNegInf<Acc> && w.p_sum[r] > 0;
+    const double row_c = sees_keys ? w.p_sum[r] : 1.0;
+    c.lse2[hv.lse_off + i0 + r] = sees_keys ? w.lse2[r] + Acc(std::log2(row_c)) : w.lse2[r];
+    store_row(dq + r * dp, d, Acc(1.0 / row_c), dq_out + r * p.dq_strides.row);
+    if (want_dslope) dslope -= w.row_dslope[r].sum(row_c);
   }
+  if (want_dslope) c.dslope_partial[task] = dslope;
 }
 
 // Pass 2: dk and dv of one key block of one kv head.
@@ -248,8 +272,8 @@ MPT_CPU_INLINE void dkv_block(const BwdContext<Acc>& c, int64_t task, BwdScratch
       BlockKeys keys;
       keys.compute(i0, nr, sq, sk, f.mask);
       if (!keys.touches(j0, j0 + nc, nr)) continue;
-      load_query_rows<T>(c, w, hv, i0, nr, mr);
-      tile_score_grads(c, w, math, keys, i0, nr, mr, j0, nc, sq, sk, true, false);
+      load_query_rows<T>(c, w, hv, i0, nr, mr, /*refined_lse=*/true);
+      tile_score_grads<T>(c, w, math, keys, i0, nr, mr, j0, nc, sq, sk, true, false);
       // P^T and dS^T, so that dv += P^T dout and dk += dS^T q are plain tile products.
       for (int64_t r = 0; r < nr; ++r)
         for (int64_t x = 0; x < kBlockK; ++x) {
@@ -320,13 +344,13 @@ template <typename T, typename Acc>
 void run_backward(const AttnBwdParams& p) {
   const AttnShape& sh = p.fwd.shape;
   const bool want_dslopes = p.dslopes != nullptr && p.fwd.mask.alibi_slopes != nullptr;
-  std::vector<Acc> delta(lse_extent(p.fwd));
+  std::vector<Acc> delta(lse_extent(p.fwd)), lse2(lse_extent(p.fwd));
   const int64_t q_blocks = (sh.seqlen_q + kBlockQ - 1) / kBlockQ;
   const int64_t k_blocks = (sh.seqlen_k + kBlockK - 1) / kBlockK;
   const int64_t q_tasks = sh.batch * sh.num_heads * q_blocks;
   std::vector<double> dslope_partial(want_dslopes ? q_tasks : 0, 0.0);
   const BwdContext<Acc> c{p, sh.head_dim, round_up(sh.head_dim, kTileCols), q_blocks, k_blocks,
-                          sh.num_heads / sh.num_heads_k, delta.data(),
+                          sh.num_heads / sh.num_heads_k, delta.data(), lse2.data(),
                           want_dslopes ? dslope_partial.data() : nullptr};
   const bool avx2 = cpu_has_avx2_fma();
   auto scratch = [&] { return BwdScratch<Acc>(c.dp); };

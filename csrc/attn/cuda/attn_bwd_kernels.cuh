@@ -423,8 +423,8 @@ __global__ void __launch_bounds__(Cfg::kThreads)
                   hk * p.dk_strides.head + n0 * p.dk_strides.row;
   uint16_t* gdv = static_cast<uint16_t*>(p.dv) + seq_offset(p.dv_strides, b, si.k_row0, si.varlen) +
                   hk * p.dv_strides.head + n0 * p.dv_strides.row;
-  store_rows<T, kD>(gdk, p.dk_strides.row, dk, warp * 16, keys_here, d, f.mask.softmax_scale,
-                    x.dk_pair_ok, lane);
+  store_rows<T, kD>(gdk, p.dk_strides.row, dk, warp * 16, keys_here, d,
+                    static_cast<float>(f.mask.softmax_scale), x.dk_pair_ok, lane);
   store_rows<T, kD>(gdv, p.dv_strides.row, dv, warp * 16, keys_here, d, 1.f, x.dv_pair_ok, lane);
 }
 
@@ -619,8 +619,8 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   }
   cp_async_wait<0>();
 
-  store_rows<T, kD>(gdq, p.dq_strides.row, dq, warp * 16, rows_here, d, f.mask.softmax_scale,
-                    x.dq_pair_ok, lane);
+  store_rows<T, kD>(gdq, p.dq_strides.row, dq, warp * 16, rows_here, d,
+                    static_cast<float>(f.mask.softmax_scale), x.dq_pair_ok, lane);
 
   // Each row's d(slope) term, written once (by the quad's first lane) at the row's workspace
   // index; d score / d slope = -|distance|. Rows no sequence covers stay 0 (memset).

@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(256)
   uint16_t* g = static_cast<uint16_t*>(p.dq) +
                 seq_offset(p.dq_strides, w.b, w.si.q_row0, w.si.varlen) +
                 w.h * p.dq_strides.head + w.i * p.dq_strides.row;
-  const float scale = f.mask.softmax_scale;
+  const float scale = static_cast<float>(f.mask.softmax_scale);
   for (int c = w.lane; c < f.shape.head_dim; c += 32) {
     float sum = a[c];
     for (int64_t s = 1; s < splits; ++s) sum += a[s * split_stride + c];  // fixed order

@@ -108,7 +108,7 @@ constexpr float kMaxSplitSlopeLog2 = 0x1p12f;
 constexpr float kMaxFmaExpLog2 = 0x1p20f;  // ScoreUnits::fma_exp_ok
 
 inline ScoreKind score_kind(const AttnMaskParams& m) {
-  if (m.softcap > 0.f || !(m.softmax_scale >= kMinFoldedScale)) return ScoreKind::kGeneral;
+  if (m.softcap > 0.0 || !(m.softmax_scale >= kMinFoldedScale)) return ScoreKind::kGeneral;
   return m.alibi_slopes != nullptr ? ScoreKind::kAlibi : ScoreKind::kPlain;
 }
 
@@ -141,24 +141,26 @@ struct ScoreUnits {
 
   __device__ __forceinline__ static ScoreUnits make(const AttnMaskParams& m, int b, int h) {
     ScoreUnits u;
+    const float scale = static_cast<float>(m.softmax_scale);
+    const float softcap = static_cast<float>(m.softcap);
     const float slope = kHasSlopes && m.alibi_slopes != nullptr
                             ? m.alibi_slopes[static_cast<int64_t>(b) * m.alibi_batch_stride + h]
                             : 0.f;
     if (kFolded) {
-      u.exp_scale = m.softmax_scale * kLog2e;
+      u.exp_scale = scale * kLog2e;
       // A finite slope whose quotient overflows (slope > FLT_MAX * scale) keeps FLT_MAX, so
       // that distance 0 gives 0, not inf * 0 = NaN; an inf or NaN slope stays what it is (the
       // reference's NaN).
-      const float folded = slope / m.softmax_scale;
+      const float folded = slope / scale;
       const bool overflowed = fabsf(folded) > FLT_MAX && fabsf(slope) <= FLT_MAX;
       u.slope = overflowed ? copysignf(FLT_MAX, folded) : folded;
       u.split_ok = fabsf(u.slope * u.exp_scale) <= kMaxSplitSlopeLog2;  // false for NaN
     } else {
       u.exp_scale = kLog2e;
       u.slope = slope;
-      u.acc_scale = m.softmax_scale;
-      u.cap_in = m.softcap > 0.f ? m.softmax_scale / m.softcap : 0.f;
-      u.cap = m.softcap;
+      u.acc_scale = scale;
+      u.cap_in = softcap > 0.f ? scale / softcap : 0.f;
+      u.cap = softcap;
     }
     return u;
   }

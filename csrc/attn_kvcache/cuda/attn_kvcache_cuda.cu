@@ -179,8 +179,8 @@ attn_kvcache::cuda::SplitKvArgs split_kv_args(const AttnKVCacheParams& p, const 
   a.head_dim = static_cast<int>(s.head_dim);
   a.row_tiles = plan.row_tiles;
   a.num_splits = plan.num_splits;
-  a.scale = f.mask.softmax_scale;
-  a.softcap = f.mask.softcap;
+  a.scale = static_cast<float>(f.mask.softmax_scale);
+  a.softcap = static_cast<float>(f.mask.softcap);
   a.causal = f.mask.causal;
   a.window_left = f.mask.window_left;
   a.window_right = f.mask.window_right;
