@@ -34,10 +34,11 @@ def _check_devices(q, **others):
 @torch.library.register_fake("mpt_ext::attn_fwd")
 def _attn_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                    alibi_slopes, softmax_scale, causal, window_left, window_right, softcap,
-                   deterministic=False):
-    # deterministic has a schema default: the dispatcher drops it when it equals the default
+                   deterministic=False, block_table=None):
+    # deterministic and block_table have schema defaults: the dispatcher drops them when they
+    # equal the default
     _check_devices(q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-                   alibi_slopes=alibi_slopes)
+                   alibi_slopes=alibi_slopes, block_table=block_table)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if q.dim() == 3:  # varlen: (total_q, heads, d) -> lse (heads, total_q)
         lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
@@ -49,9 +50,10 @@ def _attn_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
 @torch.library.register_fake("mpt_ext::attn_bwd")
 def _attn_bwd_fake(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                    max_seqlen_k, alibi_slopes, softmax_scale, causal, window_left, window_right,
-                   softcap, deterministic, compute_dslopes):
+                   softcap, deterministic, compute_dslopes, block_table=None):
     _check_devices(q, dout=dout, k=k, v=v, out=out, lse=lse, cu_seqlens_q=cu_seqlens_q,
-                   cu_seqlens_k=cu_seqlens_k, alibi_slopes=alibi_slopes)
+                   cu_seqlens_k=cu_seqlens_k, alibi_slopes=alibi_slopes,
+                   block_table=block_table)
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
@@ -223,11 +225,13 @@ def _check_tensor(name: str, t, dims: int, layout: str) -> None:
 
 
 def _call_fwd(q, k, v, cu_q, cu_k, max_q, max_k, slopes, scale, causal, window, softcap,
-              deterministic):
+              deterministic, block_table=None):
     tensor_arg("alibi_slopes", slopes, _SLOPES)
+    tensor_arg("block_table", block_table, "an int32 torch.Tensor (batch, max_num_blocks_per_seq)")
     wl, wr = window
     return ops.attn_fwd(q, k, v, cu_q, cu_k, max_q, max_k, slopes, scale, _flag("causal", causal),
-                        wl, wr, _float("softcap", softcap), _flag("deterministic", deterministic))
+                        wl, wr, _float("softcap", softcap), _flag("deterministic", deterministic),
+                        block_table)
 
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
@@ -256,15 +260,24 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                            dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                            softcap=0.0, alibi_slopes=None, deterministic=False,
-                           return_attn_probs=False):
+                           return_attn_probs=False, block_table=None):
     """Attention over packed sequences: q (total_q, nheads, d), k/v (total_k, nheads_k, d);
     sequence b is rows cu_seqlens[b]:cu_seqlens[b+1] (int32, on q's device). Each sequence
-    gets its own causal alignment and ALiBi positions. softmax_lse is (nheads, total_q)."""
+    gets its own causal alignment and ALiBi positions. softmax_lse is (nheads, total_q).
+
+    block_table (int32 (batch, max_num_blocks_per_seq)), as in flash-attn 2.8: k and v are a
+    paged cache (num_blocks, page_block_size, nheads_k, d) and sequence b's key j is row
+    j % page_block_size of block block_table[b, j // page_block_size]; cu_seqlens_k then only
+    gives the sequences' key counts. On the CPU any page_block_size >= 1 works; the CUDA
+    kernel needs a multiple of 128 (flash-attn needs 256). Forward only, as in flash-attn:
+    paged keys are for inference."""
     _no_dropout(dropout_p)
     layout = "(total_tokens, nheads, headdim)"
     _check_tensor("q", q, 3, layout)
-    _check_tensor("k", k, 3, layout)
-    _check_tensor("v", v, 3, layout)
+    paged = block_table is not None
+    kv_layout = "(num_blocks, page_block_size, nheads_k, headdim)" if paged else layout
+    _check_tensor("k", k, 4 if paged else 3, kv_layout)
+    _check_tensor("v", v, 4 if paged else 3, kv_layout)
     for name, t in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be an int32 torch.Tensor, got {type(t).__name__}")
@@ -272,7 +285,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     max_k = _max_seqlen("max_seqlen_k", max_seqlen_k)
     out, lse = _call_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k, alibi_slopes,
                          _scale(softmax_scale, q.shape[-1]), causal, _window(window_size),
-                         softcap, deterministic)
+                         softcap, deterministic, block_table)
     return (out, lse, None) if _flag("return_attn_probs", return_attn_probs) else out
 
 

@@ -33,20 +33,27 @@ inline void check_mask_args(double softmax_scale, int64_t window_left, int64_t w
   TORCH_CHECK_VALUE(softcap >= 0 && std::isfinite(softcap), "softcap must be >= 0, got ", softcap);
 }
 
-// kv_cache: k and v are flash_attn_with_kvcache's k_cache / v_cache (named so in errors),
-// which may hold more sequences than q (batch_cache >= batch, checked by the caller).
+// What k and v are besides q's layout: kCache, flash_attn_with_kvcache's k_cache / v_cache
+// (named so in errors), which may hold more sequences than q (batch_cache >= batch, checked by
+// the caller); kPages, flash_attn_varlen_func's pages when it has a block_table.
+enum class KVForm { kLikeQ, kCache, kPages };
+
 inline void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool varlen,
-                      bool kv_cache = false) {
+                      KVForm form = KVForm::kLikeQ) {
+  const bool kv_cache = form == KVForm::kCache;
   const int64_t dim = varlen ? 3 : 4;
   const char* layout = varlen     ? "(total_tokens, nheads, headdim)"
                        : kv_cache ? "(batch, seqlen_q, nheads, headdim)"
                                   : "(batch, seqlen, nheads, headdim)";
-  const char* kv_layout = kv_cache ? "(batch_cache, seqlen_cache, nheads_k, headdim)" : layout;
+  const char* kv_layout = kv_cache                 ? "(batch_cache, seqlen_cache, nheads_k, headdim)"
+                          : form == KVForm::kPages ? "(num_blocks, page_block_size, nheads_k, headdim)"
+                                                   : layout;
   const char* k_name = kv_cache ? "k_cache" : "k";
   const char* v_name = kv_cache ? "v_cache" : "v";
+  const int64_t kv_dim = form == KVForm::kLikeQ ? dim : 4;
   check_dim(q, "q", dim, layout);
-  check_dim(k, k_name, dim, kv_layout);
-  check_dim(v, v_name, dim, kv_layout);
+  check_dim(k, k_name, kv_dim, kv_layout);
+  check_dim(v, v_name, kv_dim, kv_layout);
   to_dtype(q, "q", q.is_cpu());
   // flash-attn's contract: half precision on GPUs (fp32/fp64 exist for the CPU path).
   TORCH_CHECK_TYPE(q.is_cpu() || q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16,
@@ -65,7 +72,7 @@ inline void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   TORCH_CHECK_VALUE(hk >= 1 && h % hk == 0,
                     "the number of heads in k/v must divide the number in q (GQA ratio): q has ",
                     h, " heads, k/v have ", hk);
-  if (!varlen && !kv_cache) {
+  if (!varlen && form == KVForm::kLikeQ) {
     TORCH_CHECK_VALUE(k.size(0) == q.size(0), "k and v must have q's batch size ", q.size(0),
                       ", got ", k.size(0));
   }

@@ -10,6 +10,7 @@
 #include "../csrc/attn_kvcache/attn_kvcache_params.h"
 #include "../csrc/attn_kvcache/kvcache_layout.h"
 #include "checks.h"
+#include "page_table_args.h"
 
 namespace mpt_ext {
 
@@ -41,29 +42,11 @@ inline void fill_layout(KVCacheLayout& l, const at::Tensor& q, const at::Tensor&
                       k_cache.size(0), " (or pass cache_batch_idx)");
     return;
   }
-  const at::Tensor& bt = *block_table;
-  TORCH_CHECK_TYPE(bt.scalar_type() == at::kInt, "block_table must be int32, got ",
-                   bt.scalar_type());
-  check_same_device(bt, "block_table", q, "q");
-  TORCH_CHECK_VALUE(bt.dim() == 2 && bt.size(0) == q.size(0),
-                    "block_table must have shape (batch, max_num_blocks_per_seq) = (", q.size(0),
-                    ", *), got ", bt.sizes());
-  TORCH_CHECK_VALUE(bt.size(1) <= 1 || bt.stride(1) == 1,
-                    "block_table must have a contiguous last dimension, got strides ",
-                    bt.strides());
+  l.pages = page_table_of(*block_table, q, q.size(0), k_cache, "k_cache");
   TORCH_CHECK_VALUE(l.cache_batch_idx == nullptr,
                     "cache_batch_idx cannot be combined with block_table: the block table "
                     "already says where each sequence's keys are (as in flash-attn)");
-  TORCH_CHECK_VALUE(k_cache.size(1) >= 1,
-                    "with block_table, k_cache is (num_blocks, page_block_size, nheads_k, "
-                    "headdim) with page_block_size >= 1, got ", k_cache.sizes());
-  l.block_table = bt.data_ptr<int32_t>();
-  l.block_table_stride = bt.stride(0);
-  l.page_size = k_cache.size(1);
-  l.seqlen_cache = bt.size(1) * l.page_size;
-  TORCH_CHECK_VALUE(l.seqlen_cache < (int64_t(1) << 31),
-                    "block_table: max_num_blocks_per_seq * page_block_size = ", bt.size(1), " * ",
-                    l.page_size, " positions per sequence must be below 2^31");
+  l.seqlen_cache = block_table->size(1) * l.pages.page_size;
 }
 
 // On the CPU every sequence is checked here, naming the argument that is wrong; the CUDA
@@ -71,7 +54,7 @@ inline void fill_layout(KVCacheLayout& l, const at::Tensor& q, const at::Tensor&
 inline void check_sequences_on_host(const KVCacheLayout& l, int64_t batch, int64_t seqlen_new) {
   for (int64_t b = 0; b < batch; ++b) {
     const kvcache::CacheSequence s = kvcache::cache_sequence(l, b, seqlen_new);
-    if (l.block_table == nullptr) {
+    if (l.pages.block_table == nullptr) {
       TORCH_CHECK_VALUE(s.row >= 0 && s.row < l.cache_rows, "cache_batch_idx[", b, "] = ", s.row,
                         " is not a row of k_cache (it has ", l.cache_rows, ")");
     }
@@ -80,12 +63,8 @@ inline void check_sequences_on_host(const KVCacheLayout& l, int64_t batch, int64
                       " new keys does not fit in the cache of ", l.seqlen_cache, " positions");
     TORCH_CHECK_VALUE(s.first >= 0 && s.first <= s.cached, "cache_leftpad[", b, "] = ", s.first,
                       " must be in [0, cache_seqlens[", b, "] = ", s.cached, "]");
-    if (l.block_table == nullptr || s.num_keys == 0) continue;
-    const int64_t end = s.cached + seqlen_new;
-    for (int64_t page = s.first / l.page_size; page * l.page_size < end; ++page) {
-      const int32_t at = l.block_table[b * l.block_table_stride + page];
-      TORCH_CHECK_VALUE(at >= 0 && at < l.cache_rows, "block_table[", b, ", ", page, "] = ", at,
-                        " is not a block of k_cache (it has ", l.cache_rows, ")");
+    if (l.pages.block_table != nullptr) {
+      check_pages_on_host(l.pages, b, s.first, s.cached + seqlen_new, "k_cache");
     }
   }
 }

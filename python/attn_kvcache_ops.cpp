@@ -28,7 +28,7 @@ std::tuple<at::Tensor, at::Tensor> attn_kvcache(
     int64_t window_left, int64_t window_right, double softcap, bool rotary_interleaved,
     int64_t num_splits) {
   c10::DeviceGuard guard(q.device());
-  check_qkv(q, k_cache, v_cache, /*varlen=*/false, /*kv_cache=*/true);
+  check_qkv(q, k_cache, v_cache, /*varlen=*/false, KVForm::kCache);
   check_mask_args(softmax_scale, window_left, window_right, softcap);
   TORCH_CHECK_VALUE(num_splits >= 0, "num_splits must be >= 0 (0: automatic), got ", num_splits);
   TORCH_CHECK_VALUE(k_new.has_value() == v_new.has_value(), "k and v must be given together");

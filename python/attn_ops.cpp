@@ -14,6 +14,7 @@
 
 #include "../csrc/attn/attn.h"
 #include "attn_args.h"
+#include "page_table_args.h"
 
 namespace mpt_ext {
 namespace {
@@ -57,6 +58,19 @@ CuSeqlensInfo check_cu_seqlens_values(const at::Tensor& host, const char* name, 
   return info;
 }
 
+// Paged keys on the CPU: every sequence fits its row of the block table, and the pages it
+// uses exist.
+void check_paged_sequences(const at::Tensor& cu_k, const PageTable& pages, int64_t table_width) {
+  const int32_t* c = cu_k.data_ptr<int32_t>();
+  for (int64_t b = 0; b + 1 < cu_k.size(0); ++b) {
+    const int64_t len = int64_t(c[b + 1]) - c[b];
+    TORCH_CHECK_VALUE(len <= table_width * pages.page_size, "sequence ", b, " has ", len,
+                      " keys (cu_seqlens_k) but its row of block_table holds ", table_width,
+                      " blocks of ", pages.page_size, " positions");
+    check_pages_on_host(pages, b, 0, len, "k");
+  }
+}
+
 struct Prepared {
   AttnFwdParams p;
   bool varlen = false;
@@ -71,6 +85,10 @@ struct Prepared {
   std::optional<at::Tensor> slopes;
 };
 
+// With block_table (varlen only), cu_seqlens_k's values are not rows of k: any int32 prefix
+// sum is in bounds, and each sequence's length is bounded by its row of the block table.
+constexpr int64_t kPagedTotalK = std::numeric_limits<int32_t>::max();
+
 // seqlens_on_device: the kernels check cu_seqlens' values themselves (CUDA), so nothing here
 // reads them.
 Prepared prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -78,12 +96,16 @@ Prepared prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                      const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
                      int64_t max_seqlen_k, const std::optional<at::Tensor>& alibi_slopes,
                      double softmax_scale, bool causal, int64_t window_left,
-                     int64_t window_right, double softcap, bool seqlens_on_device) {
+                     int64_t window_right, double softcap, bool seqlens_on_device,
+                     const std::optional<at::Tensor>& block_table = std::nullopt) {
   TORCH_CHECK_VALUE(cu_seqlens_q.has_value() == cu_seqlens_k.has_value(),
                     "cu_seqlens_q and cu_seqlens_k must be given together");
   Prepared r;
   r.varlen = cu_seqlens_q.has_value();
-  check_qkv(q, k, v, r.varlen);
+  const bool paged = block_table.has_value();
+  TORCH_CHECK_VALUE(!paged || r.varlen,
+                    "block_table needs cu_seqlens_q and cu_seqlens_k (flash_attn_varlen_func)");
+  check_qkv(q, k, v, r.varlen, paged ? KVForm::kPages : KVForm::kLikeQ);
   check_mask_args(softmax_scale, window_left, window_right, softcap);
   AttnFwdParams& p = r.p;
   AttnShape& s = p.shape;
@@ -101,7 +123,14 @@ Prepared prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                       cu_seqlens_q->size(0), " and ", cu_seqlens_k->size(0));
     s.batch = cu_seqlens_q->size(0) - 1;
     s.total_q = q.size(0);
-    s.total_k = k.size(0);
+    s.total_k = paged ? kPagedTotalK : k.size(0);
+    if (paged) {
+      p.kv_pages = page_table_of(*block_table, q, s.batch, k, "k");
+      // CUDA: no sequence is longer than its row of the block table (the CPU says which is)
+      if (seqlens_on_device) {
+        max_seqlen_k = std::min(max_seqlen_k, block_table->size(1) * p.kv_pages.page_size);
+      }
+    }
     r.cu_q = cu_seqlens_q->contiguous();
     r.cu_k = cu_seqlens_k->contiguous();
     if (seqlens_on_device) {
@@ -115,7 +144,7 @@ Prepared prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
       const CuSeqlensInfo info_k = check_cu_seqlens_values(r.cu_k, "cu_seqlens_k", s.total_k,
                                                            max_seqlen_k, "max_seqlen_k");
       r.uncovered_q = info_q.last < s.total_q;
-      r.uncovered_k = info_k.last < s.total_k;
+      r.uncovered_k = !paged && info_k.last < s.total_k;
       // max_seqlen is only an upper bound (callers pass the padded length, or anything
       // larger): the CPU kernels get the real longest sequence, so their work (a task per
       // block of max_seqlen_q rows, per batch and head) is bounded by the tokens.
@@ -130,6 +159,9 @@ Prepared prepare_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     s.seqlen_k = k.size(1);
   }
   fill_common(p, q, k, v, softmax_scale, causal, window_left, window_right, softcap);
+  if (paged && !seqlens_on_device) {
+    check_paged_sequences(r.cu_k, p.kv_pages, block_table->size(1));
+  }
   if (alibi_slopes.has_value()) r.slopes = alibi_slopes->contiguous();
   fill_alibi(p.mask, r.slopes, q, s.batch, s.num_heads);
   return r;
@@ -142,11 +174,11 @@ std::tuple<at::Tensor, at::Tensor> attn_fwd(
     const std::optional<at::Tensor>& cu_seqlens_q, const std::optional<at::Tensor>& cu_seqlens_k,
     int64_t max_seqlen_q, int64_t max_seqlen_k, const std::optional<at::Tensor>& alibi_slopes,
     double softmax_scale, bool causal, int64_t window_left, int64_t window_right, double softcap,
-    bool deterministic) {
+    bool deterministic, const std::optional<at::Tensor>& block_table) {
   c10::DeviceGuard guard(q.device());
   Prepared r = prepare_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                            alibi_slopes, softmax_scale, causal, window_left, window_right, softcap,
-                           Kernels::kSeqlensOnDevice);
+                           Kernels::kSeqlensOnDevice, block_table);
   at::Tensor out = at::empty_like(q, at::MemoryFormat::Contiguous);
   at::Tensor lse = at::empty(lse_shape(q, r.p.shape, r.varlen), q.options().dtype(at::kFloat));
   set_out(r.p, out, lse, r.varlen);
@@ -166,8 +198,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_bwd(
     const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
     const std::optional<at::Tensor>& alibi_slopes, double softmax_scale, bool causal,
     int64_t window_left, int64_t window_right, double softcap, bool deterministic,
-    bool compute_dslopes) {
+    bool compute_dslopes, const std::optional<at::Tensor>& block_table) {
   c10::DeviceGuard guard(q.device());
+  // Raised here, when a backward runs, not when one is traced (torch.compile traces the
+  // backward of any call whose inputs require grad).
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      !block_table.has_value(),
+      "flash_attn_varlen_func with block_table has no backward (nor has flash-attn's): paged "
+      "keys are for inference. For gradients, gather the pages into (total_k, nheads_k, "
+      "headdim) tensors and call it without block_table.");
   // The kernels write d(slopes) with the slopes' strides into a contiguous zeros tensor, so
   // give them contiguous slopes (a strided (batch, nheads) view would index out of bounds).
   const std::optional<at::Tensor> slopes =

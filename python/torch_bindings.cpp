@@ -9,13 +9,15 @@ MPT_EXT_OPS_LIBRARY(m) {
   m.def(
       "attn_fwd(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, "
       "int max_seqlen_q, int max_seqlen_k, Tensor? alibi_slopes, float softmax_scale, "
-      "bool causal, int window_left, int window_right, float softcap, bool deterministic=False) "
+      "bool causal, int window_left, int window_right, float softcap, bool deterministic=False, "
+      "Tensor? block_table=None) "
       "-> (Tensor out, Tensor lse)");
   m.def(
       "attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
       "Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, "
       "Tensor? alibi_slopes, float softmax_scale, bool causal, int window_left, "
-      "int window_right, float softcap, bool deterministic, bool compute_dslopes) "
+      "int window_right, float softcap, bool deterministic, bool compute_dslopes, "
+      "Tensor? block_table=None) "
       "-> (Tensor dq, Tensor dk, Tensor dv, Tensor dslopes)");
   m.def(
       "attn_kvcache(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor? k, Tensor? v, "

@@ -67,6 +67,15 @@ def attention_cases():
         out = mpt_ext.flash_attn_varlen_func(q, kv, kv, cu, cu, 35, 35, causal=True,
                                              alibi_slopes=mpt_ext.alibi_slopes(4, device=dev))
         out.float().sum().backward()
+        # varlen with paged keys (block_table): pages of 128 in reverse order, one sequence
+        # spanning three pages, an empty one, a short one
+        pages = torch.randn(8, 128, 2, 64, device=dev, dtype=dtype)
+        table = torch.arange(8, device=dev, dtype=torch.int32).flip(0).view(2, 4)
+        table = torch.cat([table, table[:1]])  # the third shares the first's pages
+        cu_kp = torch.tensor([0, 300, 300, 317], device=dev, dtype=torch.int32)
+        mpt_ext.flash_attn_varlen_func(q, pages, pages.clone(), cu, cu_kp, 35, 300, causal=True,
+                                       alibi_slopes=mpt_ext.alibi_slopes(4, device=dev),
+                                       block_table=table)
         # the split dQ (deterministic=True's five-matmul form) over several launches: 1100 keys
         # in 16-block launches, batched and varlen (a long sequence, a short one, an empty one)
         os.environ["MPT_EXT_ATTN_BWD_DQ"] = "split"

@@ -70,6 +70,15 @@ def test_forward_gqa(device, dtype, nheads, nheads_k, causal, softcap, alibi):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+def test_softcap_below_the_dtype_is_no_cap(dtype):
+    # 1e-46 is 0 in fp32 and below: no cap, as in the kernels' own precision, never 0 * inf
+    q, k, v = random_qkv(1, 9, 9, 2, 2, 16, dtype)
+    q[0, 0] = 0  # q.k == 0: tanh(inf * 0) would be NaN
+    out = mpt_ext.flash_attn_func(q, k, v, softcap=1e-46)
+    assert torch.equal(out, mpt_ext.flash_attn_func(q, k, v))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("softcap", [0.5, 5.0, 30.0])
 @pytest.mark.parametrize("alibi", [None, "batch"])
 def test_forward_softcap(dtype, softcap, alibi):

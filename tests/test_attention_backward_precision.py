@@ -1,6 +1,6 @@
-"""The backward's precision where DESIGN.md's 2x-PyTorch rule is too loose to see it (issue 18,
-item 5): rows whose ALiBi bias is far from 0 (non-causal, seqlen_q much larger than
-seqlen_k) recompute P from an fp32 lse near -100, which scales every P of the row by
+"""The backward's precision where docs/DESIGN.md's 2x-PyTorch rule is too loose to see it
+(issue 18, item 5): rows whose ALiBi bias is far from 0 (non-causal, seqlen_q much larger
+than seqlen_k) recompute P from an fp32 lse near -100, which scales every P of the row by
 1 +- 1e-5.
 - fp16 / bf16: with one visible key P is exactly 1, so dv is a plain sum of dout rows, and
   PyTorch's own math gets it correctly rounded; so must we (P rounded to the input dtype

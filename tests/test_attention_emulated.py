@@ -97,7 +97,7 @@ def fwd_score_kind(slopes=None, **kw) -> str:
     mpt_ext.flash_attn_func(q, k, v, alibi_slopes=make_slopes(slopes, 1, 2), **kw)
     names = [n for n in emulation.take_launched_kernels() if "attn_fwd_kernel" in n]
     assert len(names) == 1, names
-    return {0: "plain", 1: "alibi", 2: "general"}[int(re.search(r"ScoreKind\)(\d)>", names[0])[1])]
+    return {0: "plain", 1: "alibi", 2: "general"}[int(re.search(r"ScoreKind\)(\d)[,>]", names[0])[1])]
 
 
 def test_score_kind_follows_the_features(emulated):

@@ -27,6 +27,8 @@ NORM_FAST = "tests/test_norm_emulated.py::test_norm_emulated[scalar_multi_warp]"
 SEQLENS_ON_DEVICE = "tests/test_seqlens_on_device_emulated.py::"
 DQ_ATOMIC = "tests/test_attention_emulated.py::test_bwd_dq_variant_emulated[atomic-d64_causal_alibi_gqa]"
 DQ_SPLIT = "tests/test_attention_emulated.py::test_bwd_dq_variant_emulated[split-d64_causal_alibi_gqa]"
+PAGED_EMULATED = "tests/test_attention_varlen_paged_emulated.py::"
+PAGED_FAST = PAGED_EMULATED + "test_paged_varlen_emulated[d64_page128_causal_alibi]"
 SM90_FWD = "csrc/attn/cuda/sm90/attn_fwd_sm90_kernel.cuh"
 # 520 keys in 128-key tiles: the 3-stage ring wraps
 SM90_FAST = "tests/test_attention_sm90_emulated.py::test_sm90_fwd_emulated[d64_plain_ring_wraps]"
@@ -178,6 +180,14 @@ MUTATIONS = [
     Mutation("q_rotation_ignores_the_row_position", "csrc/attn_kvcache/cuda/attn_kvcache_append.cu",
              "(a.rotary.per_query_position ? i : 0)", "0",
              KVCACHE_LAYOUT + "rotary_interleaved_causal]", "out: max error"),
+    Mutation("paged_tile_ignores_the_page", "csrc/attn/cuda/paged_tile.cuh",
+             "return {place.page * p.k_strides.batch + place.row * p.k_strides.row,",
+             "return {place.row * p.k_strides.row,",
+             PAGED_FAST, "differs from the packed keys'"),
+    Mutation("paged_bad_entry_not_noted", "csrc/attn/cuda/paged_tile.cuh",
+             "      note_bad_sequence(input_errors, SeqlensArg::kBlockTable, b);\n", "",
+             PAGED_EMULATED + "test_block_table_entry_outside_the_pages_is_reported",
+             "DID NOT RAISE"),
     Mutation("norm_row_sum_drops_barrier", "csrc/norm/cuda/norm_cuda_common.cuh",
              "  __syncthreads();  // scratch may still be read by the previous row_sum\n", "",
              NORM_FAST, "y: max error"),

@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "../common/dtype.h"
+#include "../common/page_table.h"
 
 namespace mpt_ext {
 
@@ -63,6 +64,10 @@ struct AttnFwdParams {
   void* out = nullptr;
   float* lse = nullptr;  // fp32, natural-log logsumexp of the scaled, capped, biased scores
   TensorStrides q_strides, k_strides, v_strides, out_strides;
+  // Varlen only (flash_attn_varlen_func's block_table): k / v are pages (num_pages, page_size,
+  // heads_k, head_dim), k_strides.batch the page stride, and key j of sequence b is position j
+  // of its pages; cu_seqlens_k then only gives the sequences' lengths. Null: k / v rows.
+  PageTable kv_pages;
   int64_t lse_batch_stride = 0;  // batched: heads * seqlen_q; varlen: unused (row = cu_seqlens_q[b] + i)
   int64_t lse_head_stride = 0;   // batched: seqlen_q; varlen: total_q
 

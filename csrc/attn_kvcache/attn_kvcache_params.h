@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "../attn/attn_params.h"
+#include "../common/page_table.h"
 
 namespace mpt_ext {
 
@@ -20,11 +21,7 @@ struct KVCacheLayout {
   const int32_t* cache_batch_idx = nullptr;  // (batch): the cache row of sequence b; null: b
   const int32_t* cache_leftpad = nullptr;    // (batch): the position of key 0; null: 0
   int64_t cache_rows = 0;  // rows of the caches (k_cache.size(0)): pages when paged
-  // Paged (block_table != null): position c of sequence b is row c % page_size of page
-  // block_table[b * block_table_stride + c / page_size].
-  const int32_t* block_table = nullptr;
-  int64_t block_table_stride = 0;
-  int64_t page_size = 0;  // k_cache.size(1) when paged
+  PageTable pages;         // block_table: null when the cache is not paged
 };
 
 // Rotary embedding of q and the new keys inside the op (flash-attn's rotary_cos / rotary_sin):

@@ -27,7 +27,7 @@ MPT_HOST_DEVICE CacheSequence cache_sequence(const KVCacheLayout& l, int64_t b,
   s.row = l.cache_batch_idx != nullptr ? l.cache_batch_idx[b] : b;
   s.first = l.cache_leftpad != nullptr ? l.cache_leftpad[b] : 0;
   s.cached = l.cache_seqlens != nullptr ? l.cache_seqlens[b] : l.seqlen_cache;
-  s.ok = (l.block_table != nullptr || (s.row >= 0 && s.row < l.cache_rows)) && s.first >= 0 &&
+  s.ok = (l.pages.block_table != nullptr || (s.row >= 0 && s.row < l.cache_rows)) && s.first >= 0 &&
          s.first <= s.cached && s.cached + seqlen_new <= l.seqlen_cache;
   s.num_keys = s.ok ? s.cached - s.first + seqlen_new : 0;
   return s;
@@ -37,7 +37,7 @@ MPT_HOST_DEVICE CacheSequence cache_sequence(const KVCacheLayout& l, int64_t b,
 // kernels note (device_input_errors.h).
 MPT_HOST_DEVICE SeqlensArg misfit_argument(const KVCacheLayout& l, const CacheSequence& s,
                                            int64_t seqlen_new) {
-  if (l.block_table == nullptr && (s.row < 0 || s.row >= l.cache_rows)) {
+  if (l.pages.block_table == nullptr && (s.row < 0 || s.row >= l.cache_rows)) {
     return SeqlensArg::kCacheBatchIdx;
   }
   if (s.cached < 0 || s.cached + seqlen_new > l.seqlen_cache) return SeqlensArg::kCacheSeqlens;
@@ -52,14 +52,9 @@ struct CachePlace {
 };
 
 MPT_HOST_DEVICE CachePlace place_of(const KVCacheLayout& l, int64_t b, int64_t row, int64_t c) {
-  if (l.block_table == nullptr) return {row, c};
-  // Paged positions are below 2^31 (the binding checks): a 32-bit division costs a fraction
-  // of a 64-bit one, a subroutine whose registers made the CUDA decode kernel spill.
-  const uint32_t page_size = static_cast<uint32_t>(l.page_size);
-  const uint32_t index = static_cast<uint32_t>(c) / page_size;
-  const int64_t page = l.block_table[b * l.block_table_stride + index];
-  if (page < 0 || page >= l.cache_rows) return {-1, 0};
-  return {page, static_cast<uint32_t>(c) - index * page_size};
+  if (l.pages.block_table == nullptr) return {row, c};
+  const PagePlace place = page_place(l.pages, b, c);
+  return {place.page, place.row};
 }
 
 // The element offset (heads excluded) of a place in a cache with strides st.

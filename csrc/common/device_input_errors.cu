@@ -61,9 +61,10 @@ std::string what_was_wrong(SeqlensArg arg, int device, int64_t b) {
       const char* max = arg == SeqlensArg::kCuSeqlensQ ? "max_seqlen_q" : "max_seqlen_k";
       return std::string("mpt_ext: an earlier varlen attention call was given an invalid ") +
              name + ": " + seq + " needs 0 <= " + name + "[b] <= " + name + "[b + 1] <= the "
-             "number of tokens, a length <= " + max + ", and " + name + "[0] == 0. That "
-             "sequence ran as empty: its rows of the outputs and gradients were not written" +
-             where;
+             "number of tokens, a length <= " + max + " (and, for cu_seqlens_k with a "
+             "block_table, <= the positions of its row of the table), and " + name +
+             "[0] == 0. That sequence ran as empty: its rows of the outputs and gradients "
+             "were not written" + where;
     }
     case SeqlensArg::kCacheSeqlens:
       return "mpt_ext: an earlier flash_attn_with_kvcache call was given an invalid "
@@ -81,10 +82,11 @@ std::string what_was_wrong(SeqlensArg arg, int device, int64_t b) {
              "That sequence attended to no key (out 0, lse -inf) and its new keys were not "
              "appended" + where;
     case SeqlensArg::kBlockTable:
-      return "mpt_ext: an earlier flash_attn_with_kvcache call was given an invalid "
-             "block_table: " + seq + " uses an entry outside [0, k_cache.size(0)). Its keys "
-             "on that page were left out of the attention (its output is not valid) and "
-             "new keys bound for it were not appended" + where;
+      return "mpt_ext: an earlier flash_attn_with_kvcache or flash_attn_varlen_func call was "
+             "given an invalid block_table: " + seq + " uses an entry outside [0, num_blocks) "
+             "(k_cache.size(0), or k's with flash_attn_varlen_func). Its keys on that page "
+             "were not read (its output is not valid) and new keys bound for it were not "
+             "appended" + where;
   }
   return "mpt_ext: invalid sequence lengths" + where;
 }

@@ -10,7 +10,8 @@
 // Precision. The forward's lse is fp32; with ALiBi biases near -100 its rounding scales every
 // recomputed P of a row by the same factor c = 1 +- 1e-5, far above fp64's precision. Pass 1
 // measures c as the row's sum of P, divides it out of dq and d(slope), and hands pass 2 the
-// lse refined by log2(c). Pass 2 rounds P to the input dtype before dv += P^T dout, as
+// lse refined by log2(c) (a float lse2 near -100 cannot hold that correction: the refinement
+// serves float64). Pass 2 rounds P to the input dtype before dv += P^T dout, as
 // FlashAttention does, so that P = 1 (one visible key) stays exactly 1 in fp16 / bf16.
 #include <algorithm>
 #include <cmath>

@@ -173,6 +173,33 @@ void flash_forward(const AttnFwdParams& p, const KeySource* keys) {
 
 }  // namespace attn::cpu
 
-void attn_fwd_cpu(const AttnFwdParams& p) { attn::cpu::flash_forward(p, nullptr); }
+namespace {
+
+// attn::cpu::KeySource::locate for flash_attn_varlen_func's pages: key j of sequence b is
+// position j of its row of the block table (the binding checked every page it uses).
+void locate_paged_key(const void* ctx, int64_t b, int64_t j, int64_t* block, int64_t* row,
+                      int64_t* run) {
+  const PageTable& pages = *static_cast<const PageTable*>(ctx);
+  const PagePlace place = page_place(pages, b, j);
+  *block = place.page;
+  *row = place.row;
+  *run = pages.page_size - place.row;
+}
+
+}  // namespace
+
+void attn_fwd_cpu(const AttnFwdParams& p) {
+  if (p.kv_pages.block_table == nullptr) return attn::cpu::flash_forward(p, nullptr);
+  const AttnShape& sh = p.shape;
+  std::vector<int64_t> num_keys(std::max<int64_t>(sh.batch, 0));
+  for (int64_t b = 0; b < sh.batch; ++b) {
+    num_keys[b] = int64_t(sh.cu_seqlens_k[b + 1]) - sh.cu_seqlens_k[b];
+  }
+  attn::cpu::KeySource source;
+  source.num_keys = num_keys.data();
+  source.ctx = &p.kv_pages;
+  source.locate = &locate_paged_key;
+  attn::cpu::flash_forward(p, &source);
+}
 
 }  // namespace mpt_ext

@@ -151,7 +151,7 @@ struct ScoreMath {
   bool has_alibi;
 
   ScoreMath(const AttnMaskParams& m, Acc slope) {
-    has_cap = m.softcap > 0.f;
+    has_cap = Acc(m.softcap) > Acc(0);  // in Acc: a cap that rounds to 0 is none
     has_alibi = m.alibi_slopes != nullptr;
     raw_scale = has_cap ? Acc(m.softmax_scale) / Acc(m.softcap) : Acc(m.softmax_scale) * kLog2e<Acc>;
     cap_log2 = has_cap ? Acc(m.softcap) * kLog2e<Acc> : Acc(0);

@@ -18,6 +18,7 @@
 #include "fwd_kernel_choice.h"
 #include "hdims.cuh"
 #include "instantiations.h"
+#include "paged_tile.cuh"
 #include "sm90/fwd_sm90_fit.h"
 
 namespace mpt_ext {
@@ -114,6 +115,15 @@ bool fwd_runs_sm90(FwdKernel kernel, const AttnFwdParams& p, int bucket) {
 void attn_fwd_cuda(const AttnFwdParams& params) {
   check_dtype(params.dtype);
   check_heads(params.shape);
+  const int64_t page_size = params.kv_pages.page_size;
+  if (params.kv_pages.block_table != nullptr &&
+      page_size % attn::cuda::kPagedPageMultiple != 0) {
+    throw std::invalid_argument(
+        "flash_attn_varlen_func with block_table on CUDA: page_block_size must be a multiple "
+        "of " + std::to_string(attn::cuda::kPagedPageMultiple) + " (so that no key tile "
+        "straddles two pages; flash-attn needs 256, the CPU takes any), got " +
+        std::to_string(page_size));
+  }
   AttnFwdParams p = params;
   p.shape = checked_on_device(params.shape);
   const AttnShape& s = p.shape;

@@ -13,6 +13,7 @@
 
 #include "fwd_block.cuh"
 #include "fwd_softmax.cuh"
+#include "paged_tile.cuh"
 
 namespace mpt_ext::attn::cuda {
 
@@ -39,7 +40,9 @@ struct FwdExtra {
   bool out_pair_ok; // 4-byte aligned element pairs: 32-bit stores
 };
 
-template <typename T, typename Cfg, ScoreKind kKind>
+// kPaged: the keys are pages (AttnFwdParams::kv_pages), an instantiation of its own so that
+// the page lookups cost the other instantiations no registers.
+template <typename T, typename Cfg, ScoreKind kKind, bool kPaged>
 __global__ void __launch_bounds__(Cfg::kThreads)
     attn_fwd_kernel(const AttnFwdParams p, const FwdExtra x) {
   constexpr int kD = Cfg::kD, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN;
@@ -69,9 +72,10 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   const uint16_t* v_base = static_cast<const uint16_t*>(p.v);
   const uint16_t* gq = q_base + seq_offset(p.q_strides, b, si.q_row0, si.varlen) +
                        h * p.q_strides.head + m0 * p.q_strides.row;
-  const uint16_t* gk = k_base + seq_offset(p.k_strides, b, si.k_row0, si.varlen) +
+  // Paged keys start at page 0: paged_key_tile finds each tile.
+  const uint16_t* gk = k_base + (kPaged ? 0 : seq_offset(p.k_strides, b, si.k_row0, si.varlen)) +
                        blk.hk * p.k_strides.head;
-  const uint16_t* gv = v_base + seq_offset(p.v_strides, b, si.k_row0, si.varlen) +
+  const uint16_t* gv = v_base + (kPaged ? 0 : seq_offset(p.v_strides, b, si.k_row0, si.varlen)) +
                        blk.hk * p.v_strides.head;
 
   if (n_max <= n_min) {  // no row sees any key: output 0, lse -inf
@@ -94,13 +98,18 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   auto load_kv = [&](int tile) {
     const int n0 = (n_min + tile) * kBlockN;
     const int stage = tile % kStages;
-    load_tile<kBlockN, kD, kThreads>(sK + stage * kBlockN * kD, gk + n0 * p.k_strides.row,
-                                     p.k_strides.row, si.sk - n0, d, x.kv_vec_ok, k_base, tid);
-    load_tile<kBlockN, kD, kThreads>(sV + stage * kBlockN * kD, gv + n0 * p.v_strides.row,
-                                     p.v_strides.row, si.sk - n0, d, x.kv_vec_ok, v_base, tid);
+    static_assert(!kPaged || kPagedPageMultiple % kBlockN == 0,
+                  "a key tile must lie inside one page");
+    const KeyTile kt = kPaged ? paged_key_tile(p, b, n0, si.sk - n0)
+                              : KeyTile{n0 * p.k_strides.row, n0 * p.v_strides.row, si.sk - n0};
+    load_tile<kBlockN, kD, kThreads>(sK + stage * kBlockN * kD, gk + kt.k_offset,
+                                     p.k_strides.row, kt.rows, d, x.kv_vec_ok, k_base, tid);
+    load_tile<kBlockN, kD, kThreads>(sV + stage * kBlockN * kD, gv + kt.v_offset,
+                                     p.v_strides.row, kt.rows, d, x.kv_vec_ok, v_base, tid);
   };
 
   const int n_tiles = n_max - n_min;
+  if (kPaged) note_bad_pages(p.kv_pages, p.shape.input_errors, b, n_min, n_max, kBlockN);
   load_tile<kBlockM, kD, kThreads>(sQ, gq, p.q_strides.row, rows_here, d, x.q_vec_ok, q_base, tid);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {

@@ -29,17 +29,19 @@ struct FwdTiles<128> {
   using type = TileList<FwdConfigFor<128>, FwdConfig<128, 32, 2, 2>, FwdConfig<128, 64, 2, 2>>;
 };
 
-template <typename T, typename Cfg, ScoreKind kKind>
+template <typename T, typename Cfg, ScoreKind kKind, bool kPaged>
 void launch_attn_fwd(const AttnFwdParams& p) {
   const AttnShape& s = p.shape;
   check_grid_yz(s.num_heads, s.batch, "attention forward");
   const bool varlen = s.cu_seqlens_q != nullptr;
   FwdExtra x;
   x.q_vec_ok = rows_16b_aligned(p.q, p.q_strides, varlen);
-  x.kv_vec_ok = rows_16b_aligned(p.k, p.k_strides, varlen) &&
-                rows_16b_aligned(p.v, p.v_strides, varlen);
+  // paged keys step pages by the batch stride: it must keep rows aligned too
+  const bool keys_varlen = varlen && p.kv_pages.block_table == nullptr;
+  x.kv_vec_ok = rows_16b_aligned(p.k, p.k_strides, keys_varlen) &&
+                rows_16b_aligned(p.v, p.v_strides, keys_varlen);
   x.out_pair_ok = pairs_4b_aligned(p.out, p.out_strides, varlen);
-  auto kernel = attn_fwd_kernel<T, Cfg, kKind>;
+  auto kernel = attn_fwd_kernel<T, Cfg, kKind, kPaged>;
   set_smem(reinterpret_cast<const void*>(kernel), Cfg::kSmemBytes, "attn_fwd_kernel");
   const dim3 grid(static_cast<unsigned>(ceil_div(grid_seqlen(s, s.seqlen_q), Cfg::kBlockM)),
                   static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.batch));
@@ -54,9 +56,15 @@ void run_attn_fwd(const AttnFwdParams& p) {
   const Tile tile = requested_tile(Tiles{}, kD, kFwdTileVariable);
   const AttnShape& s = p.shape;
   if (s.batch == 0 || s.num_heads == 0 || grid_seqlen(s, s.seqlen_q) == 0) return;
+  if (p.kv_pages.block_table != nullptr) {  // paged keys: the default tile only (kPaged)
+    with_score_kind(p.mask, [&](auto kind) {
+      launch_attn_fwd<T, FwdConfigFor<kD>, decltype(kind)::value, true>(p);
+    });
+    return;
+  }
   launch_tile(Tiles{}, tile, [&](auto cfg) {  // the picked tile with the params' score kind
     with_score_kind(p.mask, [&](auto kind) {
-      launch_attn_fwd<T, decltype(cfg), decltype(kind)::value>(p);
+      launch_attn_fwd<T, decltype(cfg), decltype(kind)::value, false>(p);
     });
   });
 }

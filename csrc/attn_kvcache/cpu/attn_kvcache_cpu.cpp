@@ -98,7 +98,8 @@ void locate_key(const void* ctx, int64_t b, int64_t j, int64_t* block, int64_t* 
   *block = place.block;
   *row = place.in_block;
   // the rest of the sequence is contiguous in a cache row; in a page, the rest of the page
-  *run = c.layout.block_table == nullptr ? s.num_keys - j : c.layout.page_size - place.in_block;
+  *run = c.layout.pages.block_table == nullptr ? s.num_keys - j
+                                                : c.layout.pages.page_size - place.in_block;
 }
 
 }  // namespace

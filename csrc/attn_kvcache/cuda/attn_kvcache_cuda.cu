@@ -52,7 +52,8 @@ void validate(const AttnKVCacheParams& p) {
         " must each stay below 2^30");
   }
   const KVCacheLayout& l = p.layout;
-  const int64_t cache_positions = l.block_table != nullptr ? l.page_size : l.seqlen_cache;
+  const int64_t cache_positions =
+      l.pages.block_table != nullptr ? l.pages.page_size : l.seqlen_cache;
   if (!rows_aligned(f.k, f.k_strides, l.cache_rows, cache_positions, s.num_heads_k) ||
       !rows_aligned(f.v, f.v_strides, l.cache_rows, cache_positions, s.num_heads_k)) {
     bad("k_cache and v_cache must start at 16-byte aligned addresses and have strides that are "

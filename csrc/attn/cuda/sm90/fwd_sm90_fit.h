@@ -39,6 +39,7 @@ inline std::string fwd_sm90_unfit(const AttnFwdParams& p) {
     return "the device is sm_" + std::to_string(major * 10 + minor) + ", not sm_90";
   }
   if (p.shape.cu_seqlens_q != nullptr) return "varlen inputs (cu_seqlens) are not covered yet";
+  if (p.kv_pages.block_table != nullptr) return "paged keys (block_table) are not covered yet";
   const AttnShape& s = p.shape;
   const bool q_ok = tma_strides_ok(p.q, p.q_strides, s.num_heads, s.batch);
   const bool kv_ok = tma_strides_ok(p.k, p.k_strides, s.num_heads_k, s.batch) &&
