@@ -45,9 +45,10 @@ inline void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   const char* layout = varlen     ? "(total_tokens, nheads, headdim)"
                        : kv_cache ? "(batch, seqlen_q, nheads, headdim)"
                                   : "(batch, seqlen, nheads, headdim)";
-  const char* kv_layout = kv_cache                 ? "(batch_cache, seqlen_cache, nheads_k, headdim)"
-                          : form == KVForm::kPages ? "(num_blocks, page_block_size, nheads_k, headdim)"
-                                                   : layout;
+  const char* kv_layout =
+      kv_cache                 ? "(batch_cache, seqlen_cache, nheads_k, headdim)"
+      : form == KVForm::kPages ? "(num_blocks, page_block_size, nheads_k, headdim)"
+                               : layout;
   const char* k_name = kv_cache ? "k_cache" : "k";
   const char* v_name = kv_cache ? "v_cache" : "v";
   const int64_t kv_dim = form == KVForm::kLikeQ ? dim : 4;

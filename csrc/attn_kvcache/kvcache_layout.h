@@ -27,7 +27,8 @@ MPT_HOST_DEVICE CacheSequence cache_sequence(const KVCacheLayout& l, int64_t b,
   s.row = l.cache_batch_idx != nullptr ? l.cache_batch_idx[b] : b;
   s.first = l.cache_leftpad != nullptr ? l.cache_leftpad[b] : 0;
   s.cached = l.cache_seqlens != nullptr ? l.cache_seqlens[b] : l.seqlen_cache;
-  s.ok = (l.pages.block_table != nullptr || (s.row >= 0 && s.row < l.cache_rows)) && s.first >= 0 &&
+  s.ok = (l.pages.block_table != nullptr || (s.row >= 0 && s.row < l.cache_rows)) &&
+         s.first >= 0 &&
          s.first <= s.cached && s.cached + seqlen_new <= l.seqlen_cache;
   s.num_keys = s.ok ? s.cached - s.first + seqlen_new : 0;
   return s;
@@ -44,22 +45,17 @@ MPT_HOST_DEVICE SeqlensArg misfit_argument(const KVCacheLayout& l, const CacheSe
   return SeqlensArg::kCacheLeftpad;
 }
 
-// Where position c of sequence b (cache row `row`, CacheSequence::row) is: row `in_block` of
-// cache row or page `block`; block -1 when the block table points outside the pages.
-struct CachePlace {
-  int64_t block;
-  int64_t in_block;
-};
-
-MPT_HOST_DEVICE CachePlace place_of(const KVCacheLayout& l, int64_t b, int64_t row, int64_t c) {
+// Where position c of sequence b (cache row `row`, CacheSequence::row) is: row `row` of page
+// `page`, where an unpaged cache's page is its cache row; page -1 when the block table points
+// outside the pages.
+MPT_HOST_DEVICE PagePlace place_of(const KVCacheLayout& l, int64_t b, int64_t row, int64_t c) {
   if (l.pages.block_table == nullptr) return {row, c};
-  const PagePlace place = page_place(l.pages, b, c);
-  return {place.page, place.row};
+  return page_place(l.pages, b, c);
 }
 
 // The element offset (heads excluded) of a place in a cache with strides st.
-MPT_HOST_DEVICE int64_t offset_of(const CachePlace& p, const TensorStrides& st) {
-  return p.block * st.batch + p.in_block * st.row;
+MPT_HOST_DEVICE int64_t offset_of(const PagePlace& p, const TensorStrides& st) {
+  return p.page * st.batch + p.row * st.row;
 }
 
 // Rotary embedding of element e of a row (RotaryParams): the element it pairs with, the

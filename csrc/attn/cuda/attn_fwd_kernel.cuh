@@ -73,10 +73,10 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   const uint16_t* gq = q_base + seq_offset(p.q_strides, b, si.q_row0, si.varlen) +
                        h * p.q_strides.head + m0 * p.q_strides.row;
   // Paged keys start at page 0: paged_key_tile finds each tile.
-  const uint16_t* gk = k_base + (kPaged ? 0 : seq_offset(p.k_strides, b, si.k_row0, si.varlen)) +
-                       blk.hk * p.k_strides.head;
-  const uint16_t* gv = v_base + (kPaged ? 0 : seq_offset(p.v_strides, b, si.k_row0, si.varlen)) +
-                       blk.hk * p.v_strides.head;
+  const int64_t k_seq = kPaged ? 0 : seq_offset(p.k_strides, b, si.k_row0, si.varlen);
+  const int64_t v_seq = kPaged ? 0 : seq_offset(p.v_strides, b, si.k_row0, si.varlen);
+  const uint16_t* gk = k_base + k_seq + blk.hk * p.k_strides.head;
+  const uint16_t* gv = v_base + v_seq + blk.hk * p.v_strides.head;
 
   if (n_max <= n_min) {  // no row sees any key: output 0, lse -inf
     write_empty_rows(go, p.out_strides.row, glse, rows_here, d, tid, kThreads);

@@ -108,7 +108,9 @@ constexpr float kMaxSplitSlopeLog2 = 0x1p12f;
 constexpr float kMaxFmaExpLog2 = 0x1p20f;  // ScoreUnits::fma_exp_ok
 
 inline ScoreKind score_kind(const AttnMaskParams& m) {
-  if (static_cast<float>(m.softcap) > 0.f || !(m.softmax_scale >= kMinFoldedScale)) return ScoreKind::kGeneral;
+  if (static_cast<float>(m.softcap) > 0.f || !(m.softmax_scale >= kMinFoldedScale)) {
+    return ScoreKind::kGeneral;
+  }
   return m.alibi_slopes != nullptr ? ScoreKind::kAlibi : ScoreKind::kPlain;
 }
 

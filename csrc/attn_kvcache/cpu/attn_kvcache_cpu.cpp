@@ -94,12 +94,12 @@ void locate_key(const void* ctx, int64_t b, int64_t j, int64_t* block, int64_t* 
                 int64_t* run) {
   const CacheKeys& c = *static_cast<const CacheKeys*>(ctx);
   const kvcache::CacheSequence& s = c.seqs[b];
-  const kvcache::CachePlace place = kvcache::place_of(c.layout, b, s.row, s.first + j);
-  *block = place.block;
-  *row = place.in_block;
+  const PagePlace place = kvcache::place_of(c.layout, b, s.row, s.first + j);
+  *block = place.page;
+  *row = place.row;
   // the rest of the sequence is contiguous in a cache row; in a page, the rest of the page
   *run = c.layout.pages.block_table == nullptr ? s.num_keys - j
-                                                : c.layout.pages.page_size - place.in_block;
+                                                : c.layout.pages.page_size - place.row;
 }
 
 }  // namespace

@@ -70,8 +70,8 @@ __global__ void append_kernel(const AppendArgs a) {
     const int64_t pos = s.cached + t;
     const AppendSide& side = is_v ? a.v : a.k;
     const TensorStrides& from = side.src_strides;
-    const kvcache::CachePlace place = kvcache::place_of(a.layout, b, s.row, pos);
-    if (place.block < 0) {  // a block-table entry outside the pages
+    const PagePlace place = kvcache::place_of(a.layout, b, s.row, pos);
+    if (place.page < 0) {  // a block-table entry outside the pages
       if (c == 0 && hk == 0) note_bad_sequence(a.input_errors, SeqlensArg::kBlockTable, b);
       continue;
     }

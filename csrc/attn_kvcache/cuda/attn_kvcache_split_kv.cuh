@@ -132,12 +132,12 @@ __global__ void __launch_bounds__(kThreads, RowBucket<kM>::kMinBlocksPerSm) spli
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int j = base + u * kSlots + slot;
-      kvcache::CachePlace place{-1, 0};
+      PagePlace place{-1, 0};
       if (j < end) {
         place = kvcache::place_of(a.layout, b, seq_row, first + j);
-        if (place.block < 0 && lane == 0) note_bad_sequence(a.input_errors, SeqlensArg::kBlockTable, b);
+        if (place.page < 0 && lane == 0) note_bad_sequence(a.input_errors, SeqlensArg::kBlockTable, b);
       }
-      loaded[u] = place.block >= 0;
+      loaded[u] = place.page >= 0;
       if (loaded[u] && lane_active) {
         kv[u] = load16(k_base + kvcache::offset_of(place, a.k_strides) * int64_t(sizeof(T)));
         vv[u] = load16(v_base + kvcache::offset_of(place, a.v_strides) * int64_t(sizeof(T)));
